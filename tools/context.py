@@ -1,0 +1,242 @@
+"""The unified customer context: slices + gaps + conflicts + derived traits.
+
+``assemble_context`` reads the requested slices in source priority order (CRM first,
+external research last); every slice is either present with its provenance or a
+named gap. ``reference_view`` renders the ``get_customer_context`` response shape of
+the reference document plus ids, health, gaps, conflicts and provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, SerializeAsAny
+from sqlalchemy.exc import SQLAlchemyError
+
+from tools.registry import REMEDIES, reader
+from tools.settings import Settings
+from tools.slices import (
+    SLICE_MODELS,
+    SLICE_NAMES,
+    BillingStatus,
+    CrmAccount,
+    CrmContacts,
+    ProductUsage,
+    Slice,
+    SourceGap,
+    SupportSummary,
+)
+from tools.source import CustomerRef, ReadContext, SliceNotFound, SourceReader
+from tools.traits import Traits, derive_traits
+
+
+class ConflictValue(BaseModel):
+    source: str
+    slice: str
+    value: Any
+    record_ids: list[str] = Field(default_factory=list)
+
+
+class Conflict(BaseModel):
+    """Two sources disagree about one fact; both values are kept."""
+
+    field: str
+    values: list[ConflictValue]
+    chosen: str = Field(description="Source whose value the context uses.")
+    note: str
+
+
+class CustomerContext(BaseModel):
+    customer_id: str
+    name: str
+    matched_by: str | None = None
+    anchors: dict[str, str] = Field(default_factory=dict)
+    domains: list[str] = Field(default_factory=list)
+    as_of: datetime
+    slices: dict[str, SerializeAsAny[Slice]] = Field(default_factory=dict)
+    gaps: list[SourceGap] = Field(default_factory=list)
+    conflicts: list[Conflict] = Field(default_factory=list)
+    traits: Traits
+
+    def get(self, name: str) -> Slice | None:
+        return self.slices.get(name)
+
+    @property
+    def context_updated(self) -> datetime | None:
+        """The oldest fetch among the slices: the context is at least this fresh."""
+        times = [s.provenance.fetched_at for s in self.slices.values()]
+        return min(times) if times else None
+
+
+class UnknownSlice(ValueError):
+    pass
+
+
+def expand_slices(requested: Iterable[str] | None) -> list[str]:
+    """Slice names from names or source names (``billing`` → its slices), in priority order."""
+    if not requested:
+        return list(SLICE_NAMES)
+    wanted: set[str] = set()
+    for item in requested:
+        for part in item.split(","):
+            name = part.strip()
+            if not name:
+                continue
+            matches = [n for n in SLICE_NAMES if n == name or n.split(".")[0] == name
+                       or SLICE_MODELS[n].source == name]
+            if not matches:
+                raise UnknownSlice(f"unknown slice or source {name!r}; known slices: {', '.join(SLICE_NAMES)}")
+            wanted.update(matches)
+    return [n for n in SLICE_NAMES if n in wanted]
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext) -> Slice | SourceGap:
+    """One slice, or the gap that names why it is missing."""
+    source = SLICE_MODELS[name].source
+    if rdr is None:
+        return SourceGap(slice=name, source=source, kind="not_connected",
+                         message=f"No {source} source is connected.", remedy=REMEDIES[source])
+    try:
+        return rdr.read(name, customer, ctx)
+    except SliceNotFound as exc:
+        return SourceGap(slice=name, source=source, kind="not_found", message=str(exc))
+    except SQLAlchemyError as exc:
+        return SourceGap(slice=name, source=source, kind="unavailable",
+                         message=f"{source} source failed: {_summary(exc)}")
+
+
+def assemble_context(
+    settings: Settings,
+    customer: CustomerRef,
+    ctx: ReadContext,
+    slices: Iterable[str] | None = None,
+    matched_by: str | None = None,
+) -> CustomerContext:
+    names = expand_slices(slices)
+    readers: dict[str, SourceReader | None] = {}
+    got: dict[str, Slice] = {}
+    gaps: list[SourceGap] = []
+    for name in names:
+        source = SLICE_MODELS[name].source
+        if source not in readers:
+            readers[source] = reader(settings, source)
+        result = read_slice(readers[source], name, customer, ctx)
+        if isinstance(result, SourceGap):
+            gaps.append(result)
+        else:
+            got[name] = result
+    return CustomerContext(
+        customer_id=customer.customer_id, name=customer.name, matched_by=matched_by,
+        anchors=dict(customer.anchors), domains=list(customer.domains), as_of=ctx.as_of,
+        slices=got, gaps=gaps, conflicts=find_conflicts(got, settings),
+        traits=derive_traits(got, settings.thresholds, settings.churn_weights),
+    )
+
+
+def find_conflicts(s: dict[str, Slice], settings: Settings) -> list[Conflict]:
+    """Facts two sources state differently (MRR, customer status)."""
+    account, billing = s.get("crm.account"), s.get("billing.status")
+    if not (isinstance(account, CrmAccount) and isinstance(billing, BillingStatus)):
+        return []
+    out = []
+
+    def both(field: str, crm_value: Any, billing_value: Any, note: str) -> Conflict:
+        return Conflict(field=field, chosen="crm", note=note, values=[
+            ConflictValue(source=account.provenance.system, slice="crm.account", value=crm_value,
+                          record_ids=account.provenance.record_ids),
+            ConflictValue(source=billing.provenance.system, slice="billing.status", value=billing_value,
+                          record_ids=billing.provenance.record_ids),
+        ])
+
+    if account.mrr is not None and billing.mrr is not None:
+        tol = settings.thresholds.mrr_conflict_tolerance * max(account.mrr, billing.mrr)
+        if abs(account.mrr - billing.mrr) > tol:
+            out.append(both("mrr", account.mrr, billing.mrr,
+                            "CRM and billing disagree on monthly recurring revenue; the CRM value is used "
+                            "for tier, the billing value is what is being charged."))
+    if account.status == "active" and billing.status == "canceled":
+        out.append(both("status", account.status, billing.status,
+                        "CRM says active but the billing subscription is canceled."))
+    if account.status == "churned" and billing.status in ("current", "past_due", "trialing"):
+        out.append(both("status", account.status, billing.status,
+                        "CRM says churned but billing still has a live subscription."))
+    return out
+
+
+def _iso(v: Any) -> Any:
+    return v.isoformat() + ("Z" if isinstance(v, datetime) and v.tzinfo is None else "") \
+        if hasattr(v, "isoformat") else v
+
+
+def primary_email(c: CustomerContext) -> str | None:
+    contacts, billing = c.get("crm.contacts"), c.get("billing.status")
+    if isinstance(contacts, CrmContacts):
+        for contact in contacts.contacts:
+            if contact.email:
+                return contact.email
+    if isinstance(billing, BillingStatus) and billing.billing_email:
+        return billing.billing_email
+    return None
+
+
+def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str, Any]:
+    """The reference ``get_customer_context`` JSON shape, plus ids, health, gaps, conflicts, provenance."""
+    account, billing = c.get("crm.account"), c.get("billing.status")
+    usage, support = c.get("product.usage"), c.get("support.summary")
+    acc = account if isinstance(account, CrmAccount) else None
+    bil = billing if isinstance(billing, BillingStatus) else None
+    out: dict[str, Any] = {
+        "customer_id": c.customer_id,
+        "customer": {
+            "name": acc.company_name if acc else c.name,
+            "email": primary_email(c),
+            "tier": c.traits.tier,
+            "mrr": c.traits.mrr,
+            "plan": (acc.plan if acc and acc.plan else None) or (bil.plan if bil else None),
+            "status": acc.status if acc else ("active" if bil and bil.status not in ("canceled", "none") else None),
+            "owner": acc.owner if acc else None,
+        },
+        "billing": None if bil is None else {
+            "status": bil.status,
+            "last_payment": _iso(bil.last_payment_date),
+            "last_payment_amount": bil.last_payment_amount,
+            "method": str(bil.payment_method) if bil.payment_method else None,
+            "balance_due": bil.balance_due,
+            "trial_ends": _iso(bil.trial_ends),
+        },
+        "usage": None if not isinstance(usage, ProductUsage) else {
+            "active_users": usage.active_users_30d,
+            "last_login": _iso(usage.last_login.date()) if usage.last_login else None,
+            "days_since_login": usage.days_since_login,
+            "trend": usage.trend,
+        },
+        "support": None if not isinstance(support, SupportSummary) else {
+            "open_tickets": support.open_tickets,
+            "total_tickets": support.total_tickets,
+            "avg_resolution_time": f"{support.avg_resolution_hours} hours"
+            if support.avg_resolution_hours is not None else None,
+            "satisfaction_score": support.csat,
+            "repeat_issue_count": support.repeat_issue_count,
+        },
+        "risk_indicators": c.traits.risk_indicators,
+        "health": c.traits.health,
+        "support_load": c.traits.support_load,
+        "churn_risk": c.traits.churn_risk.model_dump(),
+        "context_updated": _iso(c.context_updated),
+        "as_of": _iso(c.as_of),
+        "matched_by": c.matched_by,
+        "gaps": [g.model_dump() for g in c.gaps],
+        "conflicts": [x.model_dump(mode="json") for x in c.conflicts],
+        "provenance": {n: s.provenance.model_dump(mode="json") for n, s in c.slices.items()},
+        "traits": c.traits.model_dump(mode="json"),
+    }
+    if include_slices:
+        out["slices"] = {n: s.model_dump(mode="json", exclude={"provenance"}) for n, s in c.slices.items()}
+    return out

@@ -1,0 +1,450 @@
+"""Declarative source mappings: source table/column → slice field.
+
+A mapping (YAML, one per source flavour, in ``tools/mappings/`` or any path) names
+*entities* (``account``, ``contact``, ``charge``, ...). Each entity is one table (or
+the union of several ``parts``), optional left joins, always-applied filters and
+fields. A field is a column plus a type and an optional conversion, e.g.::
+
+    amount: {column: amount, type: int, convert: cents}
+    created: {column: created, type: int, convert: epoch_s}
+    owner: {column: o.email, convert: email_local_part}
+
+Source modules ask for entity fields by their mapped names only, so another schema
+(HubSpot → Salesforce) is another YAML file, not code. See docs/MAPPINGS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    Numeric,
+    String,
+    and_,
+    false,
+    func,
+    literal,
+    literal_column,
+    select,
+    table,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import ColumnElement, FromClause, Select
+
+MAPPINGS_DIR = Path(__file__).parent / "mappings"
+
+SQL_TYPES = {
+    "str": String, "int": Integer, "float": Float, "decimal": Numeric,
+    "bool": Boolean, "datetime": DateTime, "date": Date, "json": String,
+}
+
+
+class MappingError(ValueError):
+    """A mapping file is malformed or names something that does not exist."""
+
+
+class RowError(ValueError):
+    """A source row could not be converted (wrong type, missing required value)."""
+
+
+# ----------------------------------------------------------------- conversions
+def _epoch(scale: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    def to_py(v: Any) -> datetime:
+        return datetime.fromtimestamp(int(v) / scale, UTC).replace(tzinfo=None)
+
+    def to_src(v: Any) -> int:
+        if isinstance(v, date) and not isinstance(v, datetime):
+            v = datetime(v.year, v.month, v.day)
+        return int(v.replace(tzinfo=UTC).timestamp() * scale)
+
+    return to_py, to_src
+
+
+def _domain(v: Any) -> str:
+    s = str(v).strip().lower()
+    s = re.sub(r"^[a-z][a-z0-9+.-]*://", "", s)
+    s = s.split("/", 1)[0].split("?", 1)[0].split(":", 1)[0]
+    return s[4:] if s.startswith("www.") else s
+
+
+def _to_date(v: Any) -> date:
+    if isinstance(v, datetime):
+        return v.date()
+    if isinstance(v, date):
+        return v
+    return date.fromisoformat(str(v)[:10])
+
+
+def _to_datetime(v: Any) -> datetime:
+    if isinstance(v, datetime):
+        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
+    if isinstance(v, date):
+        return datetime(v.year, v.month, v.day)
+    return _to_datetime(datetime.fromisoformat(str(v)))
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+CONVERSIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "cents": (lambda v: round(int(v) / 100, 2), lambda v: int(round(float(v) * 100))),
+    "epoch_s": _epoch(1),
+    "epoch_ms": _epoch(1000),
+    "email_local_part": (lambda v: str(v).split("@", 1)[0].lower(), _identity),
+    "domain": (_domain, _identity),
+    "lower": (lambda v: str(v).strip().lower(), _identity),
+    "snake": (lambda v: re.sub(r"[\s/-]+", "_", str(v).strip().lower()), _identity),
+    "id_text": (str, int),  # integer ids in the source, strings everywhere else
+}
+
+#: Conversions whose source representation is an integer column.
+INTEGER_CONVERSIONS = frozenset({"cents", "epoch_s", "epoch_ms", "id_text"})
+
+TYPE_CASTS: dict[str, Callable[[Any], Any]] = {
+    "str": str, "int": int, "float": float, "decimal": float, "bool": bool,
+    "datetime": _to_datetime, "date": _to_date, "json": _identity,
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One mapped field: where it comes from and how it is converted."""
+
+    name: str
+    column: str | None = None  # "col" or "alias.col"
+    type: str = "str"
+    convert: str | None = None
+    json_path: str | None = None  # for type json: key path inside the JSON text
+    values: dict[str, Any] | None = None  # value map applied after conversion
+    coalesce: tuple[str, ...] = ()  # several "alias.col" tried in order
+    constant: Any = None
+    required: bool = False
+
+    def to_python(self, raw: Any) -> Any:
+        """Convert a raw source value; raises RowError on garbage."""
+        if raw is None:
+            if self.required:
+                raise RowError(f"{self.name} is missing")
+            return self.values.get(None) if self.values and None in self.values else None
+        try:
+            v = raw
+            if self.type == "json":
+                v = json.loads(raw) if isinstance(raw, str) else raw
+                for part in (self.json_path or "").split("."):
+                    if part:
+                        v = v.get(part) if isinstance(v, dict) else None
+                if v is None:
+                    return None
+            if self.convert:
+                v = CONVERSIONS[self.convert][0](v)
+            elif self.type != "json":
+                v = TYPE_CASTS[self.type](v)
+        except (TypeError, ValueError, OverflowError, OSError, AttributeError, json.JSONDecodeError) as exc:
+            raise RowError(f"{self.name}: cannot read {raw!r} as {self.convert or self.type}") from exc
+        if self.values is not None:
+            v = self.values.get(v, self.values.get("*", v))
+        return v
+
+    def to_source(self, value: Any) -> Any:
+        """Convert a Python value into the source representation (for filters)."""
+        if self.values is not None:
+            inverse = {v: k for k, v in self.values.items() if k not in (None, "*")}
+            value = inverse.get(value, value)
+        if self.convert:
+            return CONVERSIONS[self.convert][1](value)
+        return value
+
+
+@dataclass(frozen=True)
+class EntityPart:
+    """One table (plus joins) that rows of an entity come from."""
+
+    table: str
+    fields: dict[str, FieldSpec]
+    joins: tuple[dict[str, Any], ...] = ()
+    where: dict[str, Any] = field(default_factory=dict)
+    alias: str = "t"
+
+    def _table(self, name: str, alias: str) -> FromClause:
+        return table(name).alias(alias)
+
+    @property
+    def from_clause(self) -> FromClause:
+        base = self._table(self.table, self.alias)
+        for j in self.joins:
+            other = self._table(j["table"], j["alias"])
+            conds = [
+                literal_column(f'"{self.alias}"."{local}"') == literal_column(f'"{j["alias"]}"."{remote}"')
+                for local, remote in j["on"].items()
+            ]
+            base = base.outerjoin(other, and_(*conds))
+        return base
+
+    def col(self, name: str) -> ColumnElement[Any]:
+        """SQL expression for a mapped field (raw source representation)."""
+        spec = self.fields.get(name)
+        if spec is None:
+            raise MappingError(f"field {name!r} is not mapped for table {self.table!r}")
+        return self._col_expr(spec)
+
+    def _col_expr(self, spec: FieldSpec) -> ColumnElement[Any]:
+        type_ = SQL_TYPES["int" if spec.convert in INTEGER_CONVERSIONS else spec.type]
+        if spec.constant is not None:
+            return literal(spec.constant)
+        if spec.coalesce:
+            return func.coalesce(*(self._ref(c, type_) for c in spec.coalesce))
+        assert spec.column is not None
+        return self._ref(spec.column, type_)
+
+    def _ref(self, ref: str, type_: Any) -> ColumnElement[Any]:
+        alias, _, name = ref.rpartition(".")
+        return literal_column(f'"{alias or self.alias}"."{name}"', type_=type_())
+
+    def eq(self, name: str, value: Any) -> ColumnElement[bool]:
+        """``field == value`` with the value in the source representation."""
+        return self.in_(name, [value])
+
+    def in_(self, name: str, values: Iterable[Any]) -> ColumnElement[bool]:
+        """``field IN values``; values that cannot exist in the source never match."""
+        spec = self.fields[name]
+        converted = []
+        for v in values:
+            try:
+                converted.append(spec.to_source(v))
+            except (TypeError, ValueError, OverflowError):
+                continue  # e.g. a non-numeric id against an integer column
+        if not converted:
+            return false()
+        expr = self.col(name)
+        return expr == converted[0] if len(converted) == 1 else expr.in_(converted)
+
+    def filters(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        for name, value in self.where.items():
+            spec = self.fields.get(name) or FieldSpec(name=name, column=name,
+                                                      type="bool" if isinstance(value, bool) else "str")
+            expr = self._col_expr(spec)
+            if isinstance(value, list):
+                out.append(expr.in_(value))
+            elif value is None:
+                out.append(expr.is_(None))
+            elif isinstance(value, bool):
+                # Booleans land as 0/1, true/false or NULL depending on the connector.
+                out.append(expr == value if value else (expr == value) | expr.is_(None))
+            else:
+                out.append(expr == value)
+        return out
+
+
+@dataclass(frozen=True)
+class Entity:
+    """A logical record type of a source (``account``, ``charge``, ...)."""
+
+    name: str
+    parts: tuple[EntityPart, ...]
+    key: str = "id"
+
+    @property
+    def part(self) -> EntityPart:
+        if len(self.parts) != 1:
+            raise MappingError(f"entity {self.name!r} has {len(self.parts)} parts; use rows()")
+        return self.parts[0]
+
+    def col(self, name: str) -> ColumnElement[Any]:
+        return self.part.col(name)
+
+    def has(self, name: str) -> bool:
+        return all(name in p.fields for p in self.parts)
+
+    def spec(self, name: str) -> FieldSpec:
+        return self.parts[0].fields[name]
+
+    def value(self, name: str, python_value: Any) -> Any:
+        """A Python value in the field's source representation (for filters)."""
+        return self.spec(name).to_source(python_value)
+
+    def select(self, fields: Sequence[str] | None = None, part: EntityPart | None = None) -> Select[Any]:
+        p = part or self.part
+        names = list(fields or p.fields)
+        stmt = select(*(p.col(n).label(n) for n in names)).select_from(p.from_clause)
+        for cond in p.filters():
+            stmt = stmt.where(cond)
+        return stmt
+
+    def rows(
+        self,
+        conn: Connection,
+        where: Callable[[EntityPart], Iterable[ColumnElement[bool]]] | None = None,
+        fields: Sequence[str] | None = None,
+        order_by: str | None = None,
+        descending: bool = True,
+        limit: int | None = None,
+    ) -> Fetched:
+        """Fetch converted rows; malformed rows are skipped and counted, not fatal."""
+        fetched = Fetched()
+        for p in self.parts:
+            stmt = self.select(fields, p)
+            for cond in (where(p) if where else ()):
+                stmt = stmt.where(cond)
+            if order_by:
+                c = p.col(order_by)
+                stmt = stmt.order_by(c.desc() if descending else c.asc())
+            if limit:
+                stmt = stmt.limit(limit)
+            names = list(fields or p.fields)
+            for raw in conn.execute(stmt):
+                fetched.add(p, names, raw)
+        if order_by and len(self.parts) > 1:
+            fetched.rows.sort(key=lambda r: (r.get(order_by) is None, r.get(order_by)), reverse=descending)
+            if limit:
+                fetched.rows = fetched.rows[:limit]
+        return fetched
+
+
+@dataclass
+class Fetched:
+    """Converted rows plus the count of malformed rows skipped."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, part: EntityPart, names: Sequence[str], raw: Sequence[Any]) -> None:
+        try:
+            self.rows.append({n: part.fields[n].to_python(v) for n, v in zip(names, raw, strict=True)})
+        except RowError as exc:
+            self.skipped += 1
+            if len(self.errors) < 5:
+                self.errors.append(str(exc))
+
+
+@dataclass(frozen=True)
+class IdentityKey:
+    """A key that identifies the customer a source node belongs to."""
+
+    entity: str
+    anchor: str  # field holding the node id (the source's customer record id)
+    field: str
+    kind: str  # domain | email | crm_id | name | ...
+    derive_domain: bool = False
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A parsed mapping file."""
+
+    name: str
+    source: str
+    system: str
+    entities: dict[str, Entity]
+    anchor: tuple[str, str]  # (entity, field) of this source's customer record id
+    identity: tuple[IdentityKey, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def entity(self, name: str) -> Entity:
+        try:
+            return self.entities[name]
+        except KeyError:
+            raise MappingError(f"mapping {self.name!r} has no entity {name!r}") from None
+
+    def has_entity(self, name: str) -> bool:
+        return name in self.entities
+
+
+# ------------------------------------------------------------------------ loading
+def _field(name: str, spec: Any) -> FieldSpec:
+    if isinstance(spec, str):
+        return FieldSpec(name=name, column=spec)
+    if not isinstance(spec, dict):
+        raise MappingError(f"field {name!r}: expected a column name or a mapping, got {spec!r}")
+    unknown = set(spec) - {"column", "type", "convert", "path", "values", "coalesce", "constant", "required"}
+    if unknown:
+        raise MappingError(f"field {name!r}: unknown keys {sorted(unknown)}")
+    if spec.get("convert") and spec["convert"] not in CONVERSIONS:
+        raise MappingError(f"field {name!r}: unknown conversion {spec['convert']!r}; known: {sorted(CONVERSIONS)}")
+    ftype = spec.get("type", "str")
+    if ftype not in SQL_TYPES:
+        raise MappingError(f"field {name!r}: unknown type {ftype!r}; known: {sorted(SQL_TYPES)}")
+    return FieldSpec(
+        name=name, column=spec.get("column"), type=ftype, convert=spec.get("convert"),
+        json_path=spec.get("path"), values=spec.get("values"),
+        coalesce=tuple(spec.get("coalesce", ())), constant=spec.get("constant"),
+        required=bool(spec.get("required", False)),
+    )
+
+
+def _part(entity: str, spec: dict[str, Any]) -> EntityPart:
+    if "table" not in spec:
+        raise MappingError(f"entity {entity!r}: 'table' is required")
+    fields = {n: _field(n, s) for n, s in (spec.get("fields") or {}).items()}
+    # YAML 1.1 reads the bare key `on` as the boolean True; accept it as written.
+    joins = tuple({("on" if k is True else k): v for k, v in j.items()} for j in spec.get("joins") or ())
+    for j in joins:
+        if not {"table", "alias", "on"} <= set(j):
+            raise MappingError(f"entity {entity!r}: a join needs table, alias and on")
+    return EntityPart(table=spec["table"], fields=fields, joins=joins, where=dict(spec.get("where") or {}))
+
+
+def parse_mapping(doc: dict[str, Any], name: str = "<inline>") -> Mapping:
+    """Build a :class:`Mapping` from its YAML document."""
+    try:
+        entities: dict[str, Entity] = {}
+        for ename, espec in (doc.get("entities") or {}).items():
+            parts = espec.get("parts") or [espec]
+            entities[ename] = Entity(name=ename, parts=tuple(_part(ename, p) for p in parts),
+                                     key=espec.get("key", "id"))
+        ident = doc.get("identity") or {}
+        anchor_entity, _, anchor_field = str(ident.get("anchor", "")).partition(".")
+        keys = tuple(IdentityKey(**k) for k in ident.get("keys", ()))
+        mapping = Mapping(
+            name=doc.get("name", name), source=doc["source"], system=doc.get("system", name),
+            entities=entities, anchor=(anchor_entity, anchor_field), identity=keys,
+            settings=dict(doc.get("settings") or {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise MappingError(f"mapping {name!r} is malformed: {exc}") from exc
+    for k in mapping.identity:
+        ent = mapping.entity(k.entity)
+        for f in (k.anchor, k.field):
+            if not ent.has(f):
+                raise MappingError(f"mapping {name!r}: identity key names unmapped field {k.entity}.{f}")
+    return mapping
+
+
+@cache
+def load_mapping(ref: str) -> Mapping:
+    """Load a mapping by name (``hubspot``) or path (``./my_crm.yaml``)."""
+    path = Path(ref)
+    if not path.suffix:
+        path = MAPPINGS_DIR / f"{ref}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
+        raise MappingError(f"no mapping {ref!r}; built-in mappings: {', '.join(known)}")
+    with path.open(encoding="utf-8") as fh:
+        return parse_mapping(yaml.safe_load(fh), name=path.stem)
+
+
+def days_between(earlier: date | datetime | None, later: datetime) -> int | None:
+    """Whole days from ``earlier`` to ``later`` (None stays None)."""
+    if earlier is None:
+        return None
+    e = earlier if isinstance(earlier, datetime) else datetime(earlier.year, earlier.month, earlier.day)
+    return (later.date() - e.date()).days
+
+
+def window_start(as_of: datetime, days: int) -> datetime:
+    return as_of - timedelta(days=days)

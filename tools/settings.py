@@ -1,0 +1,140 @@
+"""Settings: ``CUSTCTX_*`` environment variables, a data home, per-source URLs.
+
+Precedence: an explicit argument > the environment > the default. Nested values use
+``__``, e.g. ``CUSTCTX_SOURCES__CRM__URL=postgresql+psycopg://...`` or
+``CUSTCTX_THRESHOLDS__INACTIVE_DAYS=45``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SOURCE_NAMES: tuple[str, ...] = (
+    "crm", "billing", "product", "support", "email",
+    "calendar", "chat", "documents", "calls", "research",
+)
+"""Every source, in the priority order of the customer-context skill (CRM first,
+external research last; billing, product and support follow CRM because the
+support use case needs them most)."""
+
+DEFAULT_MAPPINGS: dict[str, str] = {
+    "crm": "hubspot",
+    "billing": "stripe",
+    "product": "segment",
+    "support": "zendesk",
+    "email": "email",
+    "calendar": "calendar",
+    "chat": "chat",
+    "documents": "documents",
+    "calls": "calls",
+    "research": "news",
+}
+
+
+class SourceConfig(BaseModel):
+    """How one source is connected."""
+
+    url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the source's tables. Unset: the embedded warehouse "
+        "when `embedded` is on, otherwise the source is not connected.",
+    )
+    mapping: str | None = Field(
+        default=None,
+        description="Mapping name (e.g. hubspot, salesforce) or a path to a mapping YAML file.",
+    )
+    enabled: bool = Field(default=True, description="False disconnects the source.")
+
+
+class Thresholds(BaseModel):
+    """Derived-trait thresholds (DESIGN.md, FIXTURES.md)."""
+
+    enterprise_mrr: float = 10_000
+    mid_market_mrr: float = 1_000
+    support_load_high: int = 5
+    support_load_medium: int = 2
+    inactive_days: int = 30
+    repeat_issues: int = 3
+    repeat_window_days: int = 90
+    renewal_soon_days: int = 30
+    low_csat: float = 3.5
+    trend_change: float = Field(default=0.10, description="Week-over-week change that counts as a trend.")
+    mrr_conflict_tolerance: float = Field(default=0.01, description="Relative MRR difference reported as a conflict.")
+
+
+class ChurnWeights(BaseModel):
+    """Points each risk indicator adds to the 0-100 churn-risk score."""
+
+    billing_issue: int = 30
+    inactive: int = 25
+    declining_usage: int = 15
+    repeat_issues: int = 10
+    low_csat: int = 10
+    renewal_soon: int = 10
+    high_support_load: int = 5
+
+
+DEFAULT_TTLS: dict[str, int] = {
+    "crm.account": 3600, "crm.contacts": 3600, "crm.opportunities": 3600, "crm.activities": 3600,
+    "billing.status": 86400, "billing.invoices": 86400,
+    "product.usage": 900,
+    "support.summary": 0, "support.tickets": 0,
+    "email.threads": 900, "calendar.meetings": 900, "chat.mentions": 900,
+    "docs.documents": 3600, "calls.highlights": 3600, "research.news": 86400,
+}
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "custctx"
+
+
+class Settings(BaseSettings):
+    """All settings of a custctx process."""
+
+    model_config = SettingsConfigDict(env_prefix="CUSTCTX_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data home: embedded warehouse and state.")
+    embedded: bool = Field(
+        default=True,
+        description="Use the embedded fixture warehouse (created and seeded on first use) for every "
+        "source without its own URL.",
+    )
+    warehouse_url: str | None = Field(default=None, description="Override the embedded warehouse URL.")
+    state_url: str | None = Field(default=None, description="SQLAlchemy URL of the product's own state (identity index).")
+    seed_customers: int = Field(default=200, description="Background customers seeded on first use.")
+    seed: int = 7
+    as_of: datetime | None = Field(
+        default=None,
+        description="Pin the clock used for day counts. Unset: the fixture as-of date when the "
+        "embedded fixture warehouse is in use, otherwise now.",
+    )
+    sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    churn_weights: ChurnWeights = Field(default_factory=ChurnWeights)
+    ttls: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TTLS))
+    currency: str = "USD"
+    output_format: Literal["json", "markdown"] = "markdown"
+
+    def source(self, name: str) -> SourceConfig:
+        """The configuration of source ``name``, with defaults filled in."""
+        cfg = self.sources.get(name) or SourceConfig()
+        mapping = cfg.mapping or DEFAULT_MAPPINGS[name]
+        url = cfg.url
+        if url is None and self.embedded:
+            url = self.embedded_warehouse_url
+        return SourceConfig(url=url if cfg.enabled else None, mapping=mapping, enabled=cfg.enabled)
+
+    @property
+    def embedded_warehouse_url(self) -> str:
+        return self.warehouse_url or f"sqlite:///{self.home / 'warehouse.sqlite'}"
+
+    @property
+    def state_db_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.home / 'state.sqlite'}"
