@@ -27,3 +27,63 @@ def pg_server():
 def pg_url(pg_server):
     """SQLAlchemy URL of a fresh, empty database created for this test."""
     return pg_server.create_database()
+
+
+# --------------------------------------------------------------------------
+# Fixture warehouses and settings for the product's own tests.
+import pytest  # noqa: E402
+from evals.fixtures.generate import AS_OF, seed  # noqa: E402
+
+from agent.bootstrap import Ready, ready  # noqa: E402
+from tools.registry import dispose_engines  # noqa: E402
+from tools.settings import SOURCE_NAMES, Settings, SourceConfig  # noqa: E402
+
+TEST_BACKGROUND_CUSTOMERS = 40
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """Settings come from each test, never from the developer's shell."""
+    for key in list(os.environ):
+        if key.startswith("CUSTCTX_") or key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
+            monkeypatch.delenv(key)
+
+
+def settings_for(url: str, state_dir, **overrides) -> Settings:
+    """Settings with every source on ``url`` and the clock pinned to the fixtures' as-of."""
+    values = dict(
+        home=state_dir, embedded=False, as_of=AS_OF,
+        state_url=f"sqlite:///{state_dir}/state.sqlite",
+        sources={s: SourceConfig(url=url) for s in SOURCE_NAMES},
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def sqlite_warehouse(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("warehouse") / "warehouse.sqlite"
+    url = f"sqlite:///{path}"
+    seed(url, customers=TEST_BACKGROUND_CUSTOMERS)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_warehouse(pg_server) -> str:
+    url = pg_server.create_database("story_warehouse")
+    seed(url, customers=TEST_BACKGROUND_CUSTOMERS)
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request, tmp_path_factory) -> Ready:
+    """A ready runtime over the story warehouse, on SQLite and on a real PostgreSQL."""
+    url = request.getfixturevalue(f"{request.param}_warehouse")
+    r = ready(settings_for(url, tmp_path_factory.mktemp(f"state-{request.param}")))
+    yield r
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
+def sqlite_ready(sqlite_warehouse, tmp_path_factory) -> Ready:
+    return ready(settings_for(sqlite_warehouse, tmp_path_factory.mktemp("state-sqlite-only")))

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, insert, or_, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from tools.mapping import load_mapping
+from tools.mapping import Mapping, load_mapping
 from tools.registry import engine_for
 from tools.settings import Settings
 from tools.source import CustomerRef
@@ -146,22 +147,28 @@ def _collect(settings: Settings) -> dict[tuple[str, str], _Node]:
         cfg = settings.source(source)
         if not cfg.url:
             continue
-        mapping = load_mapping(cfg.mapping or source)
-        with engine_for(cfg.url).connect() as conn:
-            for key in mapping.identity:
-                fetched = mapping.entity(key.entity).rows(conn, fields=list(dict.fromkeys([key.anchor, key.field])))
-                for r in fetched.rows:
-                    anchor, value = r.get(key.anchor), r.get(key.field)
-                    if anchor is None or value is None or value == "":
-                        continue
-                    node = nodes[(source, str(anchor))]
-                    if key.kind == "name":
-                        node.names.append(str(value))
-                    for kv in _key_values(key.kind, str(value), key.derive_domain):
-                        node.keys.add(kv)
-                        if kv[0] == "domain":
-                            node.domains.append(kv[1])
+        try:
+            _collect_source(source, cfg.url, load_mapping(cfg.mapping or source), nodes)
+        except SQLAlchemyError:
+            continue  # an unreachable source adds no keys; its customers resolve through the others
     return nodes
+
+
+def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[tuple[str, str], _Node]) -> None:
+    with engine_for(url).connect() as conn:
+        for key in mapping.identity:
+            fetched = mapping.entity(key.entity).rows(conn, fields=list(dict.fromkeys([key.anchor, key.field])))
+            for r in fetched.rows:
+                anchor, value = r.get(key.anchor), r.get(key.field)
+                if anchor is None or value is None or value == "":
+                    continue
+                node = nodes[(source, str(anchor))]
+                if key.kind == "name":
+                    node.names.append(str(value))
+                for kv in _key_values(key.kind, str(value), key.derive_domain):
+                    node.keys.add(kv)
+                    if kv[0] == "domain":
+                        node.domains.append(kv[1])
 
 
 def _components(nodes: dict[tuple[str, str], _Node]) -> list[list[tuple[str, str]]]:
@@ -212,7 +219,8 @@ def _customer_row(members: list[tuple[str, str]], nodes: dict[tuple[str, str], _
     }
 
 
-def build_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> int:
+def build_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None,
+                fingerprint: str | None = None) -> int:
     """(Re)build the identity index from every connected source. Returns the customer count."""
     nodes = _collect(settings)
     comps = _components(nodes)
@@ -234,27 +242,37 @@ def build_index(settings: Settings, progress: Callable[[str, int, int], None] | 
         key_rows = [{"kind": k, "value": v[:255], "customer_id": c} for k, v, c in keys]
         for i in range(0, len(key_rows), _BATCH):
             conn.execute(insert(identity_key), key_rows[i:i + _BATCH])
-        conn.execute(insert(identity_meta), [{"key": "fingerprint", "value": source_fingerprint(settings)}])
+        conn.execute(insert(identity_meta), [{"key": "fingerprint",
+                                              "value": fingerprint or source_fingerprint(settings)}])
     return len(customers)
 
 
+UNAVAILABLE = "unavailable:"
+
+
 def source_fingerprint(settings: Settings) -> str:
-    """Changes whenever a connected customer source's configuration or row counts change."""
-    parts = []
+    """Changes whenever a connected customer source's configuration or row counts change.
+
+    Starts with ``unavailable:`` when a source could not be reached.
+    """
+    parts, down = [], []
     for source in ANCHORED_SOURCES:
         cfg = settings.source(source)
         if not cfg.url:
             continue
         mapping = load_mapping(cfg.mapping or source)
         parts.append(f"{source}|{cfg.url}|{mapping.name}")
-        with engine_for(cfg.url).connect() as conn:
-            for ent_name in dict.fromkeys(k.entity for k in mapping.identity):
-                ent = mapping.entity(ent_name)
-                for p in ent.parts:
-                    upd = func.max(p.col("updated_at")) if "updated_at" in p.fields else func.count()
-                    stmt = select(func.count(), upd).select_from(p.from_clause)
-                    parts.append(f"{ent_name}:{tuple(conn.execute(stmt).one())}")
-    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+        try:
+            with engine_for(cfg.url).connect() as conn:
+                for ent_name in dict.fromkeys(k.entity for k in mapping.identity):
+                    for p in mapping.entity(ent_name).parts:
+                        upd = func.max(p.col("updated_at")) if "updated_at" in p.fields else func.count()
+                        stmt = select(func.count(), upd).select_from(p.from_clause)
+                        parts.append(f"{ent_name}:{tuple(conn.execute(stmt).one())}")
+        except SQLAlchemyError:
+            down.append(source)
+    digest = hashlib.sha1("\n".join(parts).encode()).hexdigest()
+    return f"{UNAVAILABLE}{','.join(down)}:{digest}" if down else digest
 
 
 def ensure_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> bool:
@@ -263,9 +281,12 @@ def ensure_index(settings: Settings, progress: Callable[[str, int, int], None] |
     state.create_all(eng)
     with eng.connect() as conn:
         stored = conn.execute(select(identity_meta.c.value).where(identity_meta.c.key == "fingerprint")).scalar()
-    if stored == source_fingerprint(settings):
+    current = source_fingerprint(settings)
+    if stored == current:
         return False
-    build_index(settings, progress)
+    if stored and current.startswith(UNAVAILABLE):
+        return False  # keep the last good index while a source is down
+    build_index(settings, progress, fingerprint=current)
     return True
 
 

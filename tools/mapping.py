@@ -26,11 +26,11 @@ from typing import Any
 
 import yaml
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Date,
     DateTime,
     Float,
-    Integer,
     Numeric,
     String,
     and_,
@@ -40,14 +40,16 @@ from sqlalchemy import (
     literal_column,
     select,
     table,
+    type_coerce,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, FromClause, Select
+from sqlalchemy.types import NullType
 
 MAPPINGS_DIR = Path(__file__).parent / "mappings"
 
 SQL_TYPES = {
-    "str": String, "int": Integer, "float": Float, "decimal": Numeric,
+    "str": String, "int": BigInteger, "float": Float, "decimal": Numeric,
     "bool": Boolean, "datetime": DateTime, "date": Date, "json": String,
 }
 
@@ -63,7 +65,7 @@ class RowError(ValueError):
 # ----------------------------------------------------------------- conversions
 def _epoch(scale: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
     def to_py(v: Any) -> datetime:
-        return datetime.fromtimestamp(int(v) / scale, UTC).replace(tzinfo=None)
+        return datetime.fromtimestamp(_to_int(v) / scale, UTC).replace(tzinfo=None)
 
     def to_src(v: Any) -> int:
         if isinstance(v, date) and not isinstance(v, datetime):
@@ -100,22 +102,46 @@ def _identity(v: Any) -> Any:
     return v
 
 
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        t = v.strip().lower()
+        if t in ("true", "t", "yes", "y", "1"):
+            return True
+        if t in ("false", "f", "no", "n", "0", ""):
+            return False
+        raise ValueError(f"not a boolean: {v!r}")
+    return bool(v)
+
+
+def _to_float(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("a boolean is not a number")
+    return float(v)
+
+
+def _to_int(v: Any) -> int:
+    f = _to_float(v)
+    if f != int(f):
+        raise ValueError(f"not an integer: {v!r}")
+    return int(f)
+
+
 CONVERSIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "cents": (lambda v: round(int(v) / 100, 2), lambda v: int(round(float(v) * 100))),
+    "cents": (lambda v: round(_to_int(v) / 100, 2), lambda v: int(round(float(v) * 100))),
     "epoch_s": _epoch(1),
     "epoch_ms": _epoch(1000),
     "email_local_part": (lambda v: str(v).split("@", 1)[0].lower(), _identity),
     "domain": (_domain, _identity),
     "lower": (lambda v: str(v).strip().lower(), _identity),
     "snake": (lambda v: re.sub(r"[\s/-]+", "_", str(v).strip().lower()), _identity),
-    "id_text": (str, int),  # integer ids in the source, strings everywhere else
+    "id_text": (lambda v: str(_to_int(v)), int),  # integer ids in the source, strings everywhere else
 }
 
 #: Conversions whose source representation is an integer column.
 INTEGER_CONVERSIONS = frozenset({"cents", "epoch_s", "epoch_ms", "id_text"})
 
 TYPE_CASTS: dict[str, Callable[[Any], Any]] = {
-    "str": str, "int": int, "float": float, "decimal": float, "bool": bool,
+    "str": str, "int": _to_int, "float": _to_float, "decimal": _to_float, "bool": _to_bool,
     "datetime": _to_datetime, "date": _to_date, "json": _identity,
 }
 
@@ -280,7 +306,10 @@ class Entity:
     def select(self, fields: Sequence[str] | None = None, part: EntityPart | None = None) -> Select[Any]:
         p = part or self.part
         names = list(fields or p.fields)
-        stmt = select(*(p.col(n).label(n) for n in names)).select_from(p.from_clause)
+        # Raw values, converted in Python by FieldSpec.to_python: driver result
+        # processors would fail a whole read on one garbage value or on a date
+        # column that is really a timestamp.
+        stmt = select(*(type_coerce(p.col(n), NullType()).label(n) for n in names)).select_from(p.from_clause)
         for cond in p.filters():
             stmt = stmt.where(cond)
         return stmt

@@ -48,7 +48,7 @@ class ProductReader(SourceReader):
         features_known: list[str] = self.mapping.settings.get("features", [])
         used = sorted(
             e for (e,) in conn.execute(
-                select(distinct(events.col("event"))).select_from(events.from_clause)
+                select(events.col("event")).distinct().select_from(events.from_clause)
                 .where(in_users, ts > d30, ts <= now))
             if e in features_known
         )

@@ -1,0 +1,47 @@
+"""Getting a process ready: the embedded warehouse seeded on first use, the identity
+index current, the clock chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.identity import IdentityIndex, ensure_index
+from tools.registry import fixture_meta, resolve_as_of, uses_embedded
+from tools.settings import Settings
+from tools.source import ReadContext
+
+Progress = Callable[[str, int, int], None]
+
+
+def ensure_warehouse(settings: Settings, progress: Progress | None = None) -> bool:
+    """Create and seed the embedded fixture warehouse on first use. True if it seeded now."""
+    if not uses_embedded(settings):
+        return False
+    url = settings.embedded_warehouse_url
+    if fixture_meta(url):
+        return False
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    from evals.fixtures.generate import seed  # the fixtures are only needed on first use
+
+    seed(url, customers=settings.seed_customers, seed=settings.seed, progress=progress)
+    return True
+
+
+@dataclass(frozen=True)
+class Ready:
+    settings: Settings
+    index: IdentityIndex
+    ctx: ReadContext
+
+
+def ready(settings: Settings | None = None, progress: Progress | None = None) -> Ready:
+    """Settings → a seeded warehouse, a current identity index and a read context."""
+    settings = settings or Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    ensure_warehouse(settings, progress)
+    ensure_index(settings, progress)
+    return Ready(settings=settings, index=IdentityIndex.for_settings(settings),
+                 ctx=ReadContext(as_of=resolve_as_of(settings), settings=settings))

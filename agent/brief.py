@@ -1,0 +1,226 @@
+"""Markdown customer-context brief, in the structure of the customer-context skill.
+
+Relationship Snapshot, Key Contacts, Commercial Summary, Recent Activity, Open
+Items, Context from <sources>, Missing Context — plus conflicts and provenance.
+Only facts present in the context's slices are written.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from tools.context import CustomerContext
+from tools.slices import (
+    BillingInvoices,
+    BillingStatus,
+    CalendarMeetings,
+    CallHighlights,
+    ChatMentions,
+    CrmAccount,
+    CrmActivities,
+    CrmContacts,
+    CrmOpportunities,
+    Documents,
+    EmailThreads,
+    ProductUsage,
+    ResearchNews,
+    SupportSummary,
+    SupportTickets,
+)
+
+SOURCE_TITLES = {
+    "crm": "CRM", "billing": "Billing", "product": "Product analytics", "support": "Support",
+    "email": "Email", "calendar": "Calendar", "chat": "Chat", "documents": "Documents",
+    "calls": "Calls", "research": "News",
+}
+
+
+def money(v: float | None, currency: str = "$") -> str:
+    return "—" if v is None else f"{currency}{v:,.2f}".replace(".00", "")
+
+
+def day(v: Any) -> str:
+    if v is None:
+        return "—"
+    return v.date().isoformat() if isinstance(v, datetime) else v.isoformat()
+
+
+def _typed(c: CustomerContext, name: str, cls: type) -> Any:
+    s = c.get(name)
+    return s if isinstance(s, cls) else None
+
+
+def _status(c: CustomerContext) -> str:
+    acc = _typed(c, "crm.account", CrmAccount)
+    opps = _typed(c, "crm.opportunities", CrmOpportunities)
+    bil = _typed(c, "billing.status", BillingStatus)
+    if acc and acc.status == "churned":
+        return f"churned{f' ({acc.churn_date})' if acc.churn_date else ''}"
+    if acc and acc.status == "prospect":
+        return "active deal" if opps and opps.open else "prospect"
+    if bil and bil.status == "trialing":
+        return f"customer (trial ends {bil.trial_ends})"
+    if acc or (bil and bil.status not in ("canceled", "none")):
+        return "customer"
+    return "unknown"
+
+
+def _timeline(c: CustomerContext) -> list[tuple[datetime, str, str]]:
+    """Past interactions from every source, newest first: (when, channel, summary)."""
+    items: list[tuple[datetime, str, str]] = []
+    if acts := _typed(c, "crm.activities", CrmActivities):
+        items += [(a.date, f"CRM {a.kind}", a.summary or "") for a in acts.activities]
+    if mail := _typed(c, "email.threads", EmailThreads):
+        items += [(t.last_message_at, f"email ({t.last_direction})", t.subject or "")
+                  for t in mail.threads if t.last_message_at]
+    if cal := _typed(c, "calendar.meetings", CalendarMeetings):
+        items += [(m.start, "meeting", m.title or "") for m in cal.meetings if m.start and not m.upcoming]
+    if calls := _typed(c, "calls.highlights", CallHighlights):
+        items += [(k.date, "call", k.title or "") for k in calls.calls if k.date]
+    if tickets := _typed(c, "support.tickets", SupportTickets):
+        items += [(t.created_at, f"ticket #{t.id} ({t.status})", t.subject or "")
+                  for t in tickets.tickets if t.created_at]
+    return sorted(items, key=lambda x: x[0], reverse=True)
+
+
+def _snapshot(c: CustomerContext) -> list[str]:
+    acc = _typed(c, "crm.account", CrmAccount)
+    timeline = _timeline(c)
+    last = f"{day(timeline[0][0])}, {timeline[0][1]}, {timeline[0][2]}" if timeline else "—"
+    t = c.traits
+    health = t.health + (f" — {'; '.join(f'{r.name}: {r.reason}' for r in t.risk_reasons)}" if t.risk_reasons else "")
+    lines = [
+        f"- **Status**: {_status(c)}",
+        f"- **Account owner**: {acc.owner if acc and acc.owner else '—'}",
+        f"- **Last interaction**: {last}",
+        f"- **Relationship health**: {health}",
+        f"- **Tier**: {t.tier or '—'}{f' (MRR {money(t.mrr)} from {t.tier_source})' if t.mrr is not None else ''}"
+        f"{f'; plan {acc.plan}' if acc and acc.plan else ''}",
+        f"- **Risk indicators**: {', '.join(t.risk_indicators)}; churn risk {t.churn_risk.score}/100",
+    ]
+    if t.support_load:
+        lines.append(f"- **Support load**: {t.support_load}")
+    if acc and (acc.industry or acc.region):
+        lines.append(f"- **Company**: {', '.join(x for x in (acc.industry, acc.region, acc.country, acc.domain) if x)}")
+    return lines
+
+
+def _contacts(c: CustomerContext) -> list[str]:
+    contacts = _typed(c, "crm.contacts", CrmContacts)
+    if not contacts or not contacts.contacts:
+        return ["_No contacts available._"]
+    rows = ["| Name | Title | Role | Last Contact | Engagement |", "|---|---|---|---|---|"]
+    rows += [f"| {p.name} | {p.title or '—'} | {p.role or '—'} | {day(p.last_activity)} | {p.engagement} |"
+             for p in contacts.contacts[:10]]
+    return rows
+
+
+def _commercial(c: CustomerContext) -> list[str]:
+    lines: list[str] = []
+    acc = _typed(c, "crm.account", CrmAccount)
+    opps = _typed(c, "crm.opportunities", CrmOpportunities)
+    bil = _typed(c, "billing.status", BillingStatus)
+    inv = _typed(c, "billing.invoices", BillingInvoices)
+    if opps:
+        listed = "; ".join(f"{o.name} — {o.stage}, {money(o.amount)}, close {day(o.close_date)}"
+                           + (f", next: {o.next_step}" if o.next_step else "") for o in opps.open)
+        lines.append(f"- **Open opportunities**: {listed or 'none'}")
+        if opps.closed:
+            lines.append("- **Closed (12 months)**: " + "; ".join(
+                f"{o.name} — {'won' if o.is_won else 'lost'}{f' ({o.loss_reason})' if o.loss_reason else ''}, "
+                f"{money(o.amount)}" for o in opps.closed))
+    if inv:
+        lines.append(f"- **Historical revenue**: {money(inv.total_revenue)} in payments received")
+    if acc:
+        renewal = f"{acc.renewal_date} ({acc.days_to_renewal} days)" if acc.renewal_date else "—"
+        lines.append(f"- **Next renewal**: {renewal}; contract value {money(acc.contract_value)}")
+    if bil:
+        pay = f"last payment {day(bil.last_payment_date)} {money(bil.last_payment_amount)}" \
+            if bil.last_payment_date else "no payment yet"
+        extra = f"; balance due {money(bil.balance_due)}" if bil.balance_due else ""
+        method = f"; card {bil.payment_method}" if bil.payment_method else ""
+        trial = f"; trial ends {bil.trial_ends}" if bil.trial_ends else ""
+        lines.append(f"- **Billing**: {bil.status}{trial}; {pay}{extra}{method}")
+    if inv and inv.failed_charges:
+        for fc in inv.failed_charges:
+            lines.append(f"- **Failed charge**: {fc.date} {money(fc.amount)} — {fc.failure_code}: "
+                         f"\"{fc.failure_message}\"")
+    return lines or ["_No commercial data available._"]
+
+
+def _open_items(c: CustomerContext) -> list[str]:
+    items: list[str] = []
+    if mail := _typed(c, "email.threads", EmailThreads):
+        for t in mail.threads:
+            items += [f"Commitment (email \"{t.subject}\"): {x}" for x in t.commitments]
+            items += [f"Open question (email \"{t.subject}\"): {q}" for q in t.open_questions]
+    if cal := _typed(c, "calendar.meetings", CalendarMeetings):
+        items += [f"Upcoming meeting: {m.title} on {day(m.start)}" for m in cal.meetings if m.upcoming]
+    if tickets := _typed(c, "support.tickets", SupportTickets):
+        items += [f"Open ticket #{t.id} ({t.type or 'other'}, {t.priority or 'no priority'}): {t.subject}"
+                  for t in tickets.tickets if t.status in ("new", "open", "pending", "hold")]
+    elif sup := _typed(c, "support.summary", SupportSummary):
+        if sup.open_tickets:
+            by_type = ", ".join(f"{k} {v}" for k, v in sorted(sup.open_by_type.items()))
+            items.append(f"{sup.open_tickets} open support tickets ({by_type})")
+    if opps := _typed(c, "crm.opportunities", CrmOpportunities):
+        items += [f"Deal next step ({o.name}): {o.next_step}" for o in opps.open if o.next_step]
+    return [f"- {i}" for i in items] or ["- _None found in the connected sources._"]
+
+
+def _insights(c: CustomerContext) -> list[str]:
+    lines: list[str] = []
+    if u := _typed(c, "product.usage", ProductUsage):
+        lines.append(f"- **Product**: {u.active_users_30d} active users (30 d), {u.active_users_7d} (7 d); "
+                     f"last login {day(u.last_login)}"
+                     f"{f' ({u.days_since_login} days ago)' if u.days_since_login is not None else ''}; "
+                     f"trend {u.trend}; features used: {', '.join(u.features_used_30d) or 'none'}")
+    if s := _typed(c, "support.summary", SupportSummary):
+        by_type = ", ".join(f"{k} {v}" for k, v in sorted(s.open_by_type.items()))
+        lines.append(f"- **Support**: {s.total_tickets} tickets, {s.open_tickets} open"
+                     f"{f' ({by_type})' if by_type else ''}; avg resolution "
+                     f"{s.avg_resolution_hours if s.avg_resolution_hours is not None else '—'} h; "
+                     f"CSAT {s.csat if s.csat is not None else '—'}; repeat issues {s.repeat_issue_count}")
+    if calls := _typed(c, "calls.highlights", CallHighlights):
+        for k in calls.calls:
+            for m in k.moments:
+                lines.append(f"- **Call {day(k.date)} \"{k.title}\"** — {m.kind}: {m.text}")
+    if news := _typed(c, "research.news", ResearchNews):
+        lines += [f"- **News {day(a.date)}** ({a.kind}): {a.headline}" for a in news.articles]
+    if chat := _typed(c, "chat.mentions", ChatMentions):
+        lines += [f"- **Chat {day(m.ts)} #{m.channel}** ({m.author}): {m.text}" for m in chat.mentions[:5]]
+    if docs := _typed(c, "docs.documents", Documents):
+        lines += [f"- **Document** ({d.kind}, {day(d.updated)}): {d.title}" for d in docs.documents[:5]]
+    return lines or ["- _Nothing further from the connected sources._"]
+
+
+def render_brief(c: CustomerContext) -> str:
+    """The customer-context brief as markdown."""
+    used = sorted({s.source for s in c.slices.values()}, key=list(SOURCE_TITLES).index)
+    out = [f"## Customer Context: {c.name}", "",
+           f"_Customer `{c.customer_id}` · as of {c.as_of:%Y-%m-%d %H:%M} UTC · "
+           f"context updated {c.context_updated:%Y-%m-%d %H:%M:%S} UTC_" if c.context_updated else "", "",
+           "### Relationship Snapshot", *_snapshot(c), "",
+           "### Key Contacts", *_contacts(c), "",
+           "### Commercial Summary", *_commercial(c), "",
+           "### Recent Activity",
+           *([f"- {day(w)} — {ch}: {s}" for w, ch, s in _timeline(c)[:5]] or ["- _No recent activity found._"]), "",
+           "### Open Items", *_open_items(c), "",
+           f"### Context from {', '.join(SOURCE_TITLES[s] for s in used) or 'no sources'}", *_insights(c), ""]
+    if c.conflicts:
+        out += ["### Conflicts"]
+        out += [f"- **{x.field}**: " + " vs ".join(f"{v.value} ({v.source}, {v.slice})" for v in x.values)
+                + f" — {x.note}" for x in c.conflicts]
+        out.append("")
+    out += ["### Missing Context"]
+    out += [f"- {g.slice} ({g.kind}): {g.message}" + (f" {g.remedy}" if g.remedy else "") for g in c.gaps] \
+        or ["- _None: every requested slice was available._"]
+    out += ["", "### Sources", "| Slice | System | Records | Source updated | Fetched |", "|---|---|---|---|---|"]
+    out += [f"| {n} | {s.provenance.system} | {len(s.provenance.record_ids)}"
+            f"{f' ({s.provenance.skipped_rows} skipped)' if s.provenance.skipped_rows else ''} | "
+            f"{s.provenance.source_updated_at or '—'} | {s.provenance.fetched_at:%Y-%m-%d %H:%M:%S} |"
+            for n, s in c.slices.items()]
+    return "\n".join(out) + "\n"
+
+
