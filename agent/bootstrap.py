@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.faults import parse_faults
 from tools.identity import IdentityIndex, ensure_index
 from tools.registry import fixture_meta, resolve_as_of, uses_embedded
 from tools.settings import Settings
@@ -40,6 +41,7 @@ class Ready:
 def ready(settings: Settings | None = None, progress: Progress | None = None) -> Ready:
     """Settings → a seeded warehouse, a current identity index and a read context."""
     settings = settings or Settings()
+    parse_faults(settings.faults)  # a bad fault spec is a one-line error before any work
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_warehouse(settings, progress)
     ensure_index(settings, progress)

@@ -46,6 +46,10 @@ def day(v: Any) -> str:
     return v.date().isoformat() if isinstance(v, datetime) else v.isoformat()
 
 
+def _ago(days: int) -> str:
+    return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
+
+
 def _typed(c: CustomerContext, name: str, cls: type) -> Any:
     s = c.get(name)
     return s if isinstance(s, cls) else None
@@ -174,7 +178,7 @@ def _insights(c: CustomerContext) -> list[str]:
     if u := _typed(c, "product.usage", ProductUsage):
         lines.append(f"- **Product**: {u.active_users_30d} active users (30 d), {u.active_users_7d} (7 d); "
                      f"last login {day(u.last_login)}"
-                     f"{f' ({u.days_since_login} days ago)' if u.days_since_login is not None else ''}; "
+                     f"{f' ({_ago(u.days_since_login)})' if u.days_since_login is not None else ''}; "
                      f"trend {u.trend}; features used: {', '.join(u.features_used_30d) or 'none'}")
     if s := _typed(c, "support.summary", SupportSummary):
         by_type = ", ".join(f"{k} {v}" for k, v in sorted(s.open_by_type.items()))
@@ -189,7 +193,7 @@ def _insights(c: CustomerContext) -> list[str]:
     if news := _typed(c, "research.news", ResearchNews):
         lines += [f"- **News {day(a.date)}** ({a.kind}): {a.headline}" for a in news.articles]
     if chat := _typed(c, "chat.mentions", ChatMentions):
-        lines += [f"- **Chat {day(m.ts)} #{m.channel}** ({m.author}): {m.text}" for m in chat.mentions[:5]]
+        lines += [f"- **Chat {day(m.ts)} #{(m.channel or '').lstrip('#')}** ({m.author}): {m.text}" for m in chat.mentions[:5]]
     if docs := _typed(c, "docs.documents", Documents):
         lines += [f"- **Document** ({d.kind}, {day(d.updated)}): {d.title}" for d in docs.documents[:5]]
     return lines or ["- _Nothing further from the connected sources._"]
@@ -216,7 +220,14 @@ def render_brief(c: CustomerContext) -> str:
     out += ["### Missing Context"]
     out += [f"- {g.slice} ({g.kind}): {g.message}" + (f" {g.remedy}" if g.remedy else "") for g in c.gaps] \
         or ["- _None: every requested slice was available._"]
-    out += ["", "### Sources", "| Slice | System | Records | Source updated | Fetched |", "|---|---|---|---|---|"]
+    out += ["", "### Source Report", "| Source | Status | System | Latency | Newest row | Notes |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {r.source} | {r.status} | {r.system or '—'} | "
+            f"{f'{r.latency_ms:.0f} ms' if r.latency_ms is not None else '—'} | {r.freshness or '—'} | "
+            + "; ".join(x for x in (", ".join(r.gaps), f"{r.skipped_rows} malformed rows skipped" if r.skipped_rows
+                                    else "", r.error or "") if x) + " |"
+            for r in c.sources]
+    out += ["", "### Provenance", "| Slice | System | Records | Source updated | Fetched |", "|---|---|---|---|---|"]
     out += [f"| {n} | {s.provenance.system} | {len(s.provenance.record_ids)}"
             f"{f' ({s.provenance.skipped_rows} skipped)' if s.provenance.skipped_rows else ''} | "
             f"{s.provenance.source_updated_at or '—'} | {s.provenance.fetched_at:%Y-%m-%d %H:%M:%S} |"

@@ -13,11 +13,20 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent.bootstrap import ready
 from agent.brief import render_brief
-from tools.context import UnknownSlice, assemble_context, expand_slices, reference_view
+from tools.context import (
+    UnknownSlice,
+    assemble_context,
+    default_guard,
+    expand_slices,
+    reference_view,
+)
+from tools.faults import FaultSpecError
+from tools.health import check_sources
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, build_index
 from tools.mapping import MappingError
 from tools.settings import Settings
@@ -120,11 +129,32 @@ def context(
         out.print(render_brief(ctx), markup=False)
 
 
+@app.command()
+def sources(
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.markdown,
+) -> None:
+    """Health of every source: connected or not, reachable, latency, newest row, breaker, injected fault."""
+    with progress_bar() as update:
+        r = ready(progress=update)
+    report = check_sources(r.settings, default_guard(r.settings))
+    if format is Format.json:
+        print(json.dumps([h.model_dump(mode="json") for h in report], indent=2))
+        return
+    table = Table("source", "status", "system", "latency", "rows", "newest row", "breaker", "fault", "detail",
+                  box=None, pad_edge=False)
+    for h in report:
+        table.add_row(h.source, h.status, h.system or "—",
+                      f"{h.latency_ms:.1f} ms" if h.latency_ms is not None else "—",
+                      f"{h.rows:,}" if h.rows is not None else "—",
+                      f"{h.newest_row:%Y-%m-%d %H:%M}" if h.newest_row else "—", h.breaker or "—", h.fault or "—", h.detail or "")
+    out.print(table)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
     try:
         app()
-    except (MappingError, SQLAlchemyError, OSError) as exc:
+    except (MappingError, FaultSpecError, SQLAlchemyError, OSError) as exc:
         if os.environ.get("CUSTCTX_DEBUG"):
             raise
         first = str(getattr(exc, "orig", None) or exc).strip().splitlines()

@@ -208,6 +208,41 @@ def test_other_story_facts(db):
         T.hs_contact.c.property_email == "rachael+support@tyrell.fr")).first()
 
 
+PINNED_CONTEXT = {  # segment, billing status, renews within 30 days, trend is declining
+    "Brightwave Analytics": ("self_serve", "current", False, False),
+    "Halcyon Bank": ("enterprise", "current", False, False),
+    "Kestrel Freight": ("mid_market", "current", False, False),
+    "Quillstone Legal": ("mid_market", "current", True, True),
+    "Tallgrass Coffee Co": ("self_serve", "past_due", False, False),
+    "Lumen Pediatrics": ("self_serve", "current", False, False),
+    "Vantage Robotics": ("enterprise", "current", True, True),
+    "Marlowe Books": ("self_serve", "current", False, False),
+    "Ferrous Mining Group": ("enterprise", "current", False, False),
+    "Pinecrest Schools": ("mid_market", "past_due", True, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_CONTEXT))
+def test_pinned_triage_context(db, name):
+    """The pinned background customers carry the context the triage labels rely on."""
+    conn = db[0]
+    domain = conn.execute(select(T.hs_company.c.property_domain).where(
+        T.hs_company.c.property_name == name)).scalar_one()
+    f = facts(conn, name, domain)
+    seg, billing, soon, declining = PINNED_CONTEXT[name]
+    renewal = f["company"].property_renewal_date
+    assert f["company"].property_segment == seg and f["billing_status"] == billing
+    assert (renewal is not None and renewal <= (AS_OF + timedelta(days=30)).date()) == soon
+    assert (f["trend"] == "declining") == declining
+    assert f["last_login"] > AS_OF - timedelta(days=30)
+    low_csat = ("Quillstone Legal", "Vantage Robotics", "Pinecrest Schools")
+    assert (f["csat"] is not None and f["csat"] < 3.5) == (name in low_csat)
+    if billing == "current":
+        assert not f["failed"] and f["balance"] == 0
+    al = facts(conn, "Acme Logistics", "acmelogistics.com")
+    assert al["billing_status"] == "current" and not al["failed"]
+
+
 def test_billing_mrr_matches_crm_except_stark(db):
     conn = db[0]
     crm = {str(r.id): (r.property_name, float(r.property_mrr or 0))

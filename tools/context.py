@@ -8,13 +8,16 @@ the reference document plus ids, health, gaps, conflicts and provenance.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializeAsAny
-from sqlalchemy.exc import SQLAlchemyError
 
+from tools.guard import CallOutcome, SourceGuard
 from tools.registry import REMEDIES, reader
 from tools.settings import Settings
 from tools.slices import (
@@ -59,6 +62,7 @@ class CustomerContext(BaseModel):
     gaps: list[SourceGap] = Field(default_factory=list)
     conflicts: list[Conflict] = Field(default_factory=list)
     traits: Traits
+    sources: list[SourceStatus] = Field(default_factory=list, description="The source report.")
 
     def get(self, name: str) -> Slice | None:
         return self.slices.get(name)
@@ -92,24 +96,56 @@ def expand_slices(requested: Iterable[str] | None) -> list[str]:
     return [n for n in SLICE_NAMES if n in wanted]
 
 
-def _summary(exc: BaseException) -> str:
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+SourceState = Literal["connected", "not_connected", "degraded", "failed"]
 
 
-def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext) -> Slice | SourceGap:
-    """One slice, or the gap that names why it is missing."""
+class SourceStatus(BaseModel):
+    """One source's part in a context: connected or not, how fast, how fresh."""
+
+    source: str
+    system: str | None = None
+    status: SourceState
+    latency_ms: float | None = Field(default=None, description="Slowest of its calls (they run in parallel).")
+    freshness: datetime | None = Field(default=None, description="Newest source row among its slices.")
+    slices: list[str] = Field(default_factory=list)
+    gaps: list[str] = Field(default_factory=list)
+    skipped_rows: int = 0
+    attempts: int = 0
+    error: str | None = None
+
+
+GAP_FOR_OUTCOME = {"unavailable": "unavailable", "timeout": "timeout", "circuit_open": "unavailable"}
+
+_guards: dict[tuple, SourceGuard] = {}
+_guards_lock = threading.Lock()
+
+
+def default_guard(settings: Settings) -> SourceGuard:
+    """The process-wide guard for these guard settings (breakers live as long as the process)."""
+    key = tuple(settings.guard.model_dump().items())
+    with _guards_lock:
+        if key not in _guards:
+            _guards[key] = SourceGuard(settings.guard)
+        return _guards[key]
+
+
+def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
+               guard: SourceGuard, timeout_s: float | None = None) -> tuple[Slice | SourceGap, CallOutcome | None]:
+    """One slice through the guard, or the gap that names why it is missing."""
     source = SLICE_MODELS[name].source
     if rdr is None:
         return SourceGap(slice=name, source=source, kind="not_connected",
-                         message=f"No {source} source is connected.", remedy=REMEDIES[source])
-    try:
-        return rdr.read(name, customer, ctx)
-    except SliceNotFound as exc:
-        return SourceGap(slice=name, source=source, kind="not_found", message=str(exc))
-    except SQLAlchemyError as exc:
-        return SourceGap(slice=name, source=source, kind="unavailable",
-                         message=f"{source} source failed: {_summary(exc)}")
+                         message=f"No {source} source is connected.", remedy=REMEDIES[source]), None
+    result, outcome, _exc = guard.call(source, name, lambda: rdr.read(name, customer, ctx), timeout_s,
+                                       not_found=(SliceNotFound,))
+    if outcome.status == "ok":
+        return result, outcome
+    if outcome.status == "not_found":
+        return SourceGap(slice=name, source=source, kind="not_found", message=outcome.error or "not found"), outcome
+    what = {"timeout": f"{source} source timed out: {outcome.error}",
+            "circuit_open": f"{source} source skipped: {outcome.error}"}.get(
+        outcome.status, f"{source} source failed after {outcome.attempts} attempt(s): {outcome.error}")
+    return SourceGap(slice=name, source=source, kind=GAP_FOR_OUTCOME[outcome.status], message=what), outcome
 
 
 def assemble_context(
@@ -118,26 +154,60 @@ def assemble_context(
     ctx: ReadContext,
     slices: Iterable[str] | None = None,
     matched_by: str | None = None,
+    guard: SourceGuard | None = None,
 ) -> CustomerContext:
+    """Read the requested slices (in parallel, each guarded) and derive the unified context."""
     names = expand_slices(slices)
-    readers: dict[str, SourceReader | None] = {}
-    got: dict[str, Slice] = {}
-    gaps: list[SourceGap] = []
-    for name in names:
-        source = SLICE_MODELS[name].source
-        if source not in readers:
-            readers[source] = reader(settings, source)
-        result = read_slice(readers[source], name, customer, ctx)
-        if isinstance(result, SourceGap):
-            gaps.append(result)
-        else:
-            got[name] = result
+    guard = guard or default_guard(settings)
+    sources = list(dict.fromkeys(SLICE_MODELS[n].source for n in names))
+    readers = {s: reader(settings, s) for s in sources}
+    with ThreadPoolExecutor(max_workers=max(1, settings.guard.max_concurrency)) as pool:
+        futures = [
+            pool.submit(copy_context().run, read_slice, readers[SLICE_MODELS[n].source], n, customer, ctx, guard,
+                        settings.source(SLICE_MODELS[n].source).timeout_s)
+            for n in names
+        ]
+        results = [f.result() for f in futures]
+    got = {n: r for n, (r, _) in zip(names, results, strict=True) if not isinstance(r, SourceGap)}
+    gaps = [r for r, _ in results if isinstance(r, SourceGap)]
+    outcomes = [o for _, o in results if o is not None]
     return CustomerContext(
         customer_id=customer.customer_id, name=customer.name, matched_by=matched_by,
         anchors=dict(customer.anchors), domains=list(customer.domains), as_of=ctx.as_of,
         slices=got, gaps=gaps, conflicts=find_conflicts(got, settings),
         traits=derive_traits(got, settings.thresholds, settings.churn_weights),
+        sources=source_report(sources, readers, got, gaps, outcomes),
     )
+
+
+def source_report(sources: list[str], readers: dict[str, SourceReader | None], got: dict[str, Slice],
+                  gaps: list[SourceGap], outcomes: list[CallOutcome]) -> list[SourceStatus]:
+    report = []
+    for source in sources:
+        rdr = readers[source]
+        mine = [s for s in got.values() if s.source == source]
+        my_gaps = [g for g in gaps if g.source == source]
+        calls = [o for o in outcomes if o.source == source]
+        failed = [g for g in my_gaps if g.kind in ("unavailable", "timeout")]
+        skipped = sum(s.provenance.skipped_rows for s in mine)
+        if rdr is None:
+            state: SourceState = "not_connected"
+        elif failed and not mine and len(failed) == len(my_gaps):
+            state = "failed"
+        elif failed or skipped:
+            state = "degraded"
+        else:
+            state = "connected"
+        updated = [s.provenance.source_updated_at for s in mine if s.provenance.source_updated_at]
+        report.append(SourceStatus(
+            source=source, system=rdr.mapping.system if rdr else None, status=state,
+            latency_ms=max((o.latency_ms for o in calls), default=None),
+            freshness=max(updated) if updated else None,
+            slices=sorted(s.name for s in mine), gaps=[f"{g.slice}: {g.kind}" for g in my_gaps],
+            skipped_rows=skipped, attempts=sum(o.attempts for o in calls),
+            error=next((o.error for o in calls if o.status not in ("ok", "not_found")), None),
+        ))
+    return report
 
 
 def find_conflicts(s: dict[str, Slice], settings: Settings) -> list[Conflict]:
@@ -235,6 +305,7 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
         "gaps": [g.model_dump() for g in c.gaps],
         "conflicts": [x.model_dump(mode="json") for x in c.conflicts],
         "provenance": {n: s.provenance.model_dump(mode="json") for n, s in c.slices.items()},
+        "sources": [x.model_dump(mode="json") for x in c.sources],
         "traits": c.traits.model_dump(mode="json"),
     }
     if include_slices:

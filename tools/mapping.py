@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -47,6 +48,12 @@ from sqlalchemy.sql import ColumnElement, FromClause, Select
 from sqlalchemy.types import NullType
 
 MAPPINGS_DIR = Path(__file__).parent / "mappings"
+
+#: Set by fault injection (``corrupt``): rewrites raw rows before conversion.
+ROW_TAMPER: ContextVar[Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None] = \
+    ContextVar("custctx_row_tamper", default=None)
+#: Set by the reader around one read: counts rows skipped as malformed.
+SKIP_TALLY: ContextVar[list[int] | None] = ContextVar("custctx_skip_tally", default=None)
 
 SQL_TYPES = {
     "str": String, "int": BigInteger, "float": Float, "decimal": Numeric,
@@ -335,8 +342,9 @@ class Entity:
             if limit:
                 stmt = stmt.limit(limit)
             names = list(fields or p.fields)
+            tamper = ROW_TAMPER.get()
             for raw in conn.execute(stmt):
-                fetched.add(p, names, raw)
+                fetched.add(p, names, tamper(p.table, names, raw) if tamper else raw)
         if order_by and len(self.parts) > 1:
             fetched.rows.sort(key=lambda r: (r.get(order_by) is None, r.get(order_by)), reverse=descending)
             if limit:
@@ -357,6 +365,9 @@ class Fetched:
             self.rows.append({n: part.fields[n].to_python(v) for n, v in zip(names, raw, strict=True)})
         except RowError as exc:
             self.skipped += 1
+            tally = SKIP_TALLY.get()
+            if tally is not None:
+                tally[0] += 1
             if len(self.errors) < 5:
                 self.errors.append(str(exc))
 

@@ -11,7 +11,8 @@ from datetime import timedelta
 from sqlalchemy import case, distinct, func, select
 from sqlalchemy.engine import Connection
 
-from tools.mapping import days_between
+from tools.guard import MalformedSource
+from tools.mapping import ROW_TAMPER, RowError, days_between
 from tools.slices import ProductUsage
 from tools.source import CustomerRef, ReadContext, SliceNotFound, SourceReader
 
@@ -52,17 +53,22 @@ class ProductReader(SourceReader):
                 .where(in_users, ts > d30, ts <= now))
             if e in features_known
         )
-        last7, prior7 = int(window[2] or 0), int(window[3] or 0)
-        last_login_dt = events.fields["timestamp"].to_python(last_login) if last_login is not None else None
+        tamper = ROW_TAMPER.get()
+        if tamper:
+            window = tamper(events.table, ["users_30d", "users_7d", "last7", "prior7", "updated"], window)
+        try:
+            users30, users7, last7, prior7 = (int(v or 0) for v in window[:4])
+            last_login_dt = events.fields["timestamp"].to_python(last_login) if last_login is not None else None
+            updated = events.fields["updated_at"].to_python(window[4]) if window[4] is not None else None
+        except (TypeError, ValueError, RowError) as exc:
+            raise MalformedSource(f"product analytics returned malformed aggregates for group {group_id}") from exc
         prov = self.provenance(ctx, extra_ids=[group_id])
-        updated = window[4]
-        if updated is not None:
-            prov.source_updated_at = events.fields["updated_at"].to_python(updated)
+        prov.source_updated_at = updated
         return ProductUsage(
             provenance=prov,
             group_id=group_id,
-            active_users_30d=int(window[0] or 0),
-            active_users_7d=int(window[1] or 0),
+            active_users_30d=users30,
+            active_users_7d=users7,
             last_login=last_login_dt,
             days_since_login=days_between(last_login_dt, ctx.as_of),
             features_used_30d=used,

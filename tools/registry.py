@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from sqlalchemy import column, create_engine, inspect, select, table
+from sqlalchemy import column, create_engine, event, inspect, select, table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -16,6 +16,8 @@ from tools.chat import ChatReader
 from tools.crm import CrmReader
 from tools.documents import DocumentsReader
 from tools.email import EmailReader
+from tools.faults import FaultyReader, parse_faults
+from tools.guard import deadline_passed
 from tools.mapping import load_mapping
 from tools.product import ProductReader
 from tools.research import ResearchReader
@@ -57,8 +59,16 @@ def engine_for(url: str) -> Engine:
         if eng is None:
             kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {}
             eng = create_engine(url, **kwargs)
+            if eng.dialect.name == "sqlite":
+                # SQLite has no statement timeout: interrupt a query once the guarded
+                # call's deadline has passed (checked every few thousand VM steps).
+                event.listen(eng, "connect", _install_interrupt)
             _engines[url] = eng
         return eng
+
+
+def _install_interrupt(dbapi_conn, _record) -> None:  # noqa: ANN001
+    dbapi_conn.set_progress_handler(lambda: 1 if deadline_passed() else 0, 5_000)
 
 
 def dispose_engines() -> None:
@@ -73,12 +83,14 @@ def connected_sources(settings: Settings) -> list[str]:
 
 
 def reader(settings: Settings, source: str) -> SourceReader | None:
-    """The reader of ``source``, or None when it is not connected."""
+    """The reader of ``source`` (behind its injected fault, if any), or None when not connected."""
     cfg = settings.source(source)
     if not cfg.url:
         return None
     assert cfg.mapping is not None
-    return READERS[source](load_mapping(cfg.mapping), engine_for(cfg.url))
+    rdr = READERS[source](load_mapping(cfg.mapping), engine_for(cfg.url))
+    fault = parse_faults(settings.faults).get(source)
+    return FaultyReader(rdr, fault, settings.seed) if fault else rdr
 
 
 def uses_embedded(settings: Settings) -> bool:

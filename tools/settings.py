@@ -50,6 +50,20 @@ class SourceConfig(BaseModel):
         description="Mapping name (e.g. hubspot, salesforce) or a path to a mapping YAML file.",
     )
     enabled: bool = Field(default=True, description="False disconnects the source.")
+    timeout_s: float | None = Field(default=None, description="Per-source timeout; unset: guard.timeout_s.")
+
+
+class GuardSettings(BaseModel):
+    """Resilience around every source call (tools/guard.py)."""
+
+    timeout_s: float = Field(default=5.0, description="Budget of one source call, retries included.")
+    attempts: int = Field(default=3, description="Tries per call on transient errors.")
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 2.0
+    breaker_failures: int = Field(default=3, description="Consecutive failed calls that open the breaker.")
+    breaker_reset_s: float = Field(default=30.0, description="Seconds before an open breaker lets a probe through.")
+    max_concurrency: int = Field(default=4, description="Source reads in flight at once.")
+    per_source_concurrency: int = Field(default=2, description="Reads in flight at once against one source.")
 
 
 class Thresholds(BaseModel):
@@ -116,6 +130,11 @@ class Settings(BaseSettings):
         "embedded fixture warehouse is in use, otherwise now.",
     )
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    faults: str | None = Field(
+        default=None,
+        description='Fault injection, e.g. "billing=down,product=slow:3s,support=flaky:0.5,crm=corrupt".',
+    )
     thresholds: Thresholds = Field(default_factory=Thresholds)
     churn_weights: ChurnWeights = Field(default_factory=ChurnWeights)
     ttls: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TTLS))
@@ -129,7 +148,8 @@ class Settings(BaseSettings):
         url = cfg.url
         if url is None and self.embedded:
             url = self.embedded_warehouse_url
-        return SourceConfig(url=url if cfg.enabled else None, mapping=mapping, enabled=cfg.enabled)
+        return SourceConfig(url=url if cfg.enabled else None, mapping=mapping, enabled=cfg.enabled,
+                            timeout_s=cfg.timeout_s or self.guard.timeout_s)
 
     @property
     def embedded_warehouse_url(self) -> str:

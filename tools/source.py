@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
-from tools.mapping import Mapping
+from tools.guard import DEADLINE, MalformedSource
+from tools.mapping import SKIP_TALLY, Mapping
 from tools.settings import Settings
 from tools.slices import Provenance, Slice
 
@@ -63,8 +65,38 @@ class SourceReader:
 
     def read(self, slice_name: str, customer: CustomerRef, ctx: ReadContext) -> Slice:
         method = getattr(self, "read_" + slice_name.split(".", 1)[1])
+        tally = [0]
+        token = SKIP_TALLY.set(tally)
+        try:
+            with self.engine.connect() as conn:
+                self._apply_deadline(conn)
+                return method(conn, customer, ctx)
+        except SliceNotFound:
+            if tally[0]:
+                raise MalformedSource(f"{tally[0]} malformed {self.source} rows skipped; "
+                                      f"no usable record left for {customer.name}") from None
+            raise
+        finally:
+            SKIP_TALLY.reset(token)
+
+    def ping(self) -> tuple[int, datetime | None]:
+        """Row count and newest row of the source's main entity: proof it answers."""
+        m = self.mapping
+        part = m.entity(m.anchor[0] or next(iter(m.entities))).parts[0]
+        has_updated = "updated_at" in part.fields
+        cols = [func.count(), func.max(part.col("updated_at")) if has_updated else func.count()]
         with self.engine.connect() as conn:
-            return method(conn, customer, ctx)
+            self._apply_deadline(conn)
+            count, newest = conn.execute(select(*cols).select_from(part.from_clause)).one()
+        return int(count), part.fields["updated_at"].to_python(newest) if has_updated and newest is not None else None
+
+    @staticmethod
+    def _apply_deadline(conn: Connection) -> None:
+        """PostgreSQL enforces the call's remaining budget itself (SQLite: see registry)."""
+        d = DEADLINE.get()
+        if d is not None and conn.dialect.name == "postgresql":
+            ms = max(1, int(d.remaining() * 1000))
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
 
     def anchor(self, customer: CustomerRef) -> str:
         """This source's record id for the customer, or SliceNotFound."""

@@ -1,0 +1,226 @@
+"""The one guard around every source call: deadline, retries, circuit breaker, concurrency.
+
+* **Deadline.** Each call has a budget (``timeout_s``, retries included). It is
+  enforced inside the database — SQLite's progress handler, PostgreSQL's
+  ``statement_timeout`` — and by injected slowness, so a slow query is interrupted
+  rather than waited out. Past the deadline the call becomes a ``timeout`` gap.
+* **Retries** with exponential backoff and jitter (tenacity), on transient errors
+  only: connection failures, operational errors, injected outages. Not-found,
+  malformed mappings and bad input are never retried.
+* **Circuit breaker** per source: after ``breaker_failures`` consecutive failed
+  calls the source is not touched for ``breaker_reset_s``; then one probe call is
+  let through, and its outcome closes or re-opens the breaker.
+* **Bounded concurrency**: at most ``per_source_concurrency`` reads in flight per
+  source (and the caller's pool bounds the total).
+
+Time comes from an injectable :class:`Clock`, so tests run without real sleeps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from tools.settings import GuardSettings
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class RealClock:
+    monotonic = staticmethod(time.monotonic)
+    sleep = staticmethod(time.sleep)
+
+
+class TransientSourceError(RuntimeError):
+    """A failure worth retrying (an outage, a dropped connection)."""
+
+
+class SourceTimeout(TimeoutError):
+    """The call's deadline passed."""
+
+
+class MalformedSource(RuntimeError):
+    """The source answered, but every row it had for the customer was malformed."""
+
+
+@dataclass(frozen=True)
+class Deadline:
+    clock: Clock
+    at: float
+
+    def remaining(self) -> float:
+        return self.at - self.clock.monotonic()
+
+    def passed(self) -> bool:
+        return self.remaining() <= 0
+
+
+DEADLINE: ContextVar[Deadline | None] = ContextVar("custctx_deadline", default=None)
+
+
+def deadline_passed() -> bool:
+    d = DEADLINE.get()
+    return d is not None and d.passed()
+
+
+def guarded_sleep(seconds: float) -> None:
+    """Sleep on the call's clock, but never past its deadline (then time out)."""
+    d = DEADLINE.get()
+    if d is None:
+        RealClock.sleep(seconds)
+        return
+    remaining = d.remaining()
+    d.clock.sleep(max(0.0, min(seconds, remaining)))
+    if seconds >= remaining:
+        raise SourceTimeout(f"no answer within the deadline (needed {seconds:g} s)")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, SourceTimeout | MalformedSource):
+        return False
+    if isinstance(exc, TransientSourceError | OperationalError | DisconnectionError | PoolTimeout):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+# ------------------------------------------------------------------ breaker
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+@dataclass
+class CircuitBreaker:
+    failures_to_open: int
+    reset_s: float
+    state: BreakerState = "closed"
+    failures: int = 0
+    opened_at: float = 0.0
+    probing: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def allow(self, now: float) -> bool:
+        with self._lock:
+            if self.state == "closed":
+                return True
+            if self.state == "open" and now - self.opened_at >= self.reset_s:
+                self.state, self.probing = "half_open", False
+            if self.state == "half_open" and not self.probing:
+                self.probing = True  # exactly one probe at a time
+                return True
+            return False
+
+    def record(self, ok: bool, now: float) -> None:
+        with self._lock:
+            if ok:
+                self.state, self.failures, self.probing = "closed", 0, False
+                return
+            self.failures += 1
+            if self.state == "half_open" or self.failures >= self.failures_to_open:
+                self.state, self.opened_at, self.probing = "open", now, False
+
+    def retry_in(self, now: float) -> float:
+        return max(0.0, self.reset_s - (now - self.opened_at))
+
+
+# ------------------------------------------------------------------ outcome
+@dataclass
+class CallOutcome:
+    """What one guarded call did, for the source report."""
+
+    source: str
+    slice: str
+    status: Literal["ok", "not_found", "unavailable", "timeout", "circuit_open"]
+    latency_ms: float
+    attempts: int = 0
+    error: str | None = None
+
+
+def summarize(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+class SourceGuard:
+    """Runs source calls under the deadline / retry / breaker / concurrency policy."""
+
+    def __init__(self, settings: GuardSettings, clock: Clock | None = None):
+        self.settings = settings
+        self.clock: Clock = clock or RealClock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._semaphores: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def breaker(self, source: str) -> CircuitBreaker:
+        with self._lock:
+            if source not in self._breakers:
+                self._breakers[source] = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s)
+            return self._breakers[source]
+
+    @contextmanager
+    def _slot(self, source: str) -> Iterator[None]:
+        with self._lock:
+            sem = self._semaphores.setdefault(
+                source, threading.BoundedSemaphore(self.settings.per_source_concurrency))
+        with sem:
+            yield
+
+    def call(self, source: str, slice_name: str, fn: Callable[[], Any], timeout_s: float | None = None,
+                not_found: tuple[type[BaseException], ...] = ()) -> tuple[Any, CallOutcome, BaseException | None]:
+        """Run ``fn`` guarded. Returns (result or None, outcome, the final exception if any)."""
+        start = self.clock.monotonic()
+        breaker = self.breaker(source)
+
+        def outcome(status, attempts=0, error=None) -> CallOutcome:  # noqa: ANN001
+            return CallOutcome(source, slice_name, status, round((self.clock.monotonic() - start) * 1000, 2),
+                               attempts, error)
+
+        if not breaker.allow(start):
+            msg = (f"circuit open after {breaker.failures} failed calls; "
+                   f"next probe in {breaker.retry_in(start):.0f} s")
+            return None, outcome("circuit_open", 0, msg), None
+        deadline = Deadline(self.clock, start + (timeout_s or self.settings.timeout_s))
+        token = DEADLINE.set(deadline)
+        attempts = 0
+        try:
+            retrying = Retrying(
+                stop=stop_after_attempt(self.settings.attempts),
+                wait=wait_exponential_jitter(multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s,
+                                             jitter=self.settings.backoff_initial_s),
+                retry=retry_if_exception(lambda e: is_transient(e) and not deadline.passed()),
+                sleep=lambda s: guarded_sleep(s),
+                reraise=True,
+            )
+            with self._slot(source):
+                for attempt in retrying:
+                    with attempt:
+                        attempts += 1
+                        result = fn()
+            breaker.record(True, self.clock.monotonic())
+            return result, outcome("ok", attempts), None
+        except not_found as exc:
+            breaker.record(True, self.clock.monotonic())
+            return None, outcome("not_found", attempts, str(exc)), exc
+        except (SourceTimeout, SQLAlchemyError, TransientSourceError, MalformedSource) as exc:
+            breaker.record(False, self.clock.monotonic())
+            if isinstance(exc, SourceTimeout) or deadline.passed():
+                budget = timeout_s or self.settings.timeout_s
+                return None, outcome("timeout", attempts, f"no answer within {budget:g} s"), exc
+            return None, outcome("unavailable", attempts, summarize(exc)), exc
+        except Exception as exc:  # noqa: BLE001 - a reader bug or garbage the mapping did not foresee
+            # Reported, not swallowed: the gap and the source report carry the error.
+            breaker.record(False, self.clock.monotonic())
+            return None, outcome("unavailable", attempts, f"{type(exc).__name__}: {summarize(exc)}"), exc
+        finally:
+            DEADLINE.reset(token)
