@@ -78,10 +78,11 @@ class FaultyReader(SourceReader):
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def _rng(self, slice_name: str) -> random.Random:
+    def _rng(self, key: str) -> random.Random:
+        # Deterministic per (seed, source, slice, customer, call number), whatever the thread order.
         with self._lock:
-            n = self._calls[slice_name] = self._calls.get(slice_name, 0) + 1
-        return random.Random(f"{self.seed}:{self.source}:{slice_name}:{n}")
+            n = self._calls[key] = self._calls.get(key, 0) + 1
+        return random.Random(f"{self.seed}:{self.source}:{key}:{n}")
 
     def _strike(self, rng: random.Random) -> None:
         f = self.fault
@@ -97,7 +98,7 @@ class FaultyReader(SourceReader):
         return self.inner.ping()
 
     def read(self, slice_name: str, customer: CustomerRef, ctx: ReadContext) -> Slice:
-        f, rng = self.fault, self._rng(slice_name)
+        f, rng = self.fault, self._rng(f"{slice_name}:{customer.customer_id}")
         self._strike(rng)
         if f.kind != "corrupt":
             return self.inner.read(slice_name, customer, ctx)
