@@ -3,12 +3,15 @@ index current, the clock chosen."""
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 from tools.faults import parse_faults
 from tools.identity import IdentityIndex, ensure_index
+from tools.memory import ContextMemory, open_store
 from tools.registry import fixture_meta, resolve_as_of, uses_embedded
 from tools.settings import Settings
 from tools.source import ReadContext
@@ -36,14 +39,26 @@ class Ready:
     settings: Settings
     index: IdentityIndex
     ctx: ReadContext
+    memory: ContextMemory | None = None
 
 
-def ready(settings: Settings | None = None, progress: Progress | None = None) -> Ready:
-    """Settings → a seeded warehouse, a current identity index and a read context."""
+_open_stores = ExitStack()
+atexit.register(_open_stores.close)
+
+
+def open_memory(settings: Settings) -> ContextMemory:
+    """Long-term memory on the state database, open for the life of the process."""
+    store = _open_stores.enter_context(open_store(settings.state_db_url))
+    return ContextMemory(store, settings.tenant, settings.ttls)
+
+
+def ready(settings: Settings | None = None, progress: Progress | None = None, memory: bool = False) -> Ready:
+    """Settings → a seeded warehouse, a current identity index, a read context (and memory)."""
     settings = settings or Settings()
     parse_faults(settings.faults)  # a bad fault spec is a one-line error before any work
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_warehouse(settings, progress)
     ensure_index(settings, progress)
     return Ready(settings=settings, index=IdentityIndex.for_settings(settings),
-                 ctx=ReadContext(as_of=resolve_as_of(settings), settings=settings))
+                 ctx=ReadContext(as_of=resolve_as_of(settings), settings=settings),
+                 memory=open_memory(settings) if memory else None)

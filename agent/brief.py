@@ -46,6 +46,14 @@ def day(v: Any) -> str:
     return v.date().isoformat() if isinstance(v, datetime) else v.isoformat()
 
 
+def _served(s: Any) -> str:
+    p = s.provenance
+    if p.served_from != "memory":
+        return ""
+    age = f"{p.age_seconds / 3600:.1f} h" if (p.age_seconds or 0) >= 3600 else f"{p.age_seconds or 0:.0f} s"
+    return f" (**stale**, from memory, {age} old)" if p.stale else f" (from memory, {age} old)"
+
+
 def _ago(days: int) -> str:
     return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
 
@@ -230,7 +238,7 @@ def render_brief(c: CustomerContext) -> str:
     out += ["", "### Provenance", "| Slice | System | Records | Source updated | Fetched |", "|---|---|---|---|---|"]
     out += [f"| {n} | {s.provenance.system} | {len(s.provenance.record_ids)}"
             f"{f' ({s.provenance.skipped_rows} skipped)' if s.provenance.skipped_rows else ''} | "
-            f"{s.provenance.source_updated_at or '—'} | {s.provenance.fetched_at:%Y-%m-%d %H:%M:%S} |"
+            f"{s.provenance.source_updated_at or '—'} | {s.provenance.fetched_at:%Y-%m-%d %H:%M:%S}{_served(s)} |"
             for n, s in c.slices.items()]
     return "\n".join(out) + "\n"
 

@@ -100,6 +100,8 @@ def context(
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.markdown,
     slices: Annotated[list[str] | None, typer.Option(
         "--slices", "-s", help="Slices or sources to include, e.g. billing.status,support (default: all).")] = None,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Read every slice from its source, not from long-term memory.")] = False,
 ) -> None:
     """Print one customer's unified context: slices, derived traits, gaps, conflicts, provenance."""
     try:
@@ -107,7 +109,7 @@ def context(
     except UnknownSlice as exc:
         raise fail(str(exc), 2) from None
     with progress_bar() as update:
-        r = ready(progress=update)
+        r = ready(progress=update, memory=True)
     try:
         customer, matched_by = r.index.resolve(ref)
     except AmbiguousCustomer as exc:
@@ -122,7 +124,8 @@ def context(
         raise typer.Exit(3) from None
     except (CustomerNotFound, BadReference) as exc:
         raise fail(str(exc), 1) from None
-    ctx = assemble_context(r.settings, customer, r.ctx, wanted, matched_by=matched_by)
+    ctx = assemble_context(r.settings, customer, r.ctx, wanted, matched_by=matched_by, memory=r.memory,
+                           prefer_memory=not fresh)
     if format is Format.json:
         print(json.dumps(reference_view(ctx), indent=2, ensure_ascii=False))
     else:

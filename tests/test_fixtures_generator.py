@@ -276,6 +276,12 @@ def test_no_collisions_and_nothing_after_as_of(db):
     assert conn.execute(select(func.max(T.zd_ticket.c.created_at))).scalar() <= AS_OF
     assert conn.execute(select(func.max(T.zd_ticket_field_history.c.updated))).scalar() <= AS_OF
     assert _ts(conn.execute(select(func.max(T.st_charge.c.created))).scalar()) <= AS_OF
+    for col in (T.email_message.c.sent_at, T.chat_message.c.ts, T.document.c.modified_time,
+                T.call.c.started_at, T.news_article.c.published_at, T.zd_ticket_comment.c.created,
+                T.sg_tracks.c.received_at, T.hs_company.c._fivetran_synced):
+        assert conn.execute(select(func.max(col))).scalar() <= AS_OF, col
+    assert conn.execute(select(func.max(T.hs_engagement.c.timestamp))).scalar() <= (
+        AS_OF - datetime(1970, 1, 1)).total_seconds() * 1000
 
 
 def test_triage_tickets(db):

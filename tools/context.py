@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SerializeAsAny
 
 from tools.guard import CallOutcome, SourceGuard
+from tools.memory import ContextMemory
 from tools.registry import REMEDIES, reader
 from tools.settings import Settings
 from tools.slices import (
@@ -96,7 +97,7 @@ def expand_slices(requested: Iterable[str] | None) -> list[str]:
     return [n for n in SLICE_NAMES if n in wanted]
 
 
-SourceState = Literal["connected", "not_connected", "degraded", "failed"]
+SourceState = Literal["connected", "cached", "stale", "not_connected", "degraded", "failed"]
 
 
 class SourceStatus(BaseModel):
@@ -130,18 +131,36 @@ def default_guard(settings: Settings) -> SourceGuard:
 
 
 def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
-               guard: SourceGuard, timeout_s: float | None = None) -> tuple[Slice | SourceGap, CallOutcome | None]:
-    """One slice through the guard, or the gap that names why it is missing."""
+               guard: SourceGuard, timeout_s: float | None = None, memory: ContextMemory | None = None,
+               prefer_memory: bool = True) -> tuple[Slice | SourceGap, CallOutcome | None]:
+    """One slice, or the gap that names why it is missing.
+
+    With long-term memory: a fresh snapshot is served without touching the source;
+    a live read is written through; when the source fails, the last snapshot is
+    served marked stale with its age instead of a gap.
+    """
     source = SLICE_MODELS[name].source
+    if memory is not None and prefer_memory and rdr is not None:
+        cached = memory.get(customer.customer_id, name)
+        if cached is not None and cached.fresh:
+            prov = cached.slice.provenance
+            prov.served_from, prov.age_seconds = "memory", round(cached.age_seconds, 1)
+            return cached.slice, CallOutcome(source, name, "memory", 0.0)
     if rdr is None:
         return SourceGap(slice=name, source=source, kind="not_connected",
                          message=f"No {source} source is connected.", remedy=REMEDIES[source]), None
     result, outcome, _exc = guard.call(source, name, lambda: rdr.read(name, customer, ctx), timeout_s,
                                        not_found=(SliceNotFound,))
     if outcome.status == "ok":
+        if memory is not None:
+            memory.put(customer.customer_id, result)
         return result, outcome
     if outcome.status == "not_found":
         return SourceGap(slice=name, source=source, kind="not_found", message=outcome.error or "not found"), outcome
+    if memory is not None and (cached := memory.get(customer.customer_id, name)) is not None:
+        prov = cached.slice.provenance
+        prov.served_from, prov.stale, prov.age_seconds = "memory", True, round(cached.age_seconds, 1)
+        return cached.slice, outcome
     what = {"timeout": f"{source} source timed out: {outcome.error}",
             "circuit_open": f"{source} source skipped: {outcome.error}"}.get(
         outcome.status, f"{source} source failed after {outcome.attempts} attempt(s): {outcome.error}")
@@ -155,6 +174,8 @@ def assemble_context(
     slices: Iterable[str] | None = None,
     matched_by: str | None = None,
     guard: SourceGuard | None = None,
+    memory: ContextMemory | None = None,
+    prefer_memory: bool = True,
 ) -> CustomerContext:
     """Read the requested slices (in parallel, each guarded) and derive the unified context."""
     names = expand_slices(slices)
@@ -164,7 +185,7 @@ def assemble_context(
     with ThreadPoolExecutor(max_workers=max(1, settings.guard.max_concurrency)) as pool:
         futures = [
             pool.submit(copy_context().run, read_slice, readers[SLICE_MODELS[n].source], n, customer, ctx, guard,
-                        settings.source(SLICE_MODELS[n].source).timeout_s)
+                        settings.source(SLICE_MODELS[n].source).timeout_s, memory, prefer_memory)
             for n in names
         ]
         results = [f.result() for f in futures]
@@ -190,8 +211,13 @@ def source_report(sources: list[str], readers: dict[str, SourceReader | None], g
         calls = [o for o in outcomes if o.source == source]
         failed = [g for g in my_gaps if g.kind in ("unavailable", "timeout")]
         skipped = sum(s.provenance.skipped_rows for s in mine)
+        stale = [s for s in mine if s.provenance.stale]
         if rdr is None:
             state: SourceState = "not_connected"
+        elif stale:
+            state = "stale"
+        elif mine and all(s.provenance.served_from == "memory" for s in mine) and not my_gaps:
+            state = "cached"
         elif failed and not mine and len(failed) == len(my_gaps):
             state = "failed"
         elif failed or skipped:
@@ -205,7 +231,7 @@ def source_report(sources: list[str], readers: dict[str, SourceReader | None], g
             freshness=max(updated) if updated else None,
             slices=sorted(s.name for s in mine), gaps=[f"{g.slice}: {g.kind}" for g in my_gaps],
             skipped_rows=skipped, attempts=sum(o.attempts for o in calls),
-            error=next((o.error for o in calls if o.status not in ("ok", "not_found")), None),
+            error=next((o.error for o in calls if o.status not in ("ok", "not_found", "memory")), None),
         ))
     return report
 

@@ -141,7 +141,7 @@ class CallOutcome:
 
     source: str
     slice: str
-    status: Literal["ok", "not_found", "unavailable", "timeout", "circuit_open"]
+    status: Literal["ok", "memory", "not_found", "unavailable", "timeout", "circuit_open"]
     latency_ms: float
     attempts: int = 0
     error: str | None = None

@@ -121,7 +121,9 @@ class Settings(BaseSettings):
         "source without its own URL.",
     )
     warehouse_url: str | None = Field(default=None, description="Override the embedded warehouse URL.")
-    state_url: str | None = Field(default=None, description="SQLAlchemy URL of the product's own state (identity index).")
+    state_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the product's own state: identity index, long-term memory.")
+    tenant: str = Field(default="default", description="Tenant whose memory namespace this process uses.")
     seed_customers: int = Field(default=200, description="Background customers seeded on first use.")
     seed: int = 7
     as_of: datetime | None = Field(

@@ -23,6 +23,9 @@ class Provenance(BaseModel):
     fetched_at: datetime = Field(description="When the slice was read from the source (wall clock, UTC).")
     as_of: datetime = Field(description="The clock used for day counts and windows.")
     skipped_rows: int = Field(default=0, description="Malformed source rows left out of the slice.")
+    served_from: Literal["source", "memory"] = Field(default="source", description="Read live, or from long-term memory.")
+    stale: bool = Field(default=False, description="A snapshot served because the source failed.")
+    age_seconds: float | None = Field(default=None, description="Age of a snapshot served from memory.")
 
 
 class Slice(BaseModel):

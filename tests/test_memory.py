@@ -1,0 +1,136 @@
+"""Long-term memory: fresh snapshots spare the sources, stale ones stand in for a
+failing source with their age, TTL 0 is always live, tenants never see each other."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import event
+
+from tools.context import assemble_context
+from tools.guard import SourceGuard
+from tools.memory import ContextMemory, open_store
+from tools.registry import engine_for
+from tools.source import ReadContext
+
+from .test_guard import FakeClock
+
+T0 = datetime(2026, 11, 21, 9, 0, 0)
+
+
+class WallClock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path):
+    with open_store(f"sqlite:///{tmp_path / 'memory.sqlite'}") as s:
+        yield s
+
+
+@pytest.fixture
+def counted(sqlite_warehouse):
+    """Statements run against the warehouse."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        seen.append(statement)
+
+    eng = engine_for(sqlite_warehouse)
+    event.listen(eng, "before_cursor_execute", count)
+    yield seen
+    event.remove(eng, "before_cursor_execute", count)
+
+
+def setup(sqlite_ready, store, tenant="acme-support", faults=None):
+    wall = WallClock()
+    settings = sqlite_ready.settings.model_copy(update={"faults": faults})
+    ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=settings, now=wall)
+    return settings, ctx, ContextMemory(store, tenant, settings.ttls, clock=wall), wall
+
+
+def test_fresh_snapshots_are_served_without_touching_the_source(sqlite_ready, store, counted):
+    settings, ctx, memory, wall = setup(sqlite_ready, store)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    first = assemble_context(settings, acme, ctx, ["billing", "crm.account"], memory=memory)
+    assert counted and all(s.provenance.served_from == "source" for s in first.slices.values())
+    counted.clear()
+    wall.now += timedelta(minutes=10)
+    second = assemble_context(settings, acme, ctx, ["billing", "crm.account"], memory=memory)
+    assert counted == []  # nothing read from the warehouse
+    assert {n: s.provenance.served_from for n, s in second.slices.items()} == {
+        "crm.account": "memory", "billing.status": "memory", "billing.invoices": "memory"}
+    assert second.get("billing.status").provenance.age_seconds == 600
+    assert second.get("billing.status").status == "past_due"
+    assert {r.source: r.status for r in second.sources} == {"crm": "cached", "billing": "cached"}
+
+
+def test_expired_snapshots_are_read_again(sqlite_ready, store, counted):
+    settings, ctx, memory, wall = setup(sqlite_ready, store)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+    wall.now += timedelta(seconds=settings.ttls["crm.account"] + 1)
+    counted.clear()
+    c = assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+    assert counted and c.get("crm.account").provenance.served_from == "source"
+
+
+def test_ttl_zero_slices_are_always_live(sqlite_ready, store, counted):
+    settings, ctx, memory, _ = setup(sqlite_ready, store)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    assemble_context(settings, acme, ctx, ["support.summary"], memory=memory)
+    counted.clear()
+    c = assemble_context(settings, acme, ctx, ["support.summary"], memory=memory)
+    assert counted and c.get("support.summary").provenance.served_from == "source"
+
+
+def test_failing_source_is_answered_with_the_stale_snapshot_and_its_age(sqlite_ready, store):
+    settings, ctx, memory, wall = setup(sqlite_ready, store)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    assemble_context(settings, acme, ctx, ["billing"], memory=memory)
+    wall.now += timedelta(days=2)  # past the 24 h TTL
+    down, dctx, dmemory, _ = setup(sqlite_ready, store, faults="billing=down")
+    dmemory.clock = wall
+    dctx = ReadContext(as_of=dctx.as_of, settings=down, now=wall)
+    c = assemble_context(down, acme, dctx, ["billing"], memory=dmemory, guard=SourceGuard(down.guard, FakeClock()))
+    assert c.gaps == []
+    status = c.get("billing.status")
+    assert status.status == "past_due" and status.provenance.stale
+    assert status.provenance.age_seconds == 2 * 86400
+    report = {r.source: r for r in c.sources}["billing"]
+    assert report.status == "stale" and "is down" in report.error
+
+
+def test_without_a_snapshot_a_failing_source_is_a_gap(sqlite_ready, store):
+    settings, ctx, memory, _ = setup(sqlite_ready, store, faults="billing=down")
+    globex, _ = sqlite_ready.index.resolve("globex.com")
+    c = assemble_context(settings, globex, ctx, ["billing.status"], memory=memory,
+                         guard=SourceGuard(settings.guard, FakeClock()))
+    assert [(g.slice, g.kind) for g in c.gaps] == [("billing.status", "unavailable")]
+
+
+def test_tenants_never_read_each_others_snapshots(sqlite_ready, store):
+    settings, ctx, mem_a, _ = setup(sqlite_ready, store, tenant="tenant-a")
+    mem_b = ContextMemory(store, "tenant-b", settings.ttls, clock=mem_a.clock)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    assemble_context(settings, acme, ctx, ["billing.status"], memory=mem_a)
+    assert mem_a.get(acme.customer_id, "billing.status") is not None
+    assert mem_b.get(acme.customer_id, "billing.status") is None
+    assert mem_a.namespace(acme.customer_id) == ("customers", "tenant-a", acme.customer_id)
+    with pytest.raises(ValueError):
+        ContextMemory(store, "", settings.ttls)
+
+
+def test_postgres_store(sqlite_ready, pg_url):
+    settings, ctx, _, wall = setup(sqlite_ready, None)
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    with open_store(pg_url) as pg:
+        memory = ContextMemory(pg, "t", settings.ttls, clock=wall)
+        assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+        cached = memory.get(acme.customer_id, "crm.account")
+        assert cached.fresh and cached.slice.company_name == "Acme Corp"

@@ -1,0 +1,96 @@
+"""Long-term customer context: slices in a LangGraph ``BaseStore``, apart from
+conversation state.
+
+Namespace ``("customers", tenant, customer_id)``, key = slice name, value = the slice
+with its provenance and when it was stored. A slice is *fresh* while younger than
+its TTL (``Settings.ttls``; 0 = always read live); older snapshots are kept so a
+failing source can be answered with the last snapshot, marked stale with its age.
+
+This lives in ``tools/`` (DESIGN draws it under ``agent/``) because the tool guard's
+stale-while-revalidate needs it and ``tools/`` must not import ``agent/``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from langgraph.store.base import BaseStore
+from sqlalchemy.engine import make_url
+
+from tools.slices import Slice, parse_slice
+from tools.source import utcnow
+
+NAMESPACE_ROOT = "customers"
+
+
+@dataclass(frozen=True)
+class CachedSlice:
+    slice: Slice
+    age_seconds: float
+    fresh: bool
+
+
+class ContextMemory:
+    """Per-tenant slice snapshots in a BaseStore."""
+
+    def __init__(self, store: BaseStore, tenant: str, ttls: dict[str, int],
+                 clock: Callable[[], datetime] = utcnow):
+        if not tenant:
+            raise ValueError("a tenant is required for long-term memory")
+        self.store, self.tenant, self.ttls, self.clock = store, tenant, ttls, clock
+
+    def namespace(self, customer_id: str) -> tuple[str, ...]:
+        """The one place memory namespaces are built, from trusted context only."""
+        return (NAMESPACE_ROOT, self.tenant, customer_id)
+
+    def put(self, customer_id: str, s: Slice) -> None:
+        self.store.put(self.namespace(customer_id), s.name,
+                       {"slice": s.model_dump(mode="json"), "stored_at": self.clock().isoformat()}, index=False)
+
+    def get(self, customer_id: str, name: str) -> CachedSlice | None:
+        item = self.store.get(self.namespace(customer_id), name)
+        if item is None:
+            return None
+        s = parse_slice(name, item.value["slice"])
+        age = max(0.0, (self.clock() - s.provenance.fetched_at).total_seconds())
+        return CachedSlice(slice=s, age_seconds=age, fresh=age < self.ttls.get(name, 0))
+
+    def forget(self, customer_id: str, names: list[str] | None = None) -> None:
+        ns = self.namespace(customer_id)
+        for item in self.store.search(ns, limit=1000) if names is None else ():
+            self.store.delete(ns, item.key)
+        for name in names or ():
+            self.store.delete(ns, name)
+
+
+@contextmanager
+def open_store(url: str) -> Iterator[BaseStore]:
+    """A SqliteStore (``sqlite:///path``) or PostgresStore (``postgresql+psycopg://...``), set up."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        path = u.database or ":memory:"
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from langgraph.store.sqlite import SqliteStore
+
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            store = SqliteStore(conn)
+            store.setup()
+            yield store
+        finally:
+            conn.close()
+    elif u.get_backend_name() == "postgresql":
+        from langgraph.store.postgres import PostgresStore
+
+        libpq = u.set(drivername="postgresql").render_as_string(hide_password=False)
+        with PostgresStore.from_conn_string(libpq) as store:
+            store.setup()
+            yield store
+    else:
+        raise ValueError(f"long-term memory needs SQLite or PostgreSQL, not {u.get_backend_name()}")
