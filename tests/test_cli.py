@@ -75,14 +75,46 @@ def test_unknown_slice_is_one_line(home):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_unreachable_source_becomes_a_gap(home):
-    proc = custctx(home, "context", "acme.com", "-f", "json", check=True,
-                   env_extra={"CUSTCTX_SOURCES__SUPPORT__URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
+DEAD_SUPPORT = {"CUSTCTX_SOURCES__SUPPORT__URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+
+
+def test_unreachable_source_becomes_a_gap(tmp_path):
+    proc = custctx(tmp_path, "context", "acme.com", "-f", "json", check=True, env_extra=DEAD_SUPPORT)
     view = json.loads(proc.stdout)
     assert {(g["slice"], g["kind"]) for g in view["gaps"]} == {("support.summary", "unavailable"),
                                                               ("support.tickets", "unavailable")}
     assert all("support source failed" in g["message"] for g in view["gaps"])
     assert view["billing"]["status"] == "past_due" and view["support"] is None
+    assert {s["source"]: s["status"] for s in view["sources"]}["support"] == "failed"
+
+
+def test_unreachable_source_is_answered_from_memory_when_it_can(home):
+    custctx(home, "context", "acme.com", check=True)  # leaves snapshots in long-term memory
+    view = json.loads(custctx(home, "context", "acme.com", "-f", "json", check=True, env_extra=DEAD_SUPPORT).stdout)
+    assert view["gaps"] == [] and view["support"]["open_tickets"] == 3
+    assert view["provenance"]["support.summary"]["stale"] is True
+    assert {s["source"]: s["status"] for s in view["sources"]}["support"] == "stale"
+
+
+def test_fault_injection_from_the_environment(tmp_path):
+    proc = custctx(tmp_path, "context", "globex.com", "-f", "json", check=True,
+                   env_extra={"CUSTCTX_FAULTS": "billing=down", "CUSTCTX_GUARD__BACKOFF_INITIAL_S": "0.01"})
+    view = json.loads(proc.stdout)
+    assert {g["slice"] for g in view["gaps"]} == {"billing.status", "billing.invoices"}
+    assert view["usage"]["active_users"] == 80
+
+
+def test_sources_command_reports_every_source(home):
+    rows = json.loads(custctx(home, "sources", "-f", "json", check=True,
+                              env_extra={"CUSTCTX_SOURCES__CHAT__ENABLED": "false"}).stdout)
+    status = {r["source"]: r["status"] for r in rows}
+    assert status.pop("chat") == "not_connected" and set(status.values()) == {"ok"}
+    assert all(r["rows"] > 0 and r["latency_ms"] is not None for r in rows if r["status"] == "ok")
+
+
+def test_bad_fault_spec_is_one_line(home):
+    proc = custctx(home, "context", "acme.com", env_extra={"CUSTCTX_FAULTS": "billing=sideways"})
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "bad fault" in proc.stderr
 
 
 def test_disconnected_source_names_its_remedy(home):
