@@ -73,7 +73,7 @@ class BillingReader(SourceReader):
         failed = self.mapping.entity("charge").rows(
             conn,
             where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "failed"),
-                             p.col("created") >= p.fields["created"].to_source(since)],
+                             *p.within("created", after=since)],
             order_by="created")
         succeeded = self.mapping.entity("charge").rows(
             conn, where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "succeeded")],

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from tools.slices import CalendarMeetings, Meeting
@@ -18,14 +17,12 @@ class CalendarReader(SourceReader):
     def read_meetings(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CalendarMeetings:
         domains = require_domains(customer, self.source)
         events, attendees = self.mapping.entity("event"), self.mapping.entity("attendee")
-        ap = attendees.part
-        ids = select(ap.col("event_id")).select_from(ap.from_clause).where(ap.in_("domain", domains))
+        ids = attendees.part.keys_where("event_id", "domain", domains)
         days = timedelta(days=self.mapping.settings.get("window_days", 30))
         fetched = events.rows(
             conn,
             where=lambda p: [p.col("id").in_(ids.scalar_subquery()),
-                             p.col("start") >= p.fields["start"].to_source(ctx.as_of - days),
-                             p.col("start") <= p.fields["start"].to_source(ctx.as_of + days)],
+                             *p.within("start", ctx.as_of - days, ctx.as_of + days)],
             order_by="start", descending=False)
         people: dict[str, list[str]] = defaultdict(list)
         event_ids = [e["id"] for e in fetched.rows]

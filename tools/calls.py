@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from tools.slices import CallHighlights, CallSummary, KeyMoment
@@ -20,14 +19,11 @@ class CallsReader(SourceReader):
     def read_highlights(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CallHighlights:
         domains = require_domains(customer, self.source)
         calls, participants, highlights = (self.mapping.entity(n) for n in ("call", "participant", "highlight"))
-        pp = participants.part
-        ids = select(pp.col("call_id")).select_from(pp.from_clause).where(pp.in_("domain", domains))
+        ids = participants.part.keys_where("call_id", "domain", domains)
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 90))
         fetched = calls.rows(
             conn,
-            where=lambda p: [p.col("id").in_(ids.scalar_subquery()),
-                             p.col("started_at") > p.fields["started_at"].to_source(since),
-                             p.col("started_at") <= p.fields["started_at"].to_source(ctx.as_of)],
+            where=lambda p: [p.col("id").in_(ids.scalar_subquery()), *p.within("started_at", since, ctx.as_of)],
             order_by="started_at", limit=MAX_CALLS)
         call_ids = [c["id"] for c in fetched.rows]
         people: dict[str, list[str]] = defaultdict(list)

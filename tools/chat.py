@@ -25,8 +25,7 @@ class ChatReader(SourceReader):
         needle = f"%{_like_escape(customer.name.lower())}%"
         fetched = self.mapping.entity("message").rows(
             conn,
-            where=lambda p: [p.col("ts") > p.fields["ts"].to_source(since),
-                             p.col("ts") <= p.fields["ts"].to_source(ctx.as_of),
+            where=lambda p: [*p.within("ts", since, ctx.as_of),
                              func.lower(p.col("text")).like(needle, escape="\\")],
             order_by="ts", limit=MAX_MENTIONS)
         return ChatMentions(

@@ -98,7 +98,7 @@ class CrmReader(SourceReader):
         crm_id = self.anchor(customer)
         fetched = self.mapping.entity("activity").rows(
             conn,
-            where=lambda p: [p.eq("account_id", crm_id), p.col("date") <= p.fields["date"].to_source(ctx.as_of)],
+            where=lambda p: [p.eq("account_id", crm_id), *p.within("date", until=ctx.as_of)],
             order_by="date", limit=20,
         )
         acts = [Activity(date=r["date"], kind=r.get("kind") or "activity", summary=r.get("summary"))

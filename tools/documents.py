@@ -17,7 +17,7 @@ class DocumentsReader(SourceReader):
         domains = require_domains(customer, self.source)
         fetched = self.mapping.entity("document").rows(
             conn,
-            where=lambda p: [p.in_("domain", domains), p.col("updated") <= p.fields["updated"].to_source(ctx.as_of)],
+            where=lambda p: [p.in_("domain", domains), *p.within("updated", until=ctx.as_of)],
             order_by="updated", limit=MAX_DOCUMENTS)
         return Documents(
             provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),

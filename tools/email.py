@@ -6,7 +6,6 @@ import re
 from collections import defaultdict
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from tools.slices import EmailThread, EmailThreads
@@ -27,14 +26,11 @@ class EmailReader(SourceReader):
     def read_threads(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> EmailThreads:
         domains = require_domains(customer, self.source)
         messages, recipients = self.mapping.entity("message"), self.mapping.entity("recipient")
-        rp = recipients.part
-        ids = select(rp.col("message_id")).select_from(rp.from_clause).where(rp.in_("domain", domains))
+        ids = recipients.part.keys_where("message_id", "domain", domains)
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 60))
         fetched = messages.rows(
             conn,
-            where=lambda p: [p.col("id").in_(ids.scalar_subquery()),
-                             p.col("sent_at") > p.fields["sent_at"].to_source(since),
-                             p.col("sent_at") <= p.fields["sent_at"].to_source(ctx.as_of)],
+            where=lambda p: [p.col("id").in_(ids.scalar_subquery()), *p.within("sent_at", since, ctx.as_of)],
             order_by="sent_at", descending=False)
         msg_ids = [m["id"] for m in fetched.rows]
         people: dict[str, set[str]] = defaultdict(set)

@@ -265,6 +265,20 @@ class EntityPart:
         expr = self.col(name)
         return expr == converted[0] if len(converted) == 1 else expr.in_(converted)
 
+    def within(self, name: str, after: Any = None, until: Any = None) -> list[ColumnElement[bool]]:
+        """``after < field <= until`` (either bound optional), bounds given as Python values."""
+        spec, expr = self.fields[name], self.col(name)
+        conds = []
+        if after is not None:
+            conds.append(expr > spec.to_source(after))
+        if until is not None:
+            conds.append(expr <= spec.to_source(until))
+        return conds
+
+    def keys_where(self, key: str, field: str, values: Iterable[Any]) -> Select[Any]:
+        """``SELECT key WHERE field IN values``: e.g. the messages that involve these domains."""
+        return select(self.col(key)).select_from(self.from_clause).where(self.in_(field, values))
+
     def filters(self) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
         for name, value in self.where.items():

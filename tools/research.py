@@ -18,9 +18,7 @@ class ResearchReader(SourceReader):
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
         fetched = self.mapping.entity("article").rows(
             conn,
-            where=lambda p: [p.in_("domain", domains),
-                             p.col("published_at") > p.fields["published_at"].to_source(since),
-                             p.col("published_at") <= p.fields["published_at"].to_source(ctx.as_of)],
+            where=lambda p: [p.in_("domain", domains), *p.within("published_at", since, ctx.as_of)],
             order_by="published_at")
         return ResearchNews(
             provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),

@@ -22,8 +22,7 @@ class SupportReader(SourceReader):
                  limit: int | None = None) -> Any:
         return self.mapping.entity("ticket").rows(
             conn,
-            where=lambda p: [p.eq("organization_id", org_id),
-                             p.col("created_at") <= p.fields["created_at"].to_source(ctx.as_of)],
+            where=lambda p: [p.eq("organization_id", org_id), *p.within("created_at", until=ctx.as_of)],
             fields=fields, order_by="created_at", limit=limit)
 
     def _history(self, conn: Connection, ticket_ids: list[str]) -> Any:
