@@ -60,13 +60,6 @@ class ContextMemory:
         age = max(0.0, (self.clock() - s.provenance.fetched_at).total_seconds())
         return CachedSlice(slice=s, age_seconds=age, fresh=age < self.ttls.get(name, 0))
 
-    def forget(self, customer_id: str, names: list[str] | None = None) -> None:
-        ns = self.namespace(customer_id)
-        for item in self.store.search(ns, limit=1000) if names is None else ():
-            self.store.delete(ns, item.key)
-        for name in names or ():
-            self.store.delete(ns, name)
-
 
 @contextmanager
 def open_store(url: str) -> Iterator[BaseStore]:

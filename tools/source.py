@@ -132,10 +132,6 @@ def first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def conn_rows(conn: Connection, stmt: Any) -> list[Any]:
-    return list(conn.execute(stmt))
-
-
 def require_domains(customer: CustomerRef, source: str) -> tuple[str, ...]:
     """Domain-keyed sources need at least one domain for the customer."""
     if not customer.domains:
