@@ -122,3 +122,14 @@ def test_with_a_single_source_configured(sqlite_warehouse, tmp_path, source, ref
         assert any(g.remedy.startswith("Connect a CRM source (HubSpot, Salesforce") for g in c.gaps)
     report = {x.source: x.status for x in c.sources}
     assert report[source] == "connected" and {v for k, v in report.items() if k != source} == {"not_connected"}
+
+
+def test_a_source_that_cannot_be_opened_is_a_gap_not_a_crash(sqlite_ready):
+    settings = sqlite_ready.settings.model_copy(deep=True)
+    settings.sources["billing"] = SourceConfig(url=settings.source("billing").url, mapping="no_such_mapping")
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    c = assemble_context(settings, acme, sqlite_ready.ctx)
+    billing = [g for g in c.gaps if g.source == "billing"]
+    assert {g.kind for g in billing} == {"unavailable"} and len(billing) == 2
+    assert "no mapping 'no_such_mapping'" in billing[0].message
+    assert c.get("crm.account").mrr == 15000

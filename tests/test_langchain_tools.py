@@ -104,3 +104,15 @@ def test_tool_call_gets_trusted_runtime_and_returns_json_message(sqlite_ready):
     body = json.loads(msg.content)
     assert body["customer_id"] == rt.customer.customer_id
     assert body["slices"]["billing.status"]["status"] == "past_due"
+
+
+def test_tools_read_through_long_term_memory(sqlite_ready, tmp_path):
+    from tools.memory import ContextMemory, open_store
+
+    acme, _ = sqlite_ready.index.resolve("acme.com")
+    with open_store(f"sqlite:///{tmp_path / 'mem.sqlite'}") as store:
+        memory = ContextMemory(store, "t", sqlite_ready.settings.ttls)
+        rt = SourceToolRuntime(settings=sqlite_ready.settings, customer=acme, ctx=sqlite_ready.ctx, store=memory)
+        SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], RUNTIME_ARG: rt})
+        again = SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], RUNTIME_ARG: rt})
+    assert again["slices"]["billing.status"]["provenance"]["served_from"] == "memory"

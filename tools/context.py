@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SerializeAsAny
+from sqlalchemy.exc import ArgumentError
 
-from tools.guard import CallOutcome, SourceGuard
+from tools.guard import CallOutcome, SourceGuard, summarize
+from tools.mapping import MappingError
 from tools.memory import ContextMemory
 from tools.registry import REMEDIES, reader
 from tools.settings import Settings
@@ -167,6 +169,43 @@ def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: 
     return SourceGap(slice=name, source=source, kind=GAP_FOR_OUTCOME[outcome.status], message=what), outcome
 
 
+def read_slices(
+    settings: Settings,
+    customer: CustomerRef,
+    ctx: ReadContext,
+    names: list[str],
+    guard: SourceGuard | None = None,
+    memory: ContextMemory | None = None,
+    prefer_memory: bool = True,
+) -> tuple[dict[str, SourceReader | None], list[tuple[Slice | SourceGap, CallOutcome | None]]]:
+    """Read ``names`` in parallel (bounded pool), each through memory and the guard.
+
+    Returns the readers used (None: not connected) and one (slice or gap, outcome)
+    per name, in the order given. A source whose reader cannot even be built (a bad
+    mapping file, a malformed URL) yields ``unavailable`` gaps, not an exception.
+    """
+    guard = guard or default_guard(settings)
+    readers: dict[str, SourceReader | None] = {}
+    broken: dict[str, str] = {}
+    for source in dict.fromkeys(SLICE_MODELS[n].source for n in names):
+        try:
+            readers[source] = reader(settings, source)
+        except (MappingError, ArgumentError, ValueError) as exc:
+            readers[source], broken[source] = None, f"{source} source could not be opened: {summarize(exc)}"
+
+    def one(name: str) -> tuple[Slice | SourceGap, CallOutcome | None]:
+        source = SLICE_MODELS[name].source
+        if source in broken:
+            return SourceGap(slice=name, source=source, kind="unavailable", message=broken[source]), None
+        return read_slice(readers[source], name, customer, ctx, guard, settings.source(source).timeout_s,
+                          memory, prefer_memory)
+
+    if len(names) == 1:
+        return readers, [one(names[0])]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), settings.guard.max_concurrency))) as pool:
+        return readers, [f.result() for f in [pool.submit(copy_context().run, one, n) for n in names]]
+
+
 def assemble_context(
     settings: Settings,
     customer: CustomerRef,
@@ -179,16 +218,7 @@ def assemble_context(
 ) -> CustomerContext:
     """Read the requested slices (in parallel, each guarded) and derive the unified context."""
     names = expand_slices(slices)
-    guard = guard or default_guard(settings)
-    sources = list(dict.fromkeys(SLICE_MODELS[n].source for n in names))
-    readers = {s: reader(settings, s) for s in sources}
-    with ThreadPoolExecutor(max_workers=max(1, settings.guard.max_concurrency)) as pool:
-        futures = [
-            pool.submit(copy_context().run, read_slice, readers[SLICE_MODELS[n].source], n, customer, ctx, guard,
-                        settings.source(SLICE_MODELS[n].source).timeout_s, memory, prefer_memory)
-            for n in names
-        ]
-        results = [f.result() for f in futures]
+    readers, results = read_slices(settings, customer, ctx, names, guard, memory, prefer_memory)
     got = {n: r for n, (r, _) in zip(names, results, strict=True) if not isinstance(r, SourceGap)}
     gaps = [r for r, _ in results if isinstance(r, SourceGap)]
     outcomes = [o for _, o in results if o is not None]
@@ -197,7 +227,7 @@ def assemble_context(
         anchors=dict(customer.anchors), domains=list(customer.domains), as_of=ctx.as_of,
         slices=got, gaps=gaps, conflicts=find_conflicts(got, settings),
         traits=derive_traits(got, settings.thresholds, settings.churn_weights),
-        sources=source_report(sources, readers, got, gaps, outcomes),
+        sources=source_report(list(readers), readers, got, gaps, outcomes),
     )
 
 

@@ -392,11 +392,6 @@ class IdentityIndex:
         by_norm = {r.name_norm: r.name for r in rows}
         return [by_norm[m] for m in difflib.get_close_matches(norm, list(by_norm), n=n, cutoff=0.5)]
 
-    def all_customers(self) -> Iterable[CustomerRef]:
-        with self.engine.connect() as conn:
-            for row in conn.execute(select(identity_customer).order_by(identity_customer.c.name_norm)):
-                yield _ref(row._mapping)
-
 
 def _ref(row: dict) -> CustomerRef:
     return CustomerRef(

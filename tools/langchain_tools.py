@@ -46,8 +46,6 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -55,11 +53,11 @@ from langchain_core.messages import ToolCall
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, WithJsonSchema, create_model
 
-from tools.context import default_guard, read_slice
-from tools.guard import SourceGuard, summarize
-from tools.registry import reader
+from tools.context import read_slices
+from tools.guard import SourceGuard
+from tools.memory import ContextMemory
 from tools.settings import SOURCE_NAMES, Settings
-from tools.slices import SLICE_MODELS, Slice, SourceGap, slices_of
+from tools.slices import SLICE_MODELS, SourceGap, slices_of
 from tools.source import CustomerRef, ReadContext
 
 RUNTIME_ARG = "source_runtime"
@@ -75,7 +73,7 @@ class SourceToolRuntime:
     ctx: ReadContext
     guard: SourceGuard | None = None  # None: the process-wide guard for these settings
     principal: Any = None  # reserved: who is asking (access policy), not used yet
-    store: Any = None  # reserved: long-term memory store, not used yet
+    store: ContextMemory | None = None  # long-term memory: fresh snapshots, stale fallback
 
 
 # ------------------------------------------------------------------ descriptions
@@ -214,11 +212,6 @@ Args:
 
 
 # ------------------------------------------------------------------------ reading
-def _gap_unavailable(name: str, source: str, exc: BaseException) -> SourceGap:
-    return SourceGap(slice=name, source=source, kind="unavailable",
-                     message=f"{source} source could not be opened: {type(exc).__name__}: {summarize(exc)}")
-
-
 def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRuntime) -> dict[str, Any]:
     """Read the requested slices of one source (all when none): the tools' result dict."""
     if not isinstance(runtime, SourceToolRuntime):
@@ -228,26 +221,9 @@ def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRu
     if unknown:  # the args schema already rejects these; this guards direct callers
         raise ValueError(f"{source} has no slice {unknown[0]!r}; its slices: {', '.join(known)}")
     names = [n for n in known if not slices or n in slices]  # priority order, no duplicates
-    settings, customer, ctx = runtime.settings, runtime.customer, runtime.ctx
-    guard = runtime.guard or default_guard(settings)
-
-    results: list[Slice | SourceGap]
-    try:
-        rdr = reader(settings, source)
-        timeout_s = settings.source(source).timeout_s
-    except Exception as exc:  # noqa: BLE001 - a bad mapping or URL is a gap, not a crash of the agent
-        results = [_gap_unavailable(n, source, exc) for n in names]
-    else:
-        def one(name: str) -> Slice | SourceGap:
-            return read_slice(rdr, name, customer, ctx, guard, timeout_s)[0]
-
-        if len(names) == 1:
-            results = [one(names[0])]
-        else:
-            # Same shape as assemble_context: parallel reads, each in a copy of the caller's
-            # context; the guard bounds concurrency per source.
-            with ThreadPoolExecutor(max_workers=max(1, min(len(names), settings.guard.max_concurrency))) as pool:
-                results = [f.result() for f in [pool.submit(copy_context().run, one, n) for n in names]]
+    customer = runtime.customer
+    _, read = read_slices(runtime.settings, customer, runtime.ctx, names, runtime.guard, runtime.store)
+    results = [r for r, _ in read]
 
     return {
         "customer_id": customer.customer_id,

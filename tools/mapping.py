@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -415,9 +415,6 @@ class Mapping:
         except KeyError:
             raise MappingError(f"mapping {self.name!r} has no entity {name!r}") from None
 
-    def has_entity(self, name: str) -> bool:
-        return name in self.entities
-
 
 # ------------------------------------------------------------------------ loading
 def _field(name: str, spec: Any) -> FieldSpec:
@@ -498,7 +495,3 @@ def days_between(earlier: date | datetime | None, later: datetime) -> int | None
         return None
     e = earlier if isinstance(earlier, datetime) else datetime(earlier.year, earlier.month, earlier.day)
     return (later.date() - e.date()).days
-
-
-def window_start(as_of: datetime, days: int) -> datetime:
-    return as_of - timedelta(days=days)

@@ -78,10 +78,6 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
-def connected_sources(settings: Settings) -> list[str]:
-    return [s for s in SOURCE_NAMES if settings.source(s).url]
-
-
 def reader(settings: Settings, source: str) -> SourceReader | None:
     """The reader of ``source`` (behind its injected fault, if any), or None when not connected."""
     cfg = settings.source(source)
