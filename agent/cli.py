@@ -27,9 +27,16 @@ from tools.context import (
 )
 from tools.faults import FaultSpecError
 from tools.health import check_sources
-from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, build_index
+from tools.identity import (
+    AmbiguousCustomer,
+    BadReference,
+    CustomerNotFound,
+    IdentityIndex,
+    build_index,
+)
 from tools.mapping import MappingError
 from tools.settings import Settings
+from tools.source import CustomerRef
 
 app = typer.Typer(help="Customer context agent: fresh, safe, step-sized customer context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -63,6 +70,24 @@ def progress_bar(enabled: bool = True):
             bar.update(tasks[stage], completed=done, total=total)
 
         yield update
+
+
+def resolve_or_exit(index: IdentityIndex, ref: str, format: Format = Format.markdown) -> tuple[CustomerRef, str]:
+    """Resolve a customer reference, or exit with a one-line reason (1: not found, 3: ambiguous)."""
+    try:
+        return index.resolve(ref)
+    except AmbiguousCustomer as exc:
+        if format is Format.json:
+            print(json.dumps({"error": "ambiguous", "message": str(exc),
+                              "candidates": [c.__dict__ for c in exc.candidates]}, indent=2))
+            raise typer.Exit(3) from None
+        err.print(f"{ref!r} matches {len(exc.candidates)} customers:")
+        for c in exc.candidates:
+            err.print(f"  - {c.name} ({c.domain or '-'}, {c.customer_id})")
+        err.print("Use a domain, an email or an id to pick one.")
+        raise typer.Exit(3) from None
+    except (CustomerNotFound, BadReference) as exc:
+        raise fail(str(exc), 1) from None
 
 
 @app.command()
@@ -110,20 +135,7 @@ def context(
         raise fail(str(exc), 2) from None
     with progress_bar() as update:
         r = ready(progress=update, memory=True)
-    try:
-        customer, matched_by = r.index.resolve(ref)
-    except AmbiguousCustomer as exc:
-        if format is Format.json:
-            print(json.dumps({"error": "ambiguous", "message": str(exc),
-                              "candidates": [c.__dict__ for c in exc.candidates]}, indent=2))
-            raise typer.Exit(3) from None
-        err.print(f"{ref!r} matches {len(exc.candidates)} customers:")
-        for c in exc.candidates:
-            err.print(f"  - {c.name} ({c.domain or '-'}, {c.customer_id})")
-        err.print("Use a domain, an email or an id to pick one.")
-        raise typer.Exit(3) from None
-    except (CustomerNotFound, BadReference) as exc:
-        raise fail(str(exc), 1) from None
+    customer, matched_by = resolve_or_exit(r.index, ref, format)
     ctx = assemble_context(r.settings, customer, r.ctx, wanted, matched_by=matched_by, memory=r.memory,
                            prefer_memory=not fresh)
     if format is Format.json:
@@ -153,10 +165,22 @@ def sources(
     out.print(table)
 
 
+from agent import cli_workflows  # noqa: E402,F401  (registers ask, chat, triage, review)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback."""
+    from openai import OpenAIError
+
+    from agent.models import ModelConfigError
+
     try:
         app()
+    except (ModelConfigError, OpenAIError) as exc:
+        if os.environ.get("CUSTCTX_DEBUG"):
+            raise
+        err.print(f"error: model: {str(exc).strip().splitlines()[0]}", markup=False)
+        sys.exit(2)
     except (MappingError, FaultSpecError, SQLAlchemyError, OSError) as exc:
         if os.environ.get("CUSTCTX_DEBUG"):
             raise

@@ -74,6 +74,7 @@ class SourceToolRuntime:
     guard: SourceGuard | None = None  # None: the process-wide guard for these settings
     principal: Any = None  # reserved: who is asking (access policy), not used yet
     store: ContextMemory | None = None  # long-term memory: fresh snapshots, stale fallback
+    prefer_memory: bool = True  # False: read live even when memory holds a fresh snapshot
 
 
 # ------------------------------------------------------------------ descriptions
@@ -222,7 +223,8 @@ def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRu
         raise ValueError(f"{source} has no slice {unknown[0]!r}; its slices: {', '.join(known)}")
     names = [n for n in known if not slices or n in slices]  # priority order, no duplicates
     customer = runtime.customer
-    _, read = read_slices(runtime.settings, customer, runtime.ctx, names, runtime.guard, runtime.store)
+    _, read = read_slices(runtime.settings, customer, runtime.ctx, names, runtime.guard, runtime.store,
+                          runtime.prefer_memory)
     results = [r for r, _ in read]
 
     return {

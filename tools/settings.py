@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     churn_weights: ChurnWeights = Field(default_factory=ChurnWeights)
     ttls: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TTLS))
+    model: str = Field(
+        default="offline",
+        description='Chat model: "offline" (the offline deterministic model: rules and templates, no '
+        "network) or the name of a model on an OpenAI-compatible endpoint (OPENAI_API_KEY, OPENAI_BASE_URL).",
+    )
+    model_timeout_s: float = Field(default=60.0, description="Timeout of one call to a real model.")
+    max_plan_steps: int = Field(
+        default=3, description="Planning rounds (tool-call steps) a model may take per question.")
     currency: str = "USD"
     output_format: Literal["json", "markdown"] = "markdown"
 

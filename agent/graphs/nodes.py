@@ -1,0 +1,179 @@
+"""Nodes shared by the workflows: resolve the customer, fan out one fetch per slice, read a
+turn's slices back from long-term memory by reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from agent.models import chat_model
+from agent.run_context import RunContext, context_memory, services
+from agent.state import PlanStep, SliceRef, State
+from tools.context import default_guard
+from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
+from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime
+from tools.settings import Settings
+from tools.slices import SLICE_MODELS, Slice, SourceGap
+
+FETCH = "fetch_slice"
+
+
+def settings_of(runtime: Runtime[RunContext]) -> Settings:
+    return (runtime.context or RunContext()).resolved_settings()
+
+
+def model_of(runtime: Runtime[RunContext]) -> BaseChatModel:
+    rc = runtime.context or RunContext()
+    return rc.chat_model or chat_model(settings_of(runtime), rc.model)
+
+
+def model_name(model: BaseChatModel) -> str:
+    return str(getattr(model, "model_name", None) or getattr(model, "model", None) or type(model).__name__)
+
+
+def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Start a turn: resolve the customer reference (kept across turns unless a new one is given)."""
+    turn = (state.get("turn") or 0) + 1
+    base: dict[str, Any] = {"turn": turn, "step": 0, "error": None, "result": None, "pending": []}
+    ref = (state.get("customer") or "").strip()
+    if state.get("customer_id") and (not ref or ref == state.get("resolved_ref")):
+        return base
+    if not ref:
+        return {**base, "error": "No customer given: name one by email, domain, id or name."}
+    index = services(settings_of(runtime)).index
+    try:
+        customer, matched_by = index.resolve(ref)
+    except AmbiguousCustomer as exc:
+        names = "; ".join(f"{c.name} ({c.domain or c.customer_id})" for c in exc.candidates)
+        return {**base, "error": f"{exc} Candidates: {names}."}
+    except (CustomerNotFound, BadReference) as exc:
+        return {**base, "error": str(exc)}
+    return {**base, "customer_id": customer.customer_id, "customer_name": customer.name,
+            "matched_by": matched_by, "resolved_ref": ref}
+
+
+def fetch_jobs(state: State, slices: list[str], step: int, tool_call_id: str | None = None) -> list[dict[str, Any]]:
+    return [{"customer_id": state["customer_id"], "slice": n, "turn": state["turn"], "step": step,
+             "tool_call_id": tool_call_id} for n in slices]
+
+
+def send_pending(state: State) -> list[Send]:
+    return [Send(FETCH, job) for job in state.get("pending") or []]
+
+
+def fetch_slice(job: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Read one slice through its source tool (memory first when fresh); keep only a reference."""
+    rc = runtime.context or RunContext()
+    settings = settings_of(runtime)
+    svc = services(settings)
+    name = job["slice"]
+    source = SLICE_MODELS[name].source
+    customer = svc.index.get(job["customer_id"])
+    base: SliceRef = {"turn": job["turn"], "step": job["step"], "slice": name, "source": source,
+                      "tool_call_id": job.get("tool_call_id")}
+    if customer is None:  # the identity index was rebuilt under us
+        gap = SourceGap(slice=name, source=source, kind="not_found", message="customer is no longer in the index")
+        return {"refs": [{**base, "status": "gap", "gap": gap.model_dump()}]}
+    rt = SourceToolRuntime(settings=settings, customer=customer, ctx=svc.ctx, guard=rc.guard or default_guard(settings),
+                           principal=rc.principal, store=context_memory(runtime.store, settings),
+                           prefer_memory=not rc.fresh)
+    out = SOURCE_TOOLS[source].invoke({"slices": [name], RUNTIME_ARG: rt})
+    if name in out["slices"]:
+        p = out["slices"][name]["provenance"]
+        ref: SliceRef = {**base, "status": "stale" if p["stale"] else "ok", "system": p["system"],
+                         "served_from": p["served_from"], "record_ids": p["record_ids"],
+                         "fetched_at": p["fetched_at"], "source_updated_at": p["source_updated_at"],
+                         "age_seconds": p["age_seconds"]}
+    else:
+        ref = {**base, "status": "gap", "gap": out["gaps"][0]}
+    return {"refs": [ref]}
+
+
+def turn_refs(state: State) -> dict[str, SliceRef]:
+    """This turn's references, one per slice (the latest read wins)."""
+    return {r["slice"]: r for r in state.get("refs") or [] if r["turn"] == state.get("turn")}
+
+
+def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, Slice], list[SourceGap]]:
+    """The slices this turn fetched, read back from long-term memory by reference, and its gaps."""
+    settings = settings_of(runtime)
+    memory = context_memory(runtime.store, settings)
+    slices: dict[str, Slice] = {}
+    gaps: list[SourceGap] = []
+    for name, ref in turn_refs(state).items():
+        if ref["status"] == "gap":
+            gaps.append(SourceGap(**ref["gap"]))
+            continue
+        cached = memory.get(state["customer_id"], name)
+        if cached is None:
+            gaps.append(SourceGap(slice=name, source=ref["source"], kind="unavailable",
+                                  message="the snapshot read in this turn is no longer in long-term memory"))
+            continue
+        p = cached.slice.provenance
+        p.served_from, p.stale, p.age_seconds = ref.get("served_from") or "source", ref["status"] == "stale", \
+            ref.get("age_seconds")
+        slices[name] = cached.slice
+    order = list(SLICE_MODELS)
+    return dict(sorted(slices.items(), key=lambda kv: order.index(kv[0]))), \
+        sorted(gaps, key=lambda g: order.index(g.slice))
+
+
+def citations(text: str, refs: dict[str, SliceRef], used: dict[str, Slice]) -> list[dict[str, Any]]:
+    """The slices an answer cites as ``[slice.name]`` that were really used, with their record ids."""
+    import re
+
+    cited = dict.fromkeys(m for m in re.findall(r"\[([a-z]+\.[a-z]+)\]", text) if m in used)
+    return [{"slice": n, "source": refs[n]["source"], "system": refs[n].get("system"),
+             "record_ids": refs[n].get("record_ids") or []} for n in cited]
+
+
+def fixed_plan(steps: list[tuple[str, list[str]]]) -> Callable[[State, Runtime[RunContext]], dict[str, Any]]:
+    """A plan node for a workflow whose steps are fixed: record them, queue the first step."""
+
+    def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        recorded: list[PlanStep] = [{"turn": state["turn"], "step": i + 1, "name": name, "slices": list(names),
+                                     "planned_by": "rules"} for i, (name, names) in enumerate(steps)]
+        return {"plan": recorded, "step": 1, "pending": fetch_jobs(state, steps[0][1], 1)}
+
+    return plan
+
+
+def next_step(steps: list[tuple[str, list[str]]]) -> Callable[[State], dict[str, Any]]:
+    """After a fixed step's fetches: queue the next step, or nothing when all are done."""
+
+    def advance(state: State) -> dict[str, Any]:
+        step = state["step"] + 1
+        if step > len(steps):
+            return {"pending": []}
+        return {"step": step, "pending": fetch_jobs(state, steps[step - 1][1], step)}
+
+    return advance
+
+
+def route_pending(done: str) -> Callable[[State], list[Send] | str]:
+    def route(state: State) -> list[Send] | str:
+        return send_pending(state) or done
+
+    return route
+
+
+def route_resolved(next_node: str, on_error: str) -> Callable[[State], str]:
+    def route(state: State) -> str:
+        return on_error if state.get("error") else next_node
+
+    return route
+
+
+def error_message(state: State) -> dict[str, Any]:
+    """End a turn that could not start: say why (the assistant shows it as its reply)."""
+    text = state.get("error") or "Something went wrong."
+    return {"messages": [AIMessage(content=text)], "result": {"error": text}}
+
+
+def this_turn_plan(state: State) -> list[PlanStep]:
+    return [p for p in state.get("plan") or [] if p["turn"] == state.get("turn")]

@@ -1,0 +1,121 @@
+"""Account review generation for one account (the batch runner calls it per account).
+
+``resolve_customer → plan (fixed steps) → fetch_slice × N → advance … → respond``.
+``respond`` renders the review in the structure of the customer-context skill from the
+fetched slices (templates: every fact is a slice field) and asks the model for the
+summary paragraph; the same content comes back as JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from langchain_core.messages import SystemMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+
+from agent.brief import render_brief
+from agent.graphs.nodes import (
+    FETCH,
+    error_message,
+    fetch_slice,
+    fixed_plan,
+    model_name,
+    model_of,
+    next_step,
+    resolve_customer,
+    route_pending,
+    route_resolved,
+    settings_of,
+    this_turn_plan,
+    turn_context,
+    turn_refs,
+)
+from agent.planning import REVIEW_STEPS
+from agent.prompting import UNTRUSTED_NOTE, context_block, render
+from agent.run_context import RunContext, services
+from agent.state import InputState, OutputState, SliceRef, State
+from tools.context import CustomerContext, SourceStatus, find_conflicts, reference_view
+from tools.slices import SLICE_MODELS
+from tools.traits import derive_traits
+
+
+def sources_from_refs(refs: dict[str, SliceRef]) -> list[SourceStatus]:
+    """The source report of a run, from its slice references."""
+    out: dict[str, SourceStatus] = {}
+    for name in SLICE_MODELS:
+        r = refs.get(name)
+        if r is None:
+            continue
+        st = out.setdefault(r["source"], SourceStatus(source=r["source"], system=r.get("system"), status="connected"))
+        st.system = st.system or r.get("system")
+        if r["status"] == "gap":
+            gap = r["gap"] or {}
+            st.gaps.append(f"{name}: {gap.get('kind')}")
+            if gap.get("kind") == "not_connected":
+                st.status = "not_connected"
+            elif gap.get("kind") in ("unavailable", "timeout"):
+                st.status = "failed" if not st.slices else "degraded"
+                st.error = gap.get("message")
+        else:
+            st.slices.append(name)
+            if r["status"] == "stale":
+                st.status = "stale"
+            elif st.status == "failed":
+                st.status = "degraded"
+            if r.get("source_updated_at"):
+                updated = datetime.fromisoformat(r["source_updated_at"])
+                st.freshness = max(st.freshness or updated, updated)
+    return list(out.values())
+
+
+def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    settings = settings_of(runtime)
+    slices, gaps = turn_context(state, runtime)
+    svc = services(settings)
+    ref = svc.index.get(state["customer_id"])
+    ctx = CustomerContext(
+        customer_id=state["customer_id"], name=state["customer_name"], matched_by=state.get("matched_by"),
+        anchors=dict(ref.anchors) if ref else {}, domains=list(ref.domains) if ref else [], as_of=svc.ctx.as_of,
+        slices=slices, gaps=gaps, conflicts=find_conflicts(slices, settings),
+        traits=derive_traits(slices, settings.thresholds, settings.churn_weights),
+        sources=sources_from_refs(turn_refs(state)))
+    customer = {"customer_id": ctx.customer_id, "name": ctx.name, "as_of": ctx.as_of.isoformat()}
+    system = render("review_summary", customer=ctx.name, untrusted_note=UNTRUSTED_NOTE,
+                    customer_context=context_block(customer, slices, gaps, ctx.traits.model_dump(mode="json")))
+    prompt = [SystemMessage(system)]
+    model = model_of(runtime)
+    ai = model.invoke(prompt)
+    summary = ai.content if isinstance(ai.content, str) else str(ai.content)
+    brief = render_brief(ctx)
+    head, _, rest = brief.partition("### Relationship Snapshot")
+    markdown = f"{head}### Summary\n{summary}\n\n### Relationship Snapshot{rest}"
+    view = reference_view(ctx)
+    result = {"markdown": markdown, "summary": summary, "review": view, "plan": this_turn_plan(state),
+              "slices_used": list(slices), "gaps": [g.model_dump() for g in gaps], "model": model_name(model),
+              "tokens_shown": count_tokens_approximately(prompt)}
+    return {"result": result}
+
+
+def builder() -> StateGraph:
+    g = StateGraph(State, context_schema=RunContext, input_schema=InputState, output_schema=OutputState)
+    g.add_node("resolve_customer", resolve_customer)
+    g.add_node("plan", fixed_plan(REVIEW_STEPS))
+    g.add_node(FETCH, fetch_slice)
+    g.add_node("advance", next_step(REVIEW_STEPS))
+    g.add_node("respond", respond)
+    g.add_node("explain_error", error_message)
+    g.add_edge(START, "resolve_customer")
+    g.add_conditional_edges("resolve_customer", route_resolved("plan", "explain_error"), ["plan", "explain_error"])
+    g.add_conditional_edges("plan", route_pending("respond"), [FETCH, "respond"])
+    g.add_edge(FETCH, "advance")
+    g.add_conditional_edges("advance", route_pending("respond"), [FETCH, "respond"])
+    g.add_edge("respond", END)
+    g.add_edge("explain_error", END)
+    return g
+
+
+graph = builder().compile()
+graph.name = "review"

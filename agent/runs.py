@@ -1,0 +1,75 @@
+"""Running the graphs for an application: one place that opens long-term memory (the
+Store) and conversation state (the checkpointer) and invokes a workflow. The CLI, the
+MCP server and the HTTP API all call these."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack
+from typing import Any
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.store.base import BaseStore
+
+from agent.checkpoint import open_checkpointer
+from agent.graphs import assistant, review, triage
+from agent.run_context import RunContext, services
+from tools.memory import open_store
+from tools.settings import Settings
+
+
+def new_thread_id() -> str:
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+class Runner:
+    """The three workflows compiled on this process's store and checkpointer."""
+
+    def __init__(self, settings: Settings | None = None, *, store: BaseStore | None = None,
+                 checkpointer: BaseCheckpointSaver | None = None):
+        self.settings = settings or Settings()
+        self._stack = ExitStack()
+        services(self.settings)  # seed / index before the first run, once
+        self.store = store or self._stack.enter_context(open_store(self.settings.state_db_url))
+        self.checkpointer = checkpointer or self._stack.enter_context(open_checkpointer(self.settings.state_db_url))
+        self.assistant = assistant.builder().compile(checkpointer=self.checkpointer, store=self.store)
+        self.triage_graph = triage.builder().compile(store=self.store)
+        self.review_graph = review.builder().compile(store=self.store)
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def context(self, **kw: Any) -> RunContext:
+        return RunContext(settings=self.settings, **kw)
+
+    def ask(self, question: str, customer: str | None = None, thread_id: str | None = None, **kw: Any) -> dict:
+        """One assistant turn. A thread keeps its customer: later turns need no ``customer``."""
+        thread_id = thread_id or new_thread_id()
+        inp: dict[str, Any] = {"messages": [HumanMessage(question)]}
+        if customer:
+            inp["customer"] = customer
+        out = self.assistant.invoke(inp, {"configurable": {"thread_id": thread_id}}, context=self.context(**kw))
+        return {**(out.get("result") or {}), "thread_id": thread_id, "error": out.get("error")}
+
+    def thread_customer(self, thread_id: str) -> str | None:
+        """The customer a conversation thread is about (None: no such thread yet)."""
+        snap = self.assistant.get_state({"configurable": {"thread_id": thread_id}})
+        return snap.values.get("customer_name") if snap and snap.values else None
+
+    def triage(self, ticket: dict[str, Any], customer: str | None = None, **kw: Any) -> dict:
+        inp: dict[str, Any] = {"ticket": ticket}
+        if customer:
+            inp["customer"] = customer
+        out = self.triage_graph.invoke(inp, context=self.context(**kw))
+        return {**(out.get("result") or {}), "error": out.get("error")}
+
+    def review(self, customer: str, **kw: Any) -> dict:
+        out = self.review_graph.invoke({"customer": customer}, context=self.context(**kw))
+        return {**(out.get("result") or {}), "error": out.get("error")}
