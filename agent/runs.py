@@ -15,7 +15,8 @@ from langgraph.store.base import BaseStore
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
 from agent.run_context import RunContext, services
-from tools.memory import open_store
+from tools.context import CustomerContext, assemble_context, expand_slices
+from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
 
 
@@ -69,6 +70,16 @@ class Runner:
             inp["customer"] = customer
         out = self.triage_graph.invoke(inp, context=self.context(**kw))
         return {**(out.get("result") or {}), "error": out.get("error")}
+
+    def customer_context(self, ref: str, slices: list[str] | None = None, *, fresh: bool = False,
+                         principal: Any = None) -> CustomerContext:
+        """One customer's unified context (the ``get_customer_context`` read): resolve, then read
+        the slices through long-term memory and the guard. Raises the identity errors."""
+        svc = services(self.settings)
+        customer, matched_by = svc.index.resolve(ref)
+        return assemble_context(self.settings, customer, svc.ctx, expand_slices(slices), matched_by=matched_by,
+                                memory=ContextMemory(self.store, self.settings.tenant, self.settings.ttls),
+                                prefer_memory=not fresh)
 
     def review(self, customer: str, **kw: Any) -> dict:
         out = self.review_graph.invoke({"customer": customer}, context=self.context(**kw))
