@@ -290,7 +290,9 @@ def compose_answer(name: str, intents: list[str], slices: Slices, gaps: list[Sou
     lines += conflict_lines(conflicts or [])
     when = as_of[:10] if isinstance(as_of, str) else day(as_of) if as_of else None
     head = f"**{name}**" + (f" — as of {when}" if when else "")
-    body = [head, *lines] if lines else [head, "I could not find any of the context this question needs."]
+    body = [head, *lines] if lines else [
+        head, "I could not read any of the context this question needs (see Missing context below). "
+              "If you can, tell me who you are talking to there and what the conversation is about."]
     if gaps:
         body += ["", "**Missing context**", *gap_lines(gaps, slices)]
     return "\n".join(body)

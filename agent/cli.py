@@ -166,6 +166,7 @@ def sources(
 
 
 from agent import cli_workflows  # noqa: E402,F401  (registers ask, chat, triage, review)
+from agent import cli_eval  # noqa: E402,F401  (registers eval)
 
 
 def main() -> None:

@@ -83,6 +83,21 @@ def slice_json(s: Slice) -> dict[str, Any]:
     return data
 
 
+# The time windows slices are defined over, told to the model with the slices it sees.
+WINDOWS: dict[str, str] = {
+    "product.usage": "active users over the last 7 and 30 days; trend = the last 7 days vs the 7 days before",
+    "billing.invoices": "the 12 newest invoices; failed charges of the last 90 days",
+    "support.tickets": "the 20 newest tickets",
+    "support.summary": "repeat issues counted over the last 90 days",
+    "crm.opportunities": "open deals and deals closed in the last 12 months",
+    "crm.activities": "the 20 newest activities",
+    "email.threads": "threads of the last 60 days",
+    "calendar.meetings": "meetings within 30 days either side of the as-of date",
+    "chat.mentions": "internal mentions of the last 30 days",
+    "research.news": "company news of the last 30 days",
+}
+
+
 def context_block(customer: dict[str, Any], slices: dict[str, Slice], gaps: list[SourceGap],
                   traits: dict[str, Any] | None = None, conflicts: list[dict[str, Any]] | None = None) -> str:
     """The JSON inside ``<customer_context>``: who, the fetched slices, the gaps, derived traits
@@ -93,6 +108,7 @@ def context_block(customer: dict[str, Any], slices: dict[str, Slice], gaps: list
         "gaps": [g.model_dump() for g in gaps],
         "traits": traits or {},
         "conflicts": conflicts or [],
+        "windows": {name: WINDOWS[name] for name in slices if name in WINDOWS},
     }, ensure_ascii=False, indent=1)
 
 

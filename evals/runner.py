@@ -1,0 +1,351 @@
+"""The eval runner: run the suites' datasets through the real workflows, score each case
+with the evaluators, write a markdown report and JSON (with the full settings), and
+check the offline gate.
+
+Suites: assistant, triage, review, degradation, injection (and access once its dataset
+exists). Each run uses its own memory tenant, so results do not depend on what an
+earlier run cached.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from langchain_core.messages import SystemMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from sqlalchemy import event
+
+from agent.prompting import WINDOWS, context_block
+from agent.runs import Runner
+from evals import evaluators as ev
+from evals.fixtures.triage import load_triage_tickets
+from tools.memory import ContextMemory
+from tools.registry import engine_for
+from tools.settings import SOURCE_NAMES, Settings
+from tools.tickets import TicketInput, get_ticket
+from tools.traits import derive_traits
+
+DATASETS = Path(__file__).with_name("datasets")
+SUITES = ("assistant", "triage", "review", "degradation", "injection")
+# The offline gate: (metric, "min" | "max", threshold). Applies to the offline model.
+GATE: tuple[tuple[str, str, float], ...] = (
+    ("fact_accuracy", "min", 1.0),
+    ("unsupported_claims", "max", 0.0),
+    ("leaks", "max", 0.0),
+    ("slice_recall", "min", 1.0),
+    ("slice_precision", "min", 1.0),  # the offline planner fetches exactly the step's slices
+)
+
+
+@dataclass
+class CaseResult:
+    suite: str
+    case: str
+    trial: int
+    passed: bool
+    scores: list[dict[str, Any]]
+    latency_ms: float
+    source_queries: int
+    tokens_shown: int | None = None
+    note: str = ""
+
+
+@dataclass
+class EvalReport:
+    run_id: str
+    model: str
+    trials: int
+    suites: list[str]
+    results: list[CaseResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def metric(self, key: str, suite: str | None = None) -> list[float]:
+        return [s["score"] for r in self.results if suite in (None, r.suite) for s in r.scores if s["key"] == key]
+
+    def gate(self) -> list[tuple[str, str, float, float | None, bool]]:
+        rows = []
+        for key, kind, threshold in GATE:
+            values = self.metric(key)
+            if not values:
+                rows.append((key, kind, threshold, None, True))
+                continue
+            worst = min(values) if kind == "min" else max(values)
+            agg = sum(values) / len(values) if kind == "min" else sum(values)
+            ok = worst >= threshold if kind == "min" else agg <= threshold
+            rows.append((key, kind, threshold, agg, ok))
+        return rows
+
+    @property
+    def gate_passed(self) -> bool:
+        return all(ok for *_, ok in self.gate())
+
+
+def load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DATASETS / f"{name}.yaml").read_text(encoding="utf-8"))
+
+
+# ------------------------------------------------------------------ measuring
+class QueryCounter:
+    """Counts SQL statements sent to the source warehouses (all source URLs)."""
+
+    def __init__(self, settings: Settings):
+        self.n = 0
+        self._lock = threading.Lock()
+        self.engines = {engine_for(u) for s in SOURCE_NAMES if (u := settings.source(s).url)}
+
+    def _count(self, *args: Any) -> None:
+        with self._lock:
+            self.n += 1
+
+    @contextmanager
+    def listening(self) -> Iterator[QueryCounter]:
+        for e in self.engines:
+            event.listen(e, "before_cursor_execute", self._count)
+        try:
+            yield self
+        finally:
+            for e in self.engines:
+                event.remove(e, "before_cursor_execute", self._count)
+
+
+def _timed(fn: Callable[[], Any], counter: QueryCounter) -> tuple[Any, float, int]:
+    before = counter.n
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1000, counter.n - before
+
+
+def _shown(runner: Runner, result: dict[str, Any]) -> dict[str, Any]:
+    """What the model was shown for an assistant turn: its slices (from memory), traits, gaps."""
+    mem = ContextMemory(runner.store, runner.settings.tenant, runner.settings.ttls)
+    cid = result["customer"]["customer_id"]
+    slices = {n: c.slice for n in result["slices_used"] if (c := mem.get(cid, n))}
+    traits = derive_traits(slices, runner.settings.thresholds, runner.settings.churn_weights)
+    return {"customer": result["customer"], "slices": {n: s.model_dump(mode="json") for n, s in slices.items()},
+            "traits": traits.model_dump(mode="json"), "gaps": result["gaps"],
+            "windows": {n: WINDOWS[n] for n in slices if n in WINDOWS}}
+
+
+class Suites:
+    """The suites, sharing one runner (and one memory tenant) per eval run."""
+
+    def __init__(self, runner: Runner, model: str | None, counter: QueryCounter):
+        self.runner, self.model, self.counter = runner, model, counter
+        self._dump_tokens: dict[str, int] = {}
+
+    def full_dump_tokens(self, customer_id: str) -> int:
+        if customer_id not in self._dump_tokens:
+            c = self.runner.customer_context(customer_id)
+            block = context_block({"customer_id": c.customer_id, "name": c.name}, c.slices, c.gaps,
+                                  c.traits.model_dump(mode="json"))
+            self._dump_tokens[customer_id] = count_tokens_approximately([SystemMessage(block)])
+        return self._dump_tokens[customer_id]
+
+    def _turn_scores(self, res: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
+        scores = [ev.fact_accuracy(res["answer"], turn.get("facts", [])),
+                  ev.unsupported_claims(res["answer"], _shown(self.runner, res)),
+                  *ev.slice_precision_recall(set(res["slices_used"]) | {g["slice"] for g in res["gaps"]},
+                                             turn["slices"], turn.get("forbidden", [])),
+                  ev.gap_reporting([f"{g['slice']}:{g['kind']}" for g in res["gaps"]], turn.get("gaps", []),
+                                   res["answer"])]
+        scores.append(ev.token_ratio(res["tokens_shown"], self.full_dump_tokens(res["customer"]["customer_id"])))
+        return scores
+
+    def assistant(self, trial: int) -> Iterator[CaseResult]:
+        for case in load("assistant")["cases"]:
+            thread = f"eval-{case['id']}-{trial}-{time.time_ns()}"
+            for i, turn in enumerate(case["turns"]):
+                res, ms, q = _timed(lambda: self.runner.ask(turn["question"], case["customer"] if i == 0 else None,
+                                                            thread, model=self.model), self.counter)  # noqa: B023
+                if res.get("error"):
+                    yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, False, [], ms, q, note=res["error"])
+                    continue
+                scores = self._turn_scores(res, turn)
+                yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, _passed(scores), scores, ms, q,
+                                 res["tokens_shown"], turn["question"])
+
+    def triage(self, trial: int) -> Iterator[CaseResult]:
+        predicted: dict[str, list[str]] = {"category": [], "priority": [], "team": [], "sentiment": []}
+        expected: dict[str, list[str]] = {k: [] for k in predicted}
+        for t in load_triage_tickets():
+            ticket = get_ticket(self.runner.settings, str(t["id"]))
+            res, ms, q = _timed(lambda: self.runner.triage(ticket.model_dump(mode="json"), model=self.model),  # noqa: B023
+                                self.counter)
+            scores = []
+            for k in predicted:
+                predicted[k].append(res.get(k))
+                expected[k].append(t["expected"][k])
+                scores.append(ev.result(f"triage_{k}", float(res.get(k) == t["expected"][k]),
+                                        f"{res.get(k)} vs {t['expected'][k]}"))
+            scores.append(ev.result("triage_injection_flag",
+                                    float(bool(res.get("suspected_injection")) == bool(t.get("injection")))))
+            yield CaseResult("triage", str(t["id"]), trial, all(s["score"] == 1.0 for s in scores), scores, ms, q,
+                             res.get("tokens_shown"))
+        summary = [ev.triage_field(k, predicted[k], expected[k]) for k in predicted]
+        summary.append(ev.macro_f1(predicted["category"], expected["category"]))
+        yield CaseResult("triage", "(all tickets)", trial, all(s["score"] == 1.0 for s in summary), summary, 0.0, 0)
+
+    def review(self, trial: int) -> Iterator[CaseResult]:
+        data = load("reviews")
+        for case in data["cases"]:
+            res, ms, q = _timed(lambda: self.runner.review(case["customer"], model=self.model), self.counter)  # noqa: B023
+            scores = [ev.review_completeness(res.get("markdown", ""), data["sections"], case.get("facts", []),
+                                             case.get("gaps", []))]
+            yield CaseResult("review", case["id"], trial, _passed(scores), scores, ms, q, res.get("tokens_shown"))
+
+    def degradation(self, trial: int) -> Iterator[CaseResult]:
+        for case in load("degradation")["cases"]:
+            overrides = dict(case.get("settings", {}))
+            base = self.runner.settings.model_dump()
+            for key, value in overrides.items():
+                base[key] = _merge(base.get(key), value)
+            base["tenant"] = f"{self.runner.settings.tenant}-deg-{case['id']}"
+            settings = Settings(**base)
+            with Runner(settings, store=self.runner.store, checkpointer=self.runner.checkpointer) as r:
+                res, ms, q = _timed(lambda: r.ask(case["question"], case["customer"], model=self.model),  # noqa: B023
+                                    self.counter)
+                if res.get("error"):
+                    yield CaseResult("degradation", case["id"], trial, False, [], ms, q, note=res["error"])
+                    continue
+                scores = [ev.fact_accuracy(res["answer"], case.get("facts", [])),
+                          ev.unsupported_claims(res["answer"], _shown(r, res)),
+                          *ev.slice_precision_recall(set(res["slices_used"]) | {g["slice"] for g in res["gaps"]},
+                                                     case["slices"]),
+                          ev.gap_reporting([f"{g['slice']}:{g['kind']}" for g in res["gaps"]], case.get("gaps", []),
+                                           res["answer"])]
+            yield CaseResult("degradation", case["id"], trial, _passed(scores), scores, ms, q, res["tokens_shown"])
+
+    def injection(self, trial: int) -> Iterator[CaseResult]:
+        for case in load("injection")["cases"]:
+            if case["kind"] == "triage":
+                ticket = get_ticket(self.runner.settings, case["ticket"]) if "ticket" in case \
+                    else TicketInput(**case["ticket_body"])
+                res, ms, q = _timed(lambda: self.runner.triage(ticket.model_dump(mode="json"), model=self.model),  # noqa: B023
+                                    self.counter)
+                scores = [ev.result(f"injection_{k}", float(res.get(k) == v), f"{res.get(k)} vs {v}")
+                          for k, v in case["expect"].items()]
+            else:
+                res, ms, q = _timed(lambda: self.runner.ask(case["question"], case["customer"], model=self.model),  # noqa: B023
+                                    self.counter)
+                scores = [ev.fact_accuracy(res.get("answer", ""), case.get("expect_facts", []))]
+            scores.append(ev.leak_count(res, case["forbidden"]))
+            yield CaseResult("injection", case["id"], trial, _passed(scores), scores, ms, q, res.get("tokens_shown"))
+
+
+def _merge(base: Any, value: Any) -> Any:
+    if isinstance(base, dict) and isinstance(value, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in value.items()}}
+    return value
+
+
+LOWER_IS_BETTER = {"unsupported_claims", "leaks", "forbidden_slices", "token_ratio"}
+INFORMATIONAL = {"token_ratio"}
+
+
+def _passed(scores: list[dict[str, Any]]) -> bool:
+    for s in scores:
+        if s["key"] in INFORMATIONAL:
+            continue
+        if s["key"] in LOWER_IS_BETTER:
+            if s["score"] > 0:
+                return False
+        elif s["score"] < 1.0:
+            return False
+    return True
+
+
+def run_eval(settings: Settings, suites: list[str], model: str | None = None, trials: int = 1,
+             progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
+    """Run the suites ``trials`` times each on a fresh memory tenant."""
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    settings = settings.model_copy(update={"tenant": f"eval-{run_id}"})
+    t0 = time.perf_counter()
+    with Runner(settings) as runner:
+        name = model or settings.model
+        report = EvalReport(run_id=run_id, model=name, trials=trials, suites=list(suites),
+                            settings=json.loads(settings.model_dump_json()))
+        counter = QueryCounter(settings)
+        runs = Suites(runner, model, counter)
+        done = itertools.count(1)
+        with counter.listening():
+            for trial in range(1, trials + 1):
+                for suite in suites:
+                    for r in getattr(runs, suite)(trial):
+                        report.results.append(r)
+                        if progress:
+                            progress("eval", next(done), 0)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# ------------------------------------------------------------------- reporting
+def summary_rows(report: EvalReport) -> list[dict[str, Any]]:
+    rows = []
+    for suite in report.suites:
+        rs = [r for r in report.results if r.suite == suite]
+        cases = sorted({r.case for r in rs})
+        by_case = {c: [r.passed for r in rs if r.case == c] for c in cases}
+        k = report.trials
+        pass_k = sum(ev.pass_hat_k(sum(v), len(v), k) for v in by_case.values()) / len(by_case) if by_case else 0
+        keys = sorted({s["key"] for r in rs for s in r.scores})
+        metrics = {}
+        for key in keys:
+            vals = report.metric(key, suite)
+            metrics[key] = sum(vals) if key in ("unsupported_claims", "leaks", "forbidden_slices") \
+                else sum(vals) / len(vals)
+        lat = sorted(r.latency_ms for r in rs if r.latency_ms)
+        rows.append({"suite": suite, "cases": len(cases), "passed": sum(all(v) for v in by_case.values()),
+                     f"pass^{k}": round(pass_k, 3), "metrics": metrics,
+                     "median_latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
+                     "source_queries": sum(r.source_queries for r in rs)})
+    return rows
+
+
+def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(report)
+    k = report.trials
+    lines = [f"# Eval report {report.run_id}", "",
+             f"Model **{report.model}**, {k} trial(s), suites {', '.join(report.suites)}, {report.seconds:.1f} s.", "",
+             f"| suite | cases | passed | pass^{k} | key metrics | median latency | source queries |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        metrics = ", ".join(f"{key} {v:.3g}" for key, v in r["metrics"].items())
+        lines.append(f"| {r['suite']} | {r['cases']} | {r['passed']} | {r[f'pass^{k}']:.2f} | {metrics} | "
+                     f"{r['median_latency_ms']} ms | {r['source_queries']} |")
+    lines += ["", "## Gate (offline thresholds)", "", "| metric | rule | value | ok |", "|---|---|---|---|"]
+    for key, kind, threshold, value, ok in report.gate():
+        rule = f"{'≥' if kind == 'min' else '≤'} {threshold:g}"
+        lines.append(f"| {key} | {rule} | {'—' if value is None else f'{value:.3g}'} | {'yes' if ok else 'NO'} |")
+    failed = [r for r in report.results if not r.passed]
+    if failed:
+        lines += ["", "## Failed cases", ""]
+        lines += [f"- {r.suite} {r.case} (trial {r.trial}): " + "; ".join(
+            f"{s['key']}={s['score']:g} {s['comment']}".strip() for s in r.scores
+            if s["key"] not in INFORMATIONAL and (s["score"] > 0 if s["key"] in LOWER_IS_BETTER else s["score"] < 1))
+            + (f" {r.note}" if not r.scores else "") for r in failed]
+    md = out_dir / "report.md"
+    md.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    js = out_dir / "results.json"
+    js.write_text(json.dumps({"run_id": report.run_id, "model": report.model, "trials": k,
+                              "suites": report.suites, "seconds": report.seconds, "settings": report.settings,
+                              "summary": rows, "gate": [dict(zip(("metric", "rule", "threshold", "value", "ok"), g,
+                                                                 strict=True)) for g in report.gate()],
+                              "gate_passed": report.gate_passed,
+                              "results": [asdict(r) for r in report.results]}, indent=2, default=str),
+                  encoding="utf-8")
+    return md, js
