@@ -12,6 +12,7 @@ from typing import Any
 
 from agent.brief import day
 from agent.planning import HEALTH_SLICES
+from tools.policy import masked_marker
 from tools.slices import (
     BillingInvoices,
     BillingStatus,
@@ -68,7 +69,8 @@ def account_lines(s: Slices) -> list[str]:
     if not a:
         return []
     facts = [f"plan {a.plan}" if a.plan else None, f"MRR {usd(a.mrr)}" if a.mrr is not None else None,
-             f"contract value {usd(a.contract_value)}" if a.contract_value is not None else None,
+             f"contract value {masked_marker(a, 'contract_value') or usd(a.contract_value)}"
+             if a.contract_value is not None or masked_marker(a, "contract_value") else None,
              f"renewal {a.renewal_date}{_days(a.days_to_renewal, past=False)}" if a.renewal_date else None,
              f"owner {a.owner}" if a.owner else None, f"segment {a.segment}" if a.segment else None,
              f"status {a.status}" + (f" since {a.churn_date}" if a.churn_date else "") if a.status else None,
@@ -92,8 +94,8 @@ def billing_lines(s: Slices) -> list[str]:
         if b.last_payment_date:
             parts.append(f"last successful payment {b.last_payment_date} ({usd(b.last_payment_amount)})"
                          + _days(b.days_since_last_payment))
-        if b.payment_method:
-            parts.append(f"payment method {b.payment_method}")
+        if card := masked_marker(b, "payment_method") or b.payment_method:
+            parts.append(f"payment method {card}")
         out.append("- **Billing**: " + ", ".join(parts) + f" [billing.status]{_stale(b)}")
     inv = _get(s, "billing.invoices", BillingInvoices)
     if inv:

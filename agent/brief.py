@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from tools.context import CustomerContext
+from tools.policy import masked_marker
 from tools.slices import (
     BillingInvoices,
     BillingStatus,
@@ -146,12 +147,14 @@ def _commercial(c: CustomerContext) -> list[str]:
         lines.append(f"- **Historical revenue**: {money(inv.total_revenue)} in payments received")
     if acc:
         renewal = f"{acc.renewal_date} ({acc.days_to_renewal} days)" if acc.renewal_date else "—"
-        lines.append(f"- **Next renewal**: {renewal}; contract value {money(acc.contract_value)}")
+        value = masked_marker(acc, "contract_value") or money(acc.contract_value)
+        lines.append(f"- **Next renewal**: {renewal}; contract value {value}")
     if bil:
         pay = f"last payment {day(bil.last_payment_date)} {money(bil.last_payment_amount)}" \
             if bil.last_payment_date else "no payment yet"
         extra = f"; balance due {money(bil.balance_due)}" if bil.balance_due else ""
-        method = f"; card {bil.payment_method}" if bil.payment_method else ""
+        card = masked_marker(bil, "payment_method") or bil.payment_method
+        method = f"; card {card}" if card else ""
         trial = f"; trial ends {bil.trial_ends}" if bil.trial_ends else ""
         lines.append(f"- **Billing**: {bil.status}{trial}; {pay}{extra}{method}")
     if inv and inv.failed_charges:

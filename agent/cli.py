@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -18,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent.bootstrap import ready
 from agent.brief import render_brief
+from tools.access import Access, resolve_visible
 from tools.context import (
     UnknownSlice,
     assemble_context,
@@ -35,6 +37,8 @@ from tools.identity import (
     build_index,
 )
 from tools.mapping import MappingError
+from tools.policy import PolicyError
+from tools.principal import BadPrincipal, default_principal, parse_as
 from tools.settings import Settings
 from tools.source import CustomerRef
 
@@ -72,10 +76,27 @@ def progress_bar(enabled: bool = True):
         yield update
 
 
-def resolve_or_exit(index: IdentityIndex, ref: str, format: Format = Format.markdown) -> tuple[CustomerRef, str]:
-    """Resolve a customer reference, or exit with a one-line reason (1: not found, 3: ambiguous)."""
+AsOpt = Annotated[str | None, typer.Option(
+    "--as", metavar="ROLE[:USER]",
+    help="Read as this role and user, e.g. account_exec:dana.scully (roles: docs/ACCESS.md). "
+         "Default: CUSTCTX_ROLE / CUSTCTX_USER, else admin as your login.")]
+
+
+def access_or_exit(as_: str | None, settings: Settings, interface: str = "cli") -> Access:
+    """The access gate of ``--as ROLE[:USER]`` (or the default principal), or exit 2 with why."""
     try:
-        return index.resolve(ref)
+        principal = parse_as(as_, settings, interface) if as_ else default_principal(settings, interface)
+        return Access.for_principal(settings, principal)
+    except (BadPrincipal, PolicyError) as exc:
+        raise fail(str(exc), 2) from None
+
+
+def resolve_or_exit(index: IdentityIndex, ref: str, format: Format = Format.markdown,
+                    resolve: Callable[[str], tuple[CustomerRef, str]] | None = None) -> tuple[CustomerRef, str]:
+    """Resolve a customer reference (with ``resolve``: as a principal may), or exit with a
+    one-line reason (1: not found, 3: ambiguous)."""
+    try:
+        return (resolve or index.resolve)(ref)
     except AmbiguousCustomer as exc:
         if format is Format.json:
             print(json.dumps({"error": "ambiguous", "message": str(exc),
@@ -127,6 +148,7 @@ def context(
         "--slices", "-s", help="Slices or sources to include, e.g. billing.status,support (default: all).")] = None,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Read every slice from its source, not from long-term memory.")] = False,
+    as_: AsOpt = None,
 ) -> None:
     """Print one customer's unified context: slices, derived traits, gaps, conflicts, provenance."""
     try:
@@ -135,9 +157,11 @@ def context(
         raise fail(str(exc), 2) from None
     with progress_bar() as update:
         r = ready(progress=update, memory=True)
-    customer, matched_by = resolve_or_exit(r.index, ref, format)
+    access = access_or_exit(as_, r.settings)
+    customer, matched_by = resolve_or_exit(
+        r.index, ref, format, lambda q: resolve_visible(r.index, q, r.settings, r.ctx, access, memory=r.memory))
     ctx = assemble_context(r.settings, customer, r.ctx, wanted, matched_by=matched_by, memory=r.memory,
-                           prefer_memory=not fresh)
+                           prefer_memory=not fresh, access=access)
     if format is Format.json:
         print(json.dumps(reference_view(ctx), indent=2, ensure_ascii=False))
     else:
@@ -165,8 +189,13 @@ def sources(
     out.print(table)
 
 
-from agent import cli_workflows  # noqa: E402,F401  (registers ask, chat, triage, review)
-from agent import cli_eval  # noqa: E402,F401  (registers eval)
+from agent import (  # noqa: E402  (commands register themselves on import)
+    cli_audit,  # noqa: E402,F401  (registers audit)
+    cli_eval,  # noqa: E402,F401  (registers eval)
+    cli_refresh,  # noqa: E402,F401  (registers refresh, event)
+    cli_serve,  # noqa: E402,F401
+    cli_workflows,  # noqa: E402,F401  (registers ask, chat, triage, review)
+)
 
 
 def main() -> None:

@@ -11,7 +11,17 @@ import typer
 from rich.table import Table
 
 from agent.bootstrap import ready
-from agent.cli import Format, app, err, fail, out, progress_bar, resolve_or_exit
+from agent.cli import (
+    AsOpt,
+    Format,
+    access_or_exit,
+    app,
+    err,
+    fail,
+    out,
+    progress_bar,
+    resolve_or_exit,
+)
 from agent.run_context import remember
 from agent.runs import Runner, new_thread_id
 
@@ -20,11 +30,12 @@ ModelOpt = Annotated[str | None, typer.Option(
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 
 
-def _runner() -> Runner:
+def _runner(as_: str | None = None) -> Runner:
+    """A Runner whose runs read as ``--as ROLE[:USER]`` (else the default principal)."""
     with progress_bar() as update:
         r = ready(progress=update)
     remember(r)
-    return Runner(r.settings)
+    return Runner(r.settings, principal=access_or_exit(as_, r.settings).principal)
 
 
 def _footer(result: dict[str, Any]) -> str:
@@ -53,13 +64,14 @@ def ask(
     format: FormatOpt = Format.markdown,
     model: ModelOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Read slices live, not from long-term memory.")] = False,
+    as_: AsOpt = None,
 ) -> None:
     """Ask the support assistant one question about a customer; answers cite their slices."""
     if not question.strip():
         raise fail("the question is empty", 2)
-    with _runner() as runner:
+    with _runner(as_) as runner:
         if customer:
-            resolve_or_exit(runner_index(runner), customer, format)
+            resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
         elif not thread or runner.thread_customer(thread) is None:
             raise fail("give --customer (email, domain, id or name), or --thread of an existing conversation", 2)
         result = runner.ask(question, customer, thread or new_thread_id(), model=model, fresh=fresh)
@@ -81,12 +93,13 @@ def chat(
     thread: Annotated[str | None, typer.Option("--thread", "-t", help="Thread to resume.")] = None,
     model: ModelOpt = None,
     format: FormatOpt = Format.markdown,
+    as_: AsOpt = None,
 ) -> None:
     """Interactive chat about one customer; the thread persists (resume it with --thread)."""
-    with _runner() as runner:
+    with _runner(as_) as runner:
         known = runner.thread_customer(thread) if thread else None
         if customer:
-            ref, _ = resolve_or_exit(runner_index(runner), customer, format)
+            ref, _ = resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
             name = ref.name
         elif known:
             name = known
@@ -139,6 +152,7 @@ def triage_cmd(
         "--customer", "-c", help="The customer, when the ticket's requester does not identify it.")] = None,
     format: FormatOpt = Format.markdown,
     model: ModelOpt = None,
+    as_: AsOpt = None,
 ) -> None:
     """Triage tickets: category, priority P1-P4, sentiment, team, SLA, injection flag, evidence."""
     from tools.tickets import (
@@ -151,7 +165,7 @@ def triage_cmd(
 
     if sum(x is not None and x is not False for x in (ticket, file, open_)) != 1:
         raise fail("give exactly one of --ticket ID, --file PATH or --open", 2)
-    with _runner() as runner:
+    with _runner(as_) as runner:
         try:
             if file is not None:
                 tickets = [ticket_from_file(file)]
@@ -162,7 +176,7 @@ def triage_cmd(
         except (TicketNotFound, TicketSourceUnavailable, ValueError) as exc:
             raise fail(str(exc).splitlines()[0], 1) from None
         if customer:
-            resolve_or_exit(runner_index(runner), customer, format)
+            resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
         results, failed = [], 0
         for t in tickets:
             res = runner.triage(t.model_dump(mode="json"), customer, model=model)
@@ -210,6 +224,7 @@ def review(
     concurrency: Annotated[int, typer.Option(min=1, max=32, help="Accounts reviewed at once.")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Redo accounts already reviewed in --out.")] = False,
     model: ModelOpt = None,
+    as_: AsOpt = None,
 ) -> None:
     """Write one account review per account (the skill's structure, markdown + JSON); resumable."""
     from agent.reviews import run_reviews
@@ -217,9 +232,9 @@ def review(
 
     if sum(bool(x) for x in (customer, segment, owner, all_)) != 1:
         raise fail("give exactly one of --customer, --segment, --owner or --all", 2)
-    with _runner() as runner:
+    with _runner(as_) as runner:
         if customer:
-            ref, _ = resolve_or_exit(runner_index(runner), customer)
+            ref, _ = resolve_or_exit(runner_index(runner), customer, resolve=runner.resolve)
             entries: Any = [AccountEntry(customer_id=ref.customer_id, name=ref.name, segment=None, owner=None,
                                          status=None)]
             total: int | None = 1
@@ -229,7 +244,7 @@ def review(
                                         include_churned=include_churned)
             except BookError as exc:
                 raise fail(str(exc), 2) from None
-            total = None
+            entries, total = _visible_entries(runner, entries), None
 
         def one(entry: AccountEntry) -> tuple[str, dict]:
             res = runner.review(entry.customer_id, model=model)
@@ -252,33 +267,52 @@ def review(
         raise typer.Exit(1)
 
 
+def _visible_entries(runner: Runner, entries: Any) -> Any:
+    """The book as the runner's principal may see it: accounts its row filter hides are left
+    out (not listed as failures: they do not exist for it)."""
+    from agent.run_context import services
+    from tools.context import customer_visible
+
+    access = runner.access()
+    if not access.filters_rows:
+        return entries
+    svc = services(runner.settings)
+    return (e for e in entries if (c := svc.index.get(e.customer_id)) is not None
+            and customer_visible(runner.settings, c, svc.ctx, access, memory=runner.memory()))
+
+
 # ------------------------------------------------------------------------ demo
 @app.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its account review.")] = Path(
         "custctx-demo"),
     model: ModelOpt = None,
+    as_: AsOpt = None,
 ) -> None:
     """End-to-end demo on the embedded default: a support conversation, ticket triage, a review."""
     from agent.reviews import run_reviews
     from tools.book import AccountEntry
     from tools.tickets import get_ticket
 
-    with _runner() as runner:
+    with _runner(as_) as runner:
         thread = new_thread_id()
         out.print(f"[bold]1. Support assistant[/bold] — a conversation about Acme Corp (thread {thread})")
         for i, q in enumerate(("What's their billing status?", "and their usage?", "What's going on with them?")):
             res = runner.ask(q, "acme.com" if i == 0 else None, thread, model=model)
             out.print(f"\n[cyan]you>[/cyan] {q}")
+            if res.get("error"):  # e.g. --as a role that may not see Acme Corp
+                out.print(f"error: {res['error']}", markup=False)
+                continue
             _print_turn(res, Format.markdown)
         out.print("\n[bold]2. Ticket triage[/bold] — the same 'card declined' text from two customers, "
                   "and a prompt injection")
         for ticket_id in ("1001", "1015", "1010"):
             d = runner.triage(get_ticket(runner.settings, ticket_id).model_dump(mode="json"), model=model)
             out.print("")
-            out.print("\n".join(_decision_markdown(d)), markup=False)
+            out.print(f"### Ticket #{ticket_id} — error: {d['error']}" if d.get("error")
+                      else "\n".join(_decision_markdown(d)), markup=False)
         out.print(f"\n[bold]3. Account review[/bold] — Acme Corp, written to {out_dir}/")
-        ref, _ = resolve_or_exit(runner_index(runner), "acme.com")
+        ref, _ = resolve_or_exit(runner_index(runner), "acme.com", resolve=runner.resolve)
 
         def one(entry: AccountEntry) -> tuple[str, dict]:
             res = runner.review(entry.customer_id, model=model)

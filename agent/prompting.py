@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from agent.injection import UNTRUSTED_NOTE
+from tools.policy import hide_masks, show_masks
 from tools.slices import Slice, SourceGap, parse_slice
 
 __all__ = ["UNTRUSTED_NOTE", "context_block", "load_prompt", "parse_context_block", "render", "section"]
@@ -72,8 +73,9 @@ def _wrap(value: Any) -> Any:
 
 
 def slice_json(s: Slice) -> dict[str, Any]:
-    """A slice as the model sees it: data + provenance, untrusted text delimited."""
-    data = s.model_dump(mode="json")
+    """A slice as the model sees it: data + provenance, untrusted text delimited, values the
+    reader's role may not see as the mask marker (they were withheld before this point)."""
+    data = show_masks(s.model_dump(mode="json"))
     if s.name in UNTRUSTED_FIELDS:
         list_field, fields = UNTRUSTED_FIELDS[s.name]
         for item in data.get(list_field, []):
@@ -147,6 +149,6 @@ def parse_context_block(text: str) -> ModelContext:
     data = json.loads(text)
     return ModelContext(
         customer=data.get("customer", {}),
-        slices={name: parse_slice(name, _unwrap(v)) for name, v in data.get("slices", {}).items()},
+        slices={name: parse_slice(name, hide_masks(_unwrap(v))) for name, v in data.get("slices", {}).items()},
         gaps=[SourceGap(**g) for g in data.get("gaps", [])],
         traits=data.get("traits", {}), conflicts=data.get("conflicts", []))

@@ -295,7 +295,7 @@ def _index_row(data: dict[str, Any], md: Path, js: Path, entry: AccountEntry | N
         owner=_dig(data, "customer.owner", "owner") or (entry.owner if entry else None),
         markdown=md.name,
         json=js.name,
-        reviewed_at=(reviewed_at or datetime.now(UTC)).isoformat(timespec="seconds"),
+        reviewed_at=(reviewed_at or datetime.now(UTC)).isoformat(),
     )
 
 
@@ -387,7 +387,8 @@ def write_index(out_dir: Path, *, failed: Sequence[tuple[AccountEntry, str]] = (
     db = _IndexDb(out_dir)
     try:
         db.reconcile(out_dir)
-        summary = f"{db.count()} accounts reviewed"
+        n = db.count()
+        summary = f"{n} account{'s' if n != 1 else ''} reviewed"
         if written is not None:
             summary += f"; this run: {written} written, {skipped or 0} already done, {len(failed)} failed"
         path = out_dir / INDEX_MD

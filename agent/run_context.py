@@ -18,8 +18,10 @@ from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from agent.bootstrap import Ready, ready
+from tools.access import Access
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory
+from tools.principal import as_principal
 from tools.settings import Settings
 
 
@@ -40,7 +42,10 @@ class RunContext:
     guard: SourceGuard | None = field(default=None, metadata={
         "description": "The source guard (breakers, retries); unset: the process-wide guard."})
     principal: Any = field(default=None, metadata={
-        "description": "Who is asking (tenant, user, role); carried to the source tools."})
+        "description": "Who is asking (a tools.principal.Principal, set by the application); every read "
+        "applies its role's access policy and is audited. Unset: CUSTCTX_ROLE, else support_agent."})
+    access: Any = field(default=None, metadata={
+        "description": "The principal's access gate, built on first use and shared by the run's nodes."})
 
     def resolved_settings(self) -> Settings:
         if isinstance(self.settings, Settings):
@@ -66,6 +71,15 @@ def remember(r: Ready) -> None:
     """Share a Ready the caller already built (with its progress bar) instead of building another."""
     with _ready_lock:
         _ready.setdefault(json.dumps(r.settings.model_dump(mode="json"), sort_keys=True), r)
+
+
+def run_access(rc: RunContext, settings: Settings) -> Access:
+    """The run's access gate: built once from its principal (no principal: the default of a
+    graph served by LangGraph, ``CUSTCTX_ROLE`` else support_agent) and kept on the run context
+    so its nodes share one row-filter verdict per customer."""
+    if rc.access is None:
+        rc.access = Access.for_principal(settings, as_principal(rc.principal, settings, "langgraph"))
+    return rc.access
 
 
 def context_memory(store: BaseStore | None, settings: Settings) -> ContextMemory:

@@ -15,9 +15,12 @@ from langgraph.store.base import BaseStore
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
 from agent.run_context import RunContext, services
-from tools.context import CustomerContext, assemble_context, expand_slices
+from tools.access import Access, read_customer_context, resolve_visible
+from tools.context import CustomerContext, expand_slices
 from tools.memory import ContextMemory, open_store
+from tools.principal import Principal, default_principal
 from tools.settings import Settings
+from tools.source import CustomerRef
 
 
 def new_thread_id() -> str:
@@ -28,8 +31,12 @@ class Runner:
     """The three workflows compiled on this process's store and checkpointer."""
 
     def __init__(self, settings: Settings | None = None, *, store: BaseStore | None = None,
-                 checkpointer: BaseCheckpointSaver | None = None):
+                 checkpointer: BaseCheckpointSaver | None = None, principal: Principal | None = None):
         self.settings = settings or Settings()
+        # Runs that name no principal run as this one: CUSTCTX_ROLE / CUSTCTX_USER, else the
+        # local operator as admin (an embedding process holds every credential anyway). Servers
+        # pass the principal of each request.
+        self.principal = principal or default_principal(self.settings, "runner")
         self._stack = ExitStack()
         services(self.settings)  # seed / index before the first run, once
         self.store = store or self._stack.enter_context(open_store(self.settings.state_db_url))
@@ -48,7 +55,12 @@ class Runner:
         self._stack.close()
 
     def context(self, **kw: Any) -> RunContext:
+        kw["principal"] = kw.get("principal") or self.principal
         return RunContext(settings=self.settings, **kw)
+
+    def access(self, principal: Principal | None = None) -> Access:
+        """The access gate of ``principal`` (default: the runner's); raises UnknownRole."""
+        return Access.for_principal(self.settings, principal or self.principal)
 
     def ask(self, question: str, customer: str | None = None, thread_id: str | None = None, **kw: Any) -> dict:
         """One assistant turn. A thread keeps its customer: later turns need no ``customer``."""
@@ -73,13 +85,21 @@ class Runner:
 
     def customer_context(self, ref: str, slices: list[str] | None = None, *, fresh: bool = False,
                          principal: Any = None) -> CustomerContext:
-        """One customer's unified context (the ``get_customer_context`` read): resolve, then read
-        the slices through long-term memory and the guard. Raises the identity errors."""
+        """One customer's unified context (the ``get_customer_context`` read) for ``principal``:
+        resolve as it may see customers, then read the slices through long-term memory, the
+        guard and its access policy. Raises the identity errors (a hidden customer is not found)."""
         svc = services(self.settings)
-        customer, matched_by = svc.index.resolve(ref)
-        return assemble_context(self.settings, customer, svc.ctx, expand_slices(slices), matched_by=matched_by,
-                                memory=ContextMemory(self.store, self.settings.tenant, self.settings.ttls),
-                                prefer_memory=not fresh)
+        return read_customer_context(self.settings, svc.index, svc.ctx, ref, expand_slices(slices),
+                                     self.access(principal), memory=self.memory(), prefer_memory=not fresh)
+
+    def memory(self) -> ContextMemory:
+        return ContextMemory(self.store, self.settings.tenant, self.settings.ttls)
+
+    def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
+        """Resolve a customer reference as ``principal`` may: a customer its row filter hides
+        raises the same CustomerNotFound as a missing one."""
+        svc = services(self.settings)
+        return resolve_visible(svc.index, ref, self.settings, svc.ctx, self.access(principal), memory=self.memory())
 
     def review(self, customer: str, **kw: Any) -> dict:
         out = self.review_graph.invoke({"customer": customer}, context=self.context(**kw))

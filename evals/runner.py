@@ -166,8 +166,9 @@ class Suites:
         for case in load("assistant")["cases"]:
             thread = f"eval-{case['id']}-{trial}-{time.time_ns()}"
             for i, turn in enumerate(case["turns"]):
-                res, ms, q = _timed(lambda: self.runner.ask(turn["question"], case["customer"] if i == 0 else None,
-                                                            thread, model=self.model), self.counter)  # noqa: B023
+                ref = case["customer"] if i == 0 else None
+                res, ms, q = _timed(lambda q=turn["question"], ref=ref, thread=thread: self.runner.ask(
+                    q, ref, thread, model=self.model), self.counter)
                 if res.get("error"):
                     yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, False, [], ms, q, note=res["error"])
                     continue

@@ -15,7 +15,7 @@ from agent.bootstrap import ready
 from agent.brief import render_brief
 from agent.reviews import FAILURES, INDEX_DB, INDEX_MD, review_paths, run_reviews, slugify
 from evals.fixtures.generate import seed_salesforce
-from tools.book import AccountEntry, BookError, list_accounts
+from tools.book import AccountEntry, BookError, count_accounts, list_accounts
 from tools.context import assemble_context, reference_view
 from tools.identity import normalize_name
 from tools.settings import SourceConfig
@@ -101,6 +101,7 @@ def test_owner_filter(sqlite_ready):
     assert names(list_accounts(s, owner="dana.scully@example.test")) == names(dana)  # an email's local part
     assert "Soylent" in names(list_accounts(s, owner="dana.scully", include_churned=True))
     assert list(list_accounts(s, owner="nobody.here")) == []
+    assert count_accounts(s, owner="dana.scully") == len(dana)
 
 
 def test_segment_filter_matches_crm_segment_or_derived_tier(sqlite_ready):
@@ -301,6 +302,16 @@ def test_index_is_rebuilt_from_the_review_files(sqlite_ready, dana, tmp_path):
     assert listed == sorted(names(dana[1:]), key=str.casefold)
     assert f"_{len(dana) - 1} accounts reviewed;" in index
 
+
+def test_renamed_account_is_listed_once_with_its_newest_review(tmp_path):
+    def review(e: AccountEntry) -> tuple[str, dict]:
+        return f"# {e.name}\n", {"customer": {"name": e.name, "tier": "self_serve"}, "health": "healthy"}
+
+    run_reviews([AccountEntry("c_000000000001", "Old Name", None, None, "active")], review, tmp_path)
+    run_reviews([AccountEntry("c_000000000001", "New Name", None, None, "active")], review, tmp_path)
+    index = (tmp_path / INDEX_MD).read_text(encoding="utf-8")
+    assert "[New Name](new-name--c_000000000001.md)" in index and "Old Name" not in index
+    assert "_1 account reviewed;" in index
 
 def test_in_flight_window_and_concurrency_are_bounded(tmp_path):
     concurrency, n = 3, 120

@@ -12,7 +12,11 @@ book; the database does the lookups by primary key.
 
 Status: the CRM's (``active`` / ``churned`` / ``prospect``); a customer the CRM does
 not hold takes it from billing (a canceled subscription is ``churned``, any other
-``active``, as for Hooli); ``None`` when neither source knows.
+``active``, as for Hooli); ``None`` when neither source knows. Segment: the CRM's
+segment field (the fixtures hold ``enterprise`` / ``mid_market`` / ``self_serve``;
+Salesforce's ``Mid Market`` reads as ``mid_market``), else the tier derived from MRR
+exactly as ``tools.traits`` derives it (CRM MRR, else billing). The identity index
+must have been built (``agent.bootstrap.ready`` does it).
 """
 
 from __future__ import annotations

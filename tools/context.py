@@ -9,11 +9,12 @@ the reference document plus ids, health, gaps, conflicts and provenance.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, SerializeAsAny
 from sqlalchemy.exc import ArgumentError
@@ -21,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from tools.guard import CallOutcome, SourceGuard, summarize
 from tools.mapping import MappingError
 from tools.memory import ContextMemory
+from tools.policy import masked_marker, show_masks
 from tools.registry import REMEDIES, reader
 from tools.settings import Settings
 from tools.slices import (
@@ -36,6 +38,9 @@ from tools.slices import (
 )
 from tools.source import CustomerRef, ReadContext, SliceNotFound, SourceReader
 from tools.traits import Traits, derive_traits
+
+if TYPE_CHECKING:
+    from tools.access import Access
 
 
 class ConflictValue(BaseModel):
@@ -134,13 +139,39 @@ def default_guard(settings: Settings) -> SourceGuard:
 
 def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
                guard: SourceGuard, timeout_s: float | None = None, memory: ContextMemory | None = None,
-               prefer_memory: bool = True) -> tuple[Slice | SourceGap, CallOutcome | None]:
+               prefer_memory: bool = True, access: Access | None = None,
+               ) -> tuple[Slice | SourceGap, CallOutcome | None]:
     """One slice, or the gap that names why it is missing.
 
     With long-term memory: a fresh snapshot is served without touching the source;
     a live read is written through; when the source fails, the last snapshot is
     served marked stale with its age instead of a gap.
+
+    With ``access`` (every interface passes one): a slice the principal's role may not
+    read is a ``forbidden`` gap without any read; memory is the principal's tenant's;
+    whatever comes back (source, fresh or stale memory) is masked for the role; the read
+    is audited. Memory always holds the full-fidelity slice: masking happens on the way out.
     """
+    if access is None:
+        return _read_slice(rdr, name, customer, ctx, guard, timeout_s, memory, prefer_memory)
+    if not access.allows(name):
+        return access.forbidden(customer.customer_id, name), None
+    started = time.perf_counter()
+    result, outcome = _read_slice(rdr, name, customer, ctx, guard, timeout_s, tenant_memory(memory, access),
+                                  prefer_memory)
+    return access.admit(customer.customer_id, result, (time.perf_counter() - started) * 1000), outcome
+
+
+def tenant_memory(memory: ContextMemory | None, access: Access | None) -> ContextMemory | None:
+    """Long-term memory in the principal's tenant namespace, whatever the caller opened."""
+    if memory is None or access is None or memory.tenant == access.tenant:
+        return memory
+    return memory.for_tenant(access.tenant)
+
+
+def _read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
+                guard: SourceGuard, timeout_s: float | None, memory: ContextMemory | None,
+                prefer_memory: bool) -> tuple[Slice | SourceGap, CallOutcome | None]:
     source = SLICE_MODELS[name].source
     if memory is not None and prefer_memory and rdr is not None:
         cached = memory.get(customer.customer_id, name)
@@ -177,14 +208,28 @@ def read_slices(
     guard: SourceGuard | None = None,
     memory: ContextMemory | None = None,
     prefer_memory: bool = True,
+    access: Access | None = None,
 ) -> tuple[dict[str, SourceReader | None], list[tuple[Slice | SourceGap, CallOutcome | None]]]:
-    """Read ``names`` in parallel (bounded pool), each through memory and the guard.
+    """Read ``names`` in parallel (bounded pool), each through memory, the guard and ``access``.
 
     Returns the readers used (None: not connected) and one (slice or gap, outcome)
     per name, in the order given. A source whose reader cannot even be built (a bad
-    mapping file, a malformed URL) yields ``unavailable`` gaps, not an exception.
+    mapping file, a malformed URL) yields ``unavailable`` gaps, not an exception. A
+    customer the principal's row filter hides yields ``not_found`` gaps only, as a
+    customer no source knows would.
     """
     guard = guard or default_guard(settings)
+    if access is None:
+        return _read_slices(settings, customer, ctx, names, guard, memory, prefer_memory, None)
+    with access.batch():
+        if not customer_visible(settings, customer, ctx, access, guard, memory):
+            return {}, [(access.hidden(customer.customer_id, n), None) for n in names]
+        return _read_slices(settings, customer, ctx, names, guard, memory, prefer_memory, access)
+
+
+def _read_slices(settings: Settings, customer: CustomerRef, ctx: ReadContext, names: list[str],
+                 guard: SourceGuard, memory: ContextMemory | None, prefer_memory: bool, access: Access | None,
+                 ) -> tuple[dict[str, SourceReader | None], list[tuple[Slice | SourceGap, CallOutcome | None]]]:
     readers: dict[str, SourceReader | None] = {}
     broken: dict[str, str] = {}
     for source in dict.fromkeys(SLICE_MODELS[n].source for n in names):
@@ -198,12 +243,62 @@ def read_slices(
         if source in broken:
             return SourceGap(slice=name, source=source, kind="unavailable", message=broken[source]), None
         return read_slice(readers[source], name, customer, ctx, guard, settings.source(source).timeout_s,
-                          memory, prefer_memory)
+                          memory, prefer_memory, access)
 
     if len(names) == 1:
         return readers, [one(names[0])]
     with ThreadPoolExecutor(max_workers=max(1, min(len(names), settings.guard.max_concurrency))) as pool:
         return readers, [f.result() for f in [pool.submit(copy_context().run, one, n) for n in names]]
+
+
+def customer_visible(settings: Settings, customer: CustomerRef, ctx: ReadContext, access: Access,
+                     guard: SourceGuard | None = None, memory: ContextMemory | None = None) -> bool:
+    """Whether the principal's row filter lets it see ``customer`` (judged once per gate).
+
+    The filter is judged on the customer's ``crm.account``, read like any slice (memory
+    first, then the guard) but never returned; the judgement is audited as a row check.
+    """
+    known = access.verdict(customer.customer_id)
+    if known is not None:
+        return known
+    started = time.perf_counter()
+    try:
+        rdr = reader(settings, "crm")
+    except (MappingError, ArgumentError, ValueError) as exc:
+        account: Slice | SourceGap = SourceGap(slice="crm.account", source="crm", kind="unavailable",
+                                               message=summarize(exc))
+    else:
+        account, _ = _read_slice(rdr, "crm.account", customer, ctx, guard or default_guard(settings),
+                                 settings.source("crm").timeout_s, tenant_memory(memory, access), True)
+    return access.judge(customer.customer_id, account, (time.perf_counter() - started) * 1000)
+
+
+def recall_slices(settings: Settings, ctx: ReadContext, memory: ContextMemory, customer: CustomerRef,
+                  names: Iterable[str], access: Access | None) -> dict[str, Slice | SourceGap | None]:
+    """Slices read back from long-term memory (a graph's respond step reads its turn's
+    slices by reference) through the same policy as every read: row filter, forbidden
+    slices, masking, audit. None for a slice memory no longer holds."""
+    if access is None:
+        return {n: (c.slice if (c := memory.get(customer.customer_id, n)) else None) for n in names}
+    with access.batch():
+        return _recall(settings, ctx, memory, customer, list(names), access)
+
+
+def _recall(settings: Settings, ctx: ReadContext, memory: ContextMemory, customer: CustomerRef,
+            names: list[str], access: Access) -> dict[str, Slice | SourceGap | None]:
+    if not customer_visible(settings, customer, ctx, access, memory=memory):
+        return {n: access.hidden(customer.customer_id, n) for n in names}
+    memory = tenant_memory(memory, access) or memory
+    out: dict[str, Slice | SourceGap | None] = {}
+    for name in names:
+        if not access.allows(name):
+            out[name] = access.forbidden(customer.customer_id, name)
+            continue
+        started = time.perf_counter()
+        cached = memory.get(customer.customer_id, name)
+        out[name] = None if cached is None else access.admit(
+            customer.customer_id, cached.slice, (time.perf_counter() - started) * 1000, "read back for the answer")
+    return out
 
 
 def assemble_context(
@@ -215,10 +310,12 @@ def assemble_context(
     guard: SourceGuard | None = None,
     memory: ContextMemory | None = None,
     prefer_memory: bool = True,
+    access: Access | None = None,
 ) -> CustomerContext:
-    """Read the requested slices (in parallel, each guarded) and derive the unified context."""
+    """Read the requested slices (in parallel, each guarded, each through ``access``) and
+    derive the unified context."""
     names = expand_slices(slices)
-    readers, results = read_slices(settings, customer, ctx, names, guard, memory, prefer_memory)
+    readers, results = read_slices(settings, customer, ctx, names, guard, memory, prefer_memory, access)
     got = {n: r for n, (r, _) in zip(names, results, strict=True) if not isinstance(r, SourceGap)}
     gaps = [r for r, _ in results if isinstance(r, SourceGap)]
     outcomes = [o for _, o in results if o is not None]
@@ -296,6 +393,14 @@ def find_conflicts(s: dict[str, Slice], settings: Settings) -> list[Conflict]:
     return out
 
 
+def slice_view(s: Slice, provenance: bool = True) -> dict[str, Any]:
+    """A slice as JSON for output: masked values shown as the mask marker."""
+    data = show_masks(s.model_dump(mode="json"))
+    if not provenance:
+        data.pop("provenance")
+    return data
+
+
 def _iso(v: Any) -> Any:
     return v.isoformat() + ("Z" if isinstance(v, datetime) and v.tzinfo is None else "") \
         if hasattr(v, "isoformat") else v
@@ -333,7 +438,8 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
             "status": bil.status,
             "last_payment": _iso(bil.last_payment_date),
             "last_payment_amount": bil.last_payment_amount,
-            "method": str(bil.payment_method) if bil.payment_method else None,
+            "method": masked_marker(bil, "payment_method") or (str(bil.payment_method) if bil.payment_method
+                                                                   else None),
             "balance_due": bil.balance_due,
             "trial_ends": _iso(bil.trial_ends),
         },
@@ -365,5 +471,5 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
         "traits": c.traits.model_dump(mode="json"),
     }
     if include_slices:
-        out["slices"] = {n: s.model_dump(mode="json", exclude={"provenance"}) for n, s in c.slices.items()}
+        out["slices"] = {n: slice_view(s, provenance=False) for n, s in c.slices.items()}
     return out

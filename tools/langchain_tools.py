@@ -6,9 +6,9 @@ last); ``SOURCE_TOOLS`` holds the same tools by source name.
 
 The model chooses exactly one argument, ``slices``: a list restricted to that source's
 slice names (defaulting to all of them). Everything else — settings, the resolved
-customer, the read context, the guard and, later, the principal and the long-term
-memory store — travels in one :class:`SourceToolRuntime` passed as the
-``source_runtime`` argument, annotated ``InjectedToolArg``: it is absent from
+customer, the read context, the guard, the principal (the access policy and audit
+apply to every read) and the long-term memory store — travels in one
+:class:`SourceToolRuntime` passed as the ``source_runtime`` argument, annotated ``InjectedToolArg``: it is absent from
 ``tool.tool_call_schema`` (what a model is shown) and from callback/tracing inputs, but
 must be supplied by the caller on every call::
 
@@ -53,9 +53,11 @@ from langchain_core.messages import ToolCall
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, WithJsonSchema, create_model
 
-from tools.context import read_slices
+from tools.access import Access
+from tools.context import read_slices, slice_view
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory
+from tools.principal import Principal
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, SourceGap, slices_of
 from tools.source import CustomerRef, ReadContext
@@ -72,9 +74,16 @@ class SourceToolRuntime:
     customer: CustomerRef
     ctx: ReadContext
     guard: SourceGuard | None = None  # None: the process-wide guard for these settings
-    principal: Any = None  # reserved: who is asking (access policy), not used yet
+    principal: Principal | None = None  # who is asking: the access policy and audit apply to every read
     store: ContextMemory | None = None  # long-term memory: fresh snapshots, stale fallback
     prefer_memory: bool = True  # False: read live even when memory holds a fresh snapshot
+    access: Access | None = None  # the principal's gate, when the caller already built one (shared by a run)
+
+    def gate(self) -> Access | None:
+        """The access gate reads go through (None only when no principal was given)."""
+        if self.access is not None or self.principal is None:
+            return self.access
+        return Access.for_principal(self.settings, self.principal)
 
 
 # ------------------------------------------------------------------ descriptions
@@ -224,13 +233,13 @@ def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRu
     names = [n for n in known if not slices or n in slices]  # priority order, no duplicates
     customer = runtime.customer
     _, read = read_slices(runtime.settings, customer, runtime.ctx, names, runtime.guard, runtime.store,
-                          runtime.prefer_memory)
+                          runtime.prefer_memory, runtime.gate())
     results = [r for r, _ in read]
 
     return {
         "customer_id": customer.customer_id,
         "source": source,
-        "slices": {r.name: r.model_dump(mode="json") for r in results if not isinstance(r, SourceGap)},
+        "slices": {r.name: slice_view(r) for r in results if not isinstance(r, SourceGap)},
         "gaps": [r.model_dump(mode="json") for r in results if isinstance(r, SourceGap)],
     }
 

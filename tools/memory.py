@@ -48,7 +48,14 @@ class ContextMemory:
         """The one place memory namespaces are built, from trusted context only."""
         return (NAMESPACE_ROOT, self.tenant, customer_id)
 
+    def for_tenant(self, tenant: str) -> ContextMemory:
+        """The same store seen from another tenant's namespace (a principal's tenant wins over
+        the process's)."""
+        return ContextMemory(self.store, tenant, self.ttls, self.clock)
+
     def put(self, customer_id: str, s: Slice) -> None:
+        if s.provenance.masked_fields:  # memory is full fidelity; masking happens per reader
+            raise ValueError(f"refusing to store a masked copy of {s.name} in long-term memory")
         self.store.put(self.namespace(customer_id), s.name,
                        {"slice": s.model_dump(mode="json"), "stored_at": self.clock().isoformat()}, index=False)
 

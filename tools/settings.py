@@ -94,6 +94,13 @@ class ChurnWeights(BaseModel):
     high_support_load: int = 5
 
 
+class McpSettings(BaseModel):
+    """Who the MCP server reads for (`custctx serve mcp`): one configured principal per server."""
+
+    role: str = Field(default="support_agent", description="Role of the MCP server's principal.")
+    user: str = Field(default="mcp", description="User name of the MCP server's principal (audit).")
+
+
 DEFAULT_TTLS: dict[str, int] = {
     "crm.account": 3600, "crm.contacts": 3600, "crm.opportunities": 3600, "crm.activities": 3600,
     "billing.status": 86400, "billing.invoices": 86400,
@@ -124,6 +131,13 @@ class Settings(BaseSettings):
     state_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the product's own state: identity index, long-term memory.")
     tenant: str = Field(default="default", description="Tenant whose memory namespace this process uses.")
+    role: str | None = Field(
+        default=None, description="Role of a call that names no principal (the CLI without --as). Unset: "
+        "admin for the local CLI, support_agent for servers (docs/ACCESS.md).")
+    user: str | None = Field(default=None, description="User of a call that names none. Unset: the OS login.")
+    policy: Path | None = Field(
+        default=None, description="Access policy YAML (roles → slices, masked fields, row filters); "
+        "unset: the packaged tools/policies/default.yaml.")
     seed_customers: int = Field(default=200, description="Background customers seeded on first use.")
     seed: int = 7
     as_of: datetime | None = Field(
@@ -150,6 +164,12 @@ class Settings(BaseSettings):
         default=3, description="Planning rounds (tool-call steps) a model may take per question.")
     currency: str = "USD"
     output_format: Literal["json", "markdown"] = "markdown"
+    mcp: McpSettings = Field(default_factory=McpSettings)
+    api_keys_file: Path | None = Field(
+        default=None, description="YAML/JSON file mapping API keys (SHA-256 hex digests) to principals for "
+        "`custctx serve api`; unset: every data request is refused with 401.")
+    serve_max_concurrency: int = Field(
+        default=8, ge=1, description="Requests the API and MCP servers work on at once; the rest wait their turn.")
 
     def source(self, name: str) -> SourceConfig:
         """The configuration of source ``name``, with defaults filled in."""

@@ -26,6 +26,10 @@ class Provenance(BaseModel):
     served_from: Literal["source", "memory"] = Field(default="source", description="Read live, or from long-term memory.")
     stale: bool = Field(default=False, description="A snapshot served because the source failed.")
     age_seconds: float | None = Field(default=None, description="Age of a snapshot served from memory.")
+    masked_fields: list[str] = Field(
+        default_factory=list, description="Fields withheld by the access policy (e.g. contacts[0].phone); "
+        "shown as a mask marker, never their value.")
+    masked_for: str | None = Field(default=None, description="The role the fields were masked for.")
 
 
 class Slice(BaseModel):

@@ -73,8 +73,14 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             errors.append(ToolMessage(f"There is no tool {call['name']!r}; use one of "
                                       f"{', '.join(TOOL_SOURCES)}.", tool_call_id=call["id"], status="error"))
             continue
+        schema = SOURCE_TOOLS[source].tool_call_schema
+        extra = sorted(set(call["args"] or {}) - set(schema.model_fields))
+        if extra:  # e.g. a `customer` a ticket talked the model into: the run's customer is fixed
+            errors.append(ToolMessage(f"{call['name']} takes only `slices`, not {', '.join(extra)}: the customer "
+                                      "is chosen by the application.", tool_call_id=call["id"], status="error"))
+            continue
         try:
-            args = SOURCE_TOOLS[source].tool_call_schema.model_validate(call["args"])
+            args = schema.model_validate(call["args"])
         except ValidationError as exc:
             errors.append(ToolMessage(f"Invalid arguments for {call['name']}: {exc.errors()[0]['msg']}",
                                       tool_call_id=call["id"], status="error"))

@@ -12,9 +12,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent.models import chat_model
-from agent.run_context import RunContext, context_memory, services
+from agent.run_context import RunContext, context_memory, run_access, services
 from agent.state import PlanStep, SliceRef, State
-from tools.context import default_guard
+from tools.access import resolve_visible
+from tools.context import customer_visible, default_guard, recall_slices
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime
 from tools.settings import Settings
@@ -37,17 +38,25 @@ def model_name(model: BaseChatModel) -> str:
 
 
 def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Start a turn: resolve the customer reference (kept across turns unless a new one is given)."""
+    """Start a turn: resolve the customer reference (kept across turns unless a new one is given)
+    as the run's principal may see it — a customer its row filter hides does not exist for it."""
     turn = (state.get("turn") or 0) + 1
     base: dict[str, Any] = {"turn": turn, "step": 0, "error": None, "result": None, "pending": []}
     ref = (state.get("customer") or "").strip()
-    if state.get("customer_id") and (not ref or ref == state.get("resolved_ref")):
+    rc = runtime.context or RunContext()
+    settings = settings_of(runtime)
+    svc = services(settings)
+    access = run_access(rc, settings)
+    memory = context_memory(runtime.store, settings)
+    if (kept_id := state.get("customer_id")) and (not ref or ref == state.get("resolved_ref")):
+        kept = svc.index.get(kept_id)  # whoever continues a thread must still see its customer
+        if kept is not None and not customer_visible(settings, kept, svc.ctx, access, rc.guard, memory):
+            return {**base, "error": str(CustomerNotFound(state.get("resolved_ref") or kept.name, []))}
         return base
     if not ref:
         return {**base, "error": "No customer given: name one by email, domain, id or name."}
-    index = services(settings_of(runtime)).index
     try:
-        customer, matched_by = index.resolve(ref)
+        customer, matched_by = resolve_visible(svc.index, ref, settings, svc.ctx, access, rc.guard, memory)
     except AmbiguousCustomer as exc:
         names = "; ".join(f"{c.name} ({c.domain or c.customer_id})" for c in exc.candidates)
         return {**base, "error": f"{exc} Candidates: {names}."}
@@ -79,8 +88,9 @@ def fetch_slice(job: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, 
     if customer is None:  # the identity index was rebuilt under us
         gap = SourceGap(slice=name, source=source, kind="not_found", message="customer is no longer in the index")
         return {"refs": [{**base, "status": "gap", "gap": gap.model_dump()}]}
+    access = run_access(rc, settings)
     rt = SourceToolRuntime(settings=settings, customer=customer, ctx=svc.ctx, guard=rc.guard or default_guard(settings),
-                           principal=rc.principal, store=context_memory(runtime.store, settings),
+                           principal=access.principal, access=access, store=context_memory(runtime.store, settings),
                            prefer_memory=not rc.fresh)
     out = SOURCE_TOOLS[source].invoke({"slices": [name], RUNTIME_ARG: rt})
     if name in out["slices"]:
@@ -100,24 +110,29 @@ def turn_refs(state: State) -> dict[str, SliceRef]:
 
 
 def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, Slice], list[SourceGap]]:
-    """The slices this turn fetched, read back from long-term memory by reference, and its gaps."""
+    """The slices this turn fetched, read back from long-term memory by reference through the
+    run's access gate (masked for its role, audited), and its gaps."""
     settings = settings_of(runtime)
-    memory = context_memory(runtime.store, settings)
+    svc = services(settings)
+    refs = turn_refs(state)
+    wanted = [n for n, r in refs.items() if r["status"] != "gap"]
+    customer = svc.index.get(state.get("customer_id") or "")
+    back = recall_slices(settings, svc.ctx, context_memory(runtime.store, settings), customer, wanted,
+                         run_access(runtime.context or RunContext(), settings)) if customer and wanted else {}
     slices: dict[str, Slice] = {}
     gaps: list[SourceGap] = []
-    for name, ref in turn_refs(state).items():
-        if ref["status"] == "gap":
-            gaps.append(SourceGap(**ref["gap"]))
+    for name, ref in refs.items():
+        got = SourceGap(**ref["gap"]) if ref["status"] == "gap" else back.get(name)
+        if got is None:
+            got = SourceGap(slice=name, source=ref["source"], kind="unavailable",
+                            message="the snapshot read in this turn is no longer in long-term memory")
+        if isinstance(got, SourceGap):
+            gaps.append(got)
             continue
-        cached = memory.get(state["customer_id"], name)
-        if cached is None:
-            gaps.append(SourceGap(slice=name, source=ref["source"], kind="unavailable",
-                                  message="the snapshot read in this turn is no longer in long-term memory"))
-            continue
-        p = cached.slice.provenance
+        p = got.provenance
         p.served_from, p.stale, p.age_seconds = ref.get("served_from") or "source", ref["status"] == "stale", \
             ref.get("age_seconds")
-        slices[name] = cached.slice
+        slices[name] = got
     order = list(SLICE_MODELS)
     return dict(sorted(slices.items(), key=lambda kv: order.index(kv[0]))), \
         sorted(gaps, key=lambda g: order.index(g.slice))
