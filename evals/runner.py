@@ -36,7 +36,7 @@ from tools.tickets import TicketInput, get_ticket
 from tools.traits import derive_traits
 
 DATASETS = Path(__file__).with_name("datasets")
-SUITES = ("assistant", "triage", "review", "degradation", "injection")
+SUITES = ("assistant", "triage", "review", "degradation", "injection", "access")
 # The offline gate: (metric, "min" | "max", threshold). Applies to the offline model.
 GATE: tuple[tuple[str, str, float], ...] = (
     ("fact_accuracy", "min", 1.0),
@@ -44,6 +44,8 @@ GATE: tuple[tuple[str, str, float], ...] = (
     ("leaks", "max", 0.0),
     ("slice_recall", "min", 1.0),
     ("slice_precision", "min", 1.0),  # the offline planner fetches exactly the step's slices
+    ("access_policy", "min", 1.0),  # each role sees exactly its slices, masks and customers
+    ("audit_complete", "min", 1.0),  # every probe read has its audit record
 )
 
 
@@ -242,6 +244,52 @@ class Suites:
                 scores = [ev.fact_accuracy(res.get("answer", ""), case.get("expect_facts", []))]
             scores.append(ev.leak_count(res, case["forbidden"]))
             yield CaseResult("injection", case["id"], trial, _passed(scores), scores, ms, q, res.get("tokens_shown"))
+
+
+    def access(self, trial: int) -> Iterator[CaseResult]:
+        """Every principal of access.yaml × every story customer, all slices, through the CLI's read
+        path: zero leaks, the policy's slices and masks exactly, every read audited."""
+        from agent.brief import render_brief
+        from evals import access_probes as ap
+        from tools.access import read_customer_context
+        from tools.context import reference_view
+        from tools.identity import CustomerNotFound
+        from tools.principal import Principal
+        from tools.slices import SLICE_NAMES
+        from tools.source import utcnow
+
+        base_settings = self.runner.settings.model_copy(update={"tenant": ap.TENANT})
+        with Runner(base_settings, principal=Principal(ap.TENANT, "root", "admin", interface="runner")) as runner:
+            from agent.run_context import services
+
+            svc = services(runner.settings)
+            baseline = {}
+            for ref in ap.REFS:
+                c = runner.customer_context(ref, None)
+                baseline[ref] = ap.Baseline(c.customer_id, c.name, reference_view(c)["slices"])
+            for exp in ap.EXPECT:
+                for ref in ap.REFS:
+                    base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
+                    problems: list[str] = []
+                    try:
+                        c = read_customer_context(runner.settings, svc.index, svc.ctx, ref, list(SLICE_NAMES),
+                                                  runner.access(exp.principal("cli")), memory=runner.memory())
+                        found = True
+                        block = context_block({"name": c.name}, c.slices, c.gaps, c.traits.model_dump(mode="json"))
+                        problems += ap.check_view(reference_view(c), base, exp, [render_brief(c), block])
+                    except CustomerNotFound:
+                        found = False
+                    if found != (ref in exp.visible):
+                        problems.append(f"visible {found}, expected {ref in exp.visible}")
+                    audit = ap.check_audit(ap.audited(runner.settings, base.customer_id, since, "cli", exp), exp,
+                                           ref in exp.visible)
+                    leaks = [p for p in problems if p.startswith("LEAK")]
+                    scores = [ev.result("leaks", float(len(leaks)), "; ".join(leaks[:3])),
+                              ev.result("access_policy", float(len(problems) == len(leaks)),
+                                        "; ".join(p for p in problems if not p.startswith("LEAK"))[:300]),
+                              ev.result("audit_complete", float(not audit), "; ".join(audit))]
+                    yield CaseResult("access", f"{exp.label} × {ref}", trial, _passed(scores), scores,
+                                     (time.perf_counter() - t0) * 1000, 0)
 
 
 def _merge(base: Any, value: Any) -> Any:

@@ -112,3 +112,20 @@ def test_custctx_eval_writes_the_report_and_gates(tmp_path):
     assert (tmp_path / "out" / "results.json").exists()
     bad = custctx(tmp_path / "home", "eval", "--suite", "nope", "--out", str(tmp_path / "out"))
     assert bad.returncode == 2 and "unknown suite" in bad.stderr
+
+
+def test_breaking_the_policy_fails_the_gate(sqlite_warehouse, tmp_path):
+    """A support agent allowed to see payment methods: the access suite finds the leak."""
+    from importlib import resources
+
+    policy = resources.files("tools").joinpath("policies/default.yaml").read_text(encoding="utf-8")
+    broken = policy.replace("      crm.account: [contract_value]\n      billing.status: [payment_method]\n",
+                            "      crm.account: [contract_value]\n", 1)
+    assert broken != policy
+    (tmp_path / "policy.yaml").write_text(broken, encoding="utf-8")
+    good = run_eval(settings_for(sqlite_warehouse, tmp_path / "a"), ["access"])
+    assert good.gate_passed and len(good.results) == 91
+    bad = run_eval(settings_for(sqlite_warehouse, tmp_path / "b", policy=tmp_path / "policy.yaml"), ["access"])
+    failing = {key for key, *_, ok in bad.gate() if not ok}
+    assert {"leaks", "access_policy"} <= failing
+    assert any("support_agent" in r.case and "acme.com" in r.case and not r.passed for r in bad.results)
