@@ -311,3 +311,14 @@ def test_incremental_refresh_on_postgresql(pg_server, tmp_path):
         report = refresh_incremental(r.settings, memory, guard=SourceGuard(r.settings.guard))
         assert set(report.refreshed) == ids(r, "globex.com") and report.changed_by_source == {"support": 1}
         assert refresh_incremental(r.settings, memory, guard=SourceGuard(r.settings.guard)).customers == 0
+
+
+def test_refresh_reads_are_audited_as_the_refresh_job(world):
+    from tools.audit import audit_log
+
+    r, store, memory = world
+    cid = r.index.resolve("globex.com")[0].customer_id
+    refresh_event(r.settings, memory, "invoice.paid", "globex.com", guard=SourceGuard(r.settings.guard))
+    recs = audit_log(r.settings.state_db_url).query(r.settings.tenant, cid, limit=None)
+    assert sorted(x.slice for x in recs) == ["billing.invoices", "billing.status"]
+    assert {(x.user_name, x.role, x.interface, x.decision) for x in recs} == {("refresh", "admin", "refresh", "allowed")}

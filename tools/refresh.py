@@ -57,6 +57,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import NullType
 
+from tools.access import Access
 from tools.context import default_guard, expand_slices, read_slices
 from tools.guard import SourceGuard, summarize
 from tools.identity import (
@@ -77,6 +78,7 @@ from tools.mapping import (
     load_mapping,
 )
 from tools.memory import ContextMemory
+from tools.principal import Principal
 from tools.registry import engine_for, resolve_as_of
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, SLICE_NAMES, Slice, SourceGap
@@ -533,15 +535,17 @@ def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str
     """
     guard = guard or default_guard(settings)
     ctx = _read_context(settings, memory)
+    access = refresh_access(settings, memory.tenant)
     buffer = _WriteBuffer(memory.store)
     buffered = ContextMemory(buffer, memory.tenant, memory.ttls, memory.clock)
 
     def one(ref: CustomerRef, names: Sequence[str]) -> None:
         if slice_parallel:
-            _, pairs = read_slices(settings, ref, ctx, list(names), guard, buffered, prefer_memory=False)
+            _, pairs = read_slices(settings, ref, ctx, list(names), guard, buffered, prefer_memory=False,
+                                   access=access)
         else:  # one slice per call: read_slices reads it inline, and this pool is the only one
-            pairs = [read_slices(settings, ref, ctx, [n], guard, buffered, prefer_memory=False)[1][0]
-                     for n in names]
+            pairs = [read_slices(settings, ref, ctx, [n], guard, buffered, prefer_memory=False,
+                                 access=access)[1][0] for n in names]
         results = []
         for name, (got, outcome) in zip(names, pairs, strict=True):
             if outcome is not None and outcome.status == "not_found":
@@ -563,12 +567,23 @@ def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str
                     tally.report.failed.append((cid, "unknown customer"))
                     continue
                 futures.append(pool.submit(one, ref, names))
-            for f in futures:
-                f.result()
+            with access.batch():  # the chunk's audit records in one transaction
+                for f in futures:
+                    f.result()
             buffer.flush()
             done += len(chunk)
             if progress:
                 progress(stage, done, max(total, done))
+
+
+REFRESH_USER = "refresh"
+
+
+def refresh_access(settings: Settings, tenant: str) -> Access:
+    """Refresh jobs read as the policy's ``admin`` role (they materialise full-fidelity memory;
+    masking happens when memory is read), under the user ``refresh`` on the ``refresh``
+    interface, so every refresh read has its audit record like any other read."""
+    return Access.for_principal(settings, Principal(tenant, REFRESH_USER, "admin", interface="refresh"))
 
 
 def _book(settings: Settings) -> Iterator[str]:
