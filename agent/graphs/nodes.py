@@ -8,6 +8,7 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
@@ -192,3 +193,28 @@ def error_message(state: State) -> dict[str, Any]:
 
 def this_turn_plan(state: State) -> list[PlanStep]:
     return [p for p in state.get("plan") or [] if p["turn"] == state.get("turn")]
+
+
+def fixed_steps_graph(resolve: Callable[..., dict[str, Any]], steps: list[tuple[str, list[str]]],
+                      respond: Callable[..., dict[str, Any]]) -> StateGraph:
+    """``resolve_customer → plan → fetch_slice × N → advance … → respond`` for a workflow whose
+    steps are fixed (triage, review); a customer that cannot be resolved ends in ``explain_error``."""
+    from langgraph.graph import END, START
+
+    from agent.state import InputState, OutputState
+
+    g = StateGraph(State, context_schema=RunContext, input_schema=InputState, output_schema=OutputState)
+    g.add_node("resolve_customer", resolve)
+    g.add_node("plan", fixed_plan(steps))
+    g.add_node(FETCH, fetch_slice)
+    g.add_node("advance", next_step(steps))
+    g.add_node("respond", respond)
+    g.add_node("explain_error", error_message)
+    g.add_edge(START, "resolve_customer")
+    g.add_conditional_edges("resolve_customer", route_resolved("plan", "explain_error"), ["plan", "explain_error"])
+    g.add_conditional_edges("plan", route_pending("respond"), [FETCH, "respond"])
+    g.add_edge(FETCH, "advance")
+    g.add_conditional_edges("advance", route_pending("respond"), [FETCH, "respond"])
+    g.add_edge("respond", END)
+    g.add_edge("explain_error", END)
+    return g

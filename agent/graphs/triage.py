@@ -14,20 +14,14 @@ from typing import Any
 
 from langchain_core.messages import SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
 from agent.graphs.nodes import (
-    FETCH,
-    error_message,
-    fetch_slice,
-    fixed_plan,
+    fixed_steps_graph,
     model_name,
     model_of,
-    next_step,
     resolve_customer,
-    route_pending,
-    route_resolved,
     settings_of,
     this_turn_plan,
     turn_context,
@@ -35,7 +29,7 @@ from agent.graphs.nodes import (
 from agent.injection import injection_signals
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.run_context import RunContext, services
-from agent.state import InputState, OutputState, State
+from agent.state import State
 from agent.triage import SLA_HOURS, TEAM_FOR, TRIAGE_STEPS, TicketInput, TriageDecision
 from tools.traits import derive_traits
 
@@ -100,21 +94,7 @@ def enforce(decision: TriageDecision, ticket: TicketInput, fetched: set[str]) ->
 
 
 def builder() -> StateGraph:
-    g = StateGraph(State, context_schema=RunContext, input_schema=InputState, output_schema=OutputState)
-    g.add_node("resolve_customer", resolve_ticket_customer)
-    g.add_node("plan", fixed_plan(TRIAGE_STEPS))
-    g.add_node(FETCH, fetch_slice)
-    g.add_node("advance", next_step(TRIAGE_STEPS))
-    g.add_node("respond", respond)
-    g.add_node("explain_error", error_message)
-    g.add_edge(START, "resolve_customer")
-    g.add_conditional_edges("resolve_customer", route_resolved("plan", "explain_error"), ["plan", "explain_error"])
-    g.add_conditional_edges("plan", route_pending("respond"), [FETCH, "respond"])
-    g.add_edge(FETCH, "advance")
-    g.add_conditional_edges("advance", route_pending("respond"), [FETCH, "respond"])
-    g.add_edge("respond", END)
-    g.add_edge("explain_error", END)
-    return g
+    return fixed_steps_graph(resolve_ticket_customer, TRIAGE_STEPS, respond)
 
 
 graph = builder().compile()
