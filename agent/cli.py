@@ -33,7 +33,6 @@ from tools.identity import (
     AmbiguousCustomer,
     BadReference,
     CustomerNotFound,
-    IdentityIndex,
     build_index,
 )
 from tools.mapping import MappingError
@@ -91,12 +90,12 @@ def access_or_exit(as_: str | None, settings: Settings, interface: str = "cli") 
         raise fail(str(exc), 2) from None
 
 
-def resolve_or_exit(index: IdentityIndex, ref: str, format: Format = Format.markdown,
-                    resolve: Callable[[str], tuple[CustomerRef, str]] | None = None) -> tuple[CustomerRef, str]:
-    """Resolve a customer reference (with ``resolve``: as a principal may), or exit with a
-    one-line reason (1: not found, 3: ambiguous)."""
+def resolve_or_exit(resolve: Callable[[str], tuple[CustomerRef, str]], ref: str,
+                    format: Format = Format.markdown) -> tuple[CustomerRef, str]:
+    """Resolve a customer reference with ``resolve`` (an index's, or as a principal may), or
+    exit with a one-line reason (1: not found, 3: ambiguous)."""
     try:
-        return (resolve or index.resolve)(ref)
+        return resolve(ref)
     except AmbiguousCustomer as exc:
         if format is Format.json:
             print(json.dumps({"error": "ambiguous", "message": str(exc),
@@ -159,7 +158,7 @@ def context(
         r = ready(progress=update, memory=True)
     access = access_or_exit(as_, r.settings)
     customer, matched_by = resolve_or_exit(
-        r.index, ref, format, lambda q: resolve_visible(r.index, q, r.settings, r.ctx, access, memory=r.memory))
+        lambda q: resolve_visible(r.index, q, r.settings, r.ctx, access, memory=r.memory), ref, format)
     ctx = assemble_context(r.settings, customer, r.ctx, wanted, matched_by=matched_by, memory=r.memory,
                            prefer_memory=not fresh, access=access)
     if format is Format.json:

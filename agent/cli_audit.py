@@ -40,7 +40,7 @@ def audit(
     customer_id = None
     if customer:
         # The audit log keeps ids of customers that may since have left the index.
-        customer_id = customer if _CUSTOMER_ID.match(customer) else resolve_or_exit(r.index, customer)[0].customer_id
+        customer_id = customer if _CUSTOMER_ID.match(customer) else resolve_or_exit(r.index.resolve, customer)[0].customer_id
     records = audit_log(r.settings.state_db_url).query(access.tenant, customer_id, since_at, limit)
     if format is Format.json:
         print(json.dumps([{**asdict(x), "at": x.at.isoformat() + "Z"} for x in records], indent=2,

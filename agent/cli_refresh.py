@@ -91,7 +91,7 @@ def refresh(
     assert r.memory is not None
     try:
         if customer is not None:
-            ref, _ = resolve_or_exit(r.index, customer, format)
+            ref, _ = resolve_or_exit(r.index.resolve, customer, format)
             report = refresh_customer(r.settings, r.memory, ref.customer_id)
         else:
             with progress_bar() as update:
@@ -116,7 +116,7 @@ def event(
     with progress_bar() as update:
         r = ready(progress=update, memory=True)
     assert r.memory is not None
-    ref, _ = resolve_or_exit(r.index, customer, format)
+    ref, _ = resolve_or_exit(r.index.resolve, customer, format)
     try:
         report = refresh_event(r.settings, r.memory, kind, ref.customer_id)
     except UnknownSlice as exc:  # pragma: no cover - EVENTS names known slices only

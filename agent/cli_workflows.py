@@ -71,7 +71,7 @@ def ask(
         raise fail("the question is empty", 2)
     with _runner(as_) as runner:
         if customer:
-            resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
+            resolve_or_exit(runner.resolve, customer, format)
         elif not thread or runner.thread_customer(thread) is None:
             raise fail("give --customer (email, domain, id or name), or --thread of an existing conversation", 2)
         result = runner.ask(question, customer, thread or new_thread_id(), model=model, fresh=fresh)
@@ -79,12 +79,6 @@ def ask(
         raise fail(result["error"], 1)
     _print_turn(result, format)
     err.print(f"thread {result['thread_id']} (continue with --thread {result['thread_id']})", markup=False)
-
-
-def runner_index(runner: Runner):  # noqa: ANN201 - the process's identity index
-    from agent.run_context import services
-
-    return services(runner.settings).index
 
 
 @app.command()
@@ -99,7 +93,7 @@ def chat(
     with _runner(as_) as runner:
         known = runner.thread_customer(thread) if thread else None
         if customer:
-            ref, _ = resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
+            ref, _ = resolve_or_exit(runner.resolve, customer, format)
             name = ref.name
         elif known:
             name = known
@@ -176,7 +170,7 @@ def triage_cmd(
         except (TicketNotFound, TicketSourceUnavailable, ValueError) as exc:
             raise fail(str(exc).splitlines()[0], 1) from None
         if customer:
-            resolve_or_exit(runner_index(runner), customer, format, runner.resolve)
+            resolve_or_exit(runner.resolve, customer, format)
         results, failed = [], 0
         for t in tickets:
             res = runner.triage(t.model_dump(mode="json"), customer, model=model)
@@ -234,7 +228,7 @@ def review(
         raise fail("give exactly one of --customer, --segment, --owner or --all", 2)
     with _runner(as_) as runner:
         if customer:
-            ref, _ = resolve_or_exit(runner_index(runner), customer, resolve=runner.resolve)
+            ref, _ = resolve_or_exit(runner.resolve, customer)
             entries: Any = [AccountEntry(customer_id=ref.customer_id, name=ref.name, segment=None, owner=None,
                                          status=None)]
             total: int | None = 1
@@ -270,15 +264,13 @@ def review(
 def _visible_entries(runner: Runner, entries: Any) -> Any:
     """The book as the runner's principal may see it: accounts its row filter hides are left
     out (not listed as failures: they do not exist for it)."""
-    from agent.run_context import services
     from tools.context import customer_visible
 
     access = runner.access()
     if not access.filters_rows:
         return entries
-    svc = services(runner.settings)
-    return (e for e in entries if (c := svc.index.get(e.customer_id)) is not None
-            and customer_visible(runner.settings, c, svc.ctx, access, memory=runner.memory()))
+    return (e for e in entries if (c := runner.index.get(e.customer_id)) is not None
+            and customer_visible(runner.settings, c, runner.read_context, access, memory=runner.memory()))
 
 
 # ------------------------------------------------------------------------ demo
@@ -312,7 +304,7 @@ def demo(
             out.print(f"### Ticket #{ticket_id} — error: {d['error']}" if d.get("error")
                       else "\n".join(_decision_markdown(d)), markup=False)
         out.print(f"\n[bold]3. Account review[/bold] — Acme Corp, written to {out_dir}/")
-        ref, _ = resolve_or_exit(runner_index(runner), "acme.com", resolve=runner.resolve)
+        ref, _ = resolve_or_exit(runner.resolve, "acme.com")
 
         def one(entry: AccountEntry) -> tuple[str, dict]:
             res = runner.review(entry.customer_id, model=model)

@@ -17,10 +17,11 @@ from agent.graphs import assistant, review, triage
 from agent.run_context import RunContext, services
 from tools.access import Access, read_customer_context, resolve_visible
 from tools.context import CustomerContext, expand_slices
+from tools.identity import IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.principal import Principal, default_principal
 from tools.settings import Settings
-from tools.source import CustomerRef
+from tools.source import CustomerRef, ReadContext
 
 
 def new_thread_id() -> str:
@@ -88,9 +89,18 @@ class Runner:
         """One customer's unified context (the ``get_customer_context`` read) for ``principal``:
         resolve as it may see customers, then read the slices through long-term memory, the
         guard and its access policy. Raises the identity errors (a hidden customer is not found)."""
-        svc = services(self.settings)
-        return read_customer_context(self.settings, svc.index, svc.ctx, ref, expand_slices(slices),
+        return read_customer_context(self.settings, self.index, self.read_context, ref, expand_slices(slices),
                                      self.access(principal), memory=self.memory(), prefer_memory=not fresh)
+
+    @property
+    def index(self) -> IdentityIndex:
+        """The process's identity index for these settings."""
+        return services(self.settings).index
+
+    @property
+    def read_context(self) -> ReadContext:
+        """The read context (as-of clock) every read of this runner uses."""
+        return services(self.settings).ctx
 
     def memory(self) -> ContextMemory:
         return ContextMemory(self.store, self.settings.tenant, self.settings.ttls)
@@ -98,8 +108,8 @@ class Runner:
     def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
         """Resolve a customer reference as ``principal`` may: a customer its row filter hides
         raises the same CustomerNotFound as a missing one."""
-        svc = services(self.settings)
-        return resolve_visible(svc.index, ref, self.settings, svc.ctx, self.access(principal), memory=self.memory())
+        return resolve_visible(self.index, ref, self.settings, self.read_context, self.access(principal),
+                               memory=self.memory())
 
     def review(self, customer: str, **kw: Any) -> dict:
         out = self.review_graph.invoke({"customer": customer}, context=self.context(**kw))

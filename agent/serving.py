@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from agent.run_context import services
 from agent.runs import Runner
 from tools.context import CustomerContext, default_guard
 from tools.health import check_sources
@@ -147,9 +146,7 @@ class ContextService:
         ref = (ref or "").strip()
         if not ref:
             raise InvalidRequest("name a customer: an email, a domain, an id (e.g. crm:1001) or a name")
-        if hasattr(self.runner, "resolve"):  # the access policy's resolution (issue 6)
-            return self.runner.resolve(ref, principal)
-        return services(self.settings).index.resolve(ref)
+        return self.runner.resolve(ref, principal)
 
     def context(self, ref: str, slices: list[str] | None = None, *, fresh: bool = False,
                 principal: Principal | None = None) -> CustomerContext:

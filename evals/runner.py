@@ -260,9 +260,6 @@ class Suites:
 
         base_settings = self.runner.settings.model_copy(update={"tenant": ap.TENANT})
         with Runner(base_settings, principal=Principal(ap.TENANT, "root", "admin", interface="runner")) as runner:
-            from agent.run_context import services
-
-            svc = services(runner.settings)
             baseline = {}
             for ref in ap.REFS:
                 c = runner.customer_context(ref, None)
@@ -272,7 +269,7 @@ class Suites:
                     base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
                     problems: list[str] = []
                     try:
-                        c = read_customer_context(runner.settings, svc.index, svc.ctx, ref, list(SLICE_NAMES),
+                        c = read_customer_context(runner.settings, runner.index, runner.read_context, ref, list(SLICE_NAMES),
                                                   runner.access(exp.principal("cli")), memory=runner.memory())
                         found = True
                         block = context_block({"name": c.name}, c.slices, c.gaps, c.traits.model_dump(mode="json"))

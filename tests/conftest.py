@@ -31,11 +31,15 @@ def pg_url(pg_server):
 
 # --------------------------------------------------------------------------
 # Fixture warehouses and settings for the product's own tests.
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
 import pytest  # noqa: E402
-from evals.fixtures.generate import AS_OF, seed  # noqa: E402
+from sqlalchemy import event  # noqa: E402
 
 from agent.bootstrap import Ready, ready  # noqa: E402
-from tools.registry import dispose_engines  # noqa: E402
+from evals.fixtures.generate import AS_OF, seed  # noqa: E402
+from tools.registry import dispose_engines, engine_for  # noqa: E402
 from tools.settings import SOURCE_NAMES, Settings, SourceConfig  # noqa: E402
 
 TEST_BACKGROUND_CUSTOMERS = 40
@@ -47,6 +51,22 @@ def _clean_env(monkeypatch):
     for key in list(os.environ):
         if key.startswith("CUSTCTX_") or key in ("OPENAI_API_KEY", "OPENAI_BASE_URL"):
             monkeypatch.delenv(key)
+
+
+@contextmanager
+def statements_on(url: str) -> Iterator[list[str]]:
+    """Every SQL statement sent to the database at ``url`` while the block runs."""
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        seen.append(statement)
+
+    eng = engine_for(url)
+    event.listen(eng, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(eng, "before_cursor_execute", count)
 
 
 def settings_for(url: str, state_dir, **overrides) -> Settings:

@@ -89,7 +89,7 @@ def test_every_role_every_story_customer_every_slice_zero_leaks(probe):
             access = runner.access(exp.principal("cli"))
             where = f"{exp.label} × {ref}"
             try:
-                c = read_customer_context(settings, runner_index(runner), runner_ctx(runner), ref,
+                c = read_customer_context(settings, runner.index, runner.read_context, ref,
                                           list(SLICE_NAMES), access, memory=runner.memory())
             except CustomerNotFound as exc:
                 found = False
@@ -112,18 +112,6 @@ def test_every_role_every_story_customer_every_slice_zero_leaks(probe):
     print(f"\naccess probes (CLI read path): {len(EXPECT)} principals × {len(REFS)} customers, "
           f"{reads} slice reads, {records} audit records, {sum(map(len, problems.values()))} problems")
     assert problems == {}
-
-
-def runner_index(runner: Runner):  # noqa: ANN201
-    from agent.run_context import services
-
-    return services(runner.settings).index
-
-
-def runner_ctx(runner: Runner):  # noqa: ANN201
-    from agent.run_context import services
-
-    return services(runner.settings).ctx
 
 
 # ------------------------------------------------------------------ the graphs

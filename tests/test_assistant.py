@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
-from sqlalchemy import event
 
 from agent.runs import Runner
-from tools.registry import engine_for
 
-from .conftest import settings_for
+from .conftest import settings_for, statements_on
 from .fakes import OpenAICompatibleServer, ScriptedChatModel, tool_call
 
 DATASET = Path(__file__).parents[1] / "evals" / "datasets" / "assistant.yaml"
@@ -39,15 +37,8 @@ def fresh_runner(sqlite_warehouse, tmp_path):
 @pytest.fixture
 def source_queries(sqlite_warehouse):
     """Every SQL statement sent to the fixture warehouse while the test runs."""
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    eng = engine_for(sqlite_warehouse)
-    event.listen(eng, "before_cursor_execute", count)
-    yield seen
-    event.remove(eng, "before_cursor_execute", count)
+    with statements_on(sqlite_warehouse) as seen:
+        yield seen
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])

@@ -6,14 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event
 
 from tools.context import assemble_context
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory, open_store
-from tools.registry import engine_for
 from tools.source import ReadContext
 
+from .conftest import statements_on
 from .test_guard import FakeClock
 
 T0 = datetime(2026, 11, 21, 9, 0, 0)
@@ -36,15 +35,8 @@ def store(tmp_path):
 @pytest.fixture
 def counted(sqlite_warehouse):
     """Statements run against the warehouse."""
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
-        seen.append(statement)
-
-    eng = engine_for(sqlite_warehouse)
-    event.listen(eng, "before_cursor_execute", count)
-    yield seen
-    event.remove(eng, "before_cursor_execute", count)
+    with statements_on(sqlite_warehouse) as seen:
+        yield seen
 
 
 def setup(sqlite_ready, store, tenant="acme-support", faults=None):

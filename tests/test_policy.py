@@ -10,7 +10,6 @@ import pytest
 from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
 from langgraph.store.memory import InMemoryStore
 from pydantic import ValidationError
-from sqlalchemy import event
 
 from agent.answers import billing_lines
 from agent.brief import render_brief
@@ -24,10 +23,9 @@ from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime, 
 from tools.memory import ContextMemory
 from tools.policy import PolicyError, UnknownRole, load_policy, marker, mask_slice, parse_policy
 from tools.principal import BadPrincipal, Principal, default_principal, parse_as
-from tools.registry import engine_for
 from tools.slices import SLICE_NAMES, BillingStatus, CrmContacts, PaymentMethod
 
-from .conftest import settings_for
+from .conftest import settings_for, statements_on
 from .fakes import ScriptedChatModel
 
 ROLES = ("support_agent", "support_lead", "account_exec", "finance", "admin")
@@ -178,15 +176,9 @@ def test_a_forbidden_slice_is_never_read_from_the_source_or_memory(sqlite_ready)
     store = RecordingStore()
     access = gate(sqlite_ready, "finance")
     memory = ContextMemory(store, access.tenant, sqlite_ready.settings.ttls)
-    seen: list[str] = []
-    eng = engine_for(sqlite_ready.settings.source("support").url)
-    listen = lambda conn, cursor, statement, *a: seen.append(statement)  # noqa: E731
-    event.listen(eng, "before_cursor_execute", listen)
-    try:
+    with statements_on(sqlite_ready.settings.source("support").url) as seen:
         _, out = read_slices(sqlite_ready.settings, acme, sqlite_ready.ctx,
                              ["support.tickets", "email.threads", "chat.mentions"], memory=memory, access=access)
-    finally:
-        event.remove(eng, "before_cursor_execute", listen)
     assert [(r.slice, r.kind) for r, _ in out] == [("support.tickets", "forbidden"), ("email.threads", "forbidden"),
                                                   ("chat.mentions", "forbidden")]
     assert "finance role may not read support.tickets" in out[0][0].message

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import column as col
-from sqlalchemy import create_engine, event, func, insert, select, table, text, update
+from sqlalchemy import create_engine, func, insert, select, table, text, update
 
 from agent.bootstrap import ready
 from evals.fixtures.generate import seed
@@ -34,7 +34,7 @@ from tools.registry import dispose_engines, engine_for
 from tools.settings import GuardSettings
 from tools.slices import SLICE_NAMES
 
-from .conftest import settings_for
+from .conftest import settings_for, statements_on
 from .test_cli import custctx
 
 QUICK_GUARD = GuardSettings(backoff_initial_s=0.001, backoff_max_s=0.002, breaker_failures=1000)
@@ -103,15 +103,8 @@ def add(url: str, tbl: str, **values) -> None:
 @pytest.fixture
 def statements(warehouse):
     """SQL statements run against the warehouse."""
-    seen: list[str] = []
-
-    def count(conn, cursor, statement, *args):  # noqa: ANN001
-        seen.append(statement)
-
-    eng = engine_for(warehouse)
-    event.listen(eng, "before_cursor_execute", count)
-    yield seen
-    event.remove(eng, "before_cursor_execute", count)
+    with statements_on(warehouse) as seen:
+        yield seen
 
 
 # ------------------------------------------------------------------ full

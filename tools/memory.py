@@ -68,29 +68,37 @@ class ContextMemory:
         return CachedSlice(slice=s, age_seconds=age, fresh=age < self.ttls.get(name, 0))
 
 
-@contextmanager
-def open_store(url: str) -> Iterator[BaseStore]:
-    """A SqliteStore (``sqlite:///path``) or PostgresStore (``postgresql+psycopg://...``), set up."""
+def state_backend(url: str, what: str) -> tuple[str, str]:
+    """("sqlite", file path — its directory created) or ("postgresql", libpq URL) for a state
+    URL, as LangGraph's SQLite and PostgreSQL stores and checkpointers take them."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         path = u.database or ":memory:"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return "sqlite", path
+    if u.get_backend_name() == "postgresql":
+        return "postgresql", u.set(drivername="postgresql").render_as_string(hide_password=False)
+    raise ValueError(f"{what} needs SQLite or PostgreSQL, not {u.get_backend_name()}")
+
+
+@contextmanager
+def open_store(url: str) -> Iterator[BaseStore]:
+    """A SqliteStore (``sqlite:///path``) or PostgresStore (``postgresql+psycopg://...``), set up."""
+    backend, target = state_backend(url, "long-term memory")
+    if backend == "sqlite":
         from langgraph.store.sqlite import SqliteStore
 
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         try:
             store = SqliteStore(conn)
             store.setup()
             yield store
         finally:
             conn.close()
-    elif u.get_backend_name() == "postgresql":
+    else:
         from langgraph.store.postgres import PostgresStore
 
-        libpq = u.set(drivername="postgresql").render_as_string(hide_password=False)
-        with PostgresStore.from_conn_string(libpq) as store:
+        with PostgresStore.from_conn_string(target) as store:
             store.setup()
             yield store
-    else:
-        raise ValueError(f"long-term memory needs SQLite or PostgreSQL, not {u.get_backend_name()}")
