@@ -19,8 +19,7 @@ class BillingReader(SourceReader):
 
     def _for_customer(self, conn: Connection, entity: str, billing_id: str, order_by: str = "created",
                       limit: int | None = None) -> Any:
-        return self.mapping.entity(entity).rows(
-            conn, where=lambda p: [p.eq("customer_id", billing_id)], order_by=order_by, limit=limit)
+        return self.lookup(conn, entity, "customer_id", [billing_id], order_by=order_by, limit=limit)
 
     def monthly_amount(self, sub: dict[str, Any]) -> float | None:
         amount = sub.get("amount")
@@ -30,14 +29,12 @@ class BillingReader(SourceReader):
 
     def read_status(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> BillingStatus:
         billing_id = self.anchor(customer)
-        cust = self.mapping.entity("customer").rows(conn, where=lambda p: [p.eq("id", billing_id)])
+        cust = self.lookup(conn, "customer", "id", [billing_id])
         subs = self._for_customer(conn, "subscription", billing_id, limit=1)
-        charges = self.mapping.entity("charge").rows(
-            conn, where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "succeeded")],
-            order_by="created", limit=1)
+        charges = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
+                              order_by="created", limit=1)
         methods = self._for_customer(conn, "payment_method", billing_id, limit=1)
-        invoices = self.mapping.entity("invoice").rows(
-            conn, where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "open")])
+        invoices = self.lookup(conn, "invoice", "customer_id", [billing_id], where=[("status", "open")])
 
         c = first(cust.rows) or {}
         sub = first(subs.rows)
@@ -70,14 +67,10 @@ class BillingReader(SourceReader):
         billing_id = self.anchor(customer)
         invoices = self._for_customer(conn, "invoice", billing_id, limit=12)
         since = ctx.as_of - timedelta(days=FAILED_CHARGE_WINDOW_DAYS)
-        failed = self.mapping.entity("charge").rows(
-            conn,
-            where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "failed"),
-                             *p.within("created", after=since)],
-            order_by="created")
-        succeeded = self.mapping.entity("charge").rows(
-            conn, where=lambda p: [p.eq("customer_id", billing_id), p.eq("status", "succeeded")],
-            fields=["id", "amount", "updated_at"])
+        failed = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "failed")],
+                             window=("created", since, None), order_by="created")
+        succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
+                                fields=["id", "amount", "updated_at"])
         return BillingInvoices(
             provenance=self.provenance(ctx, [*invoices.rows, *failed.rows],
                                        skipped=invoices.skipped + failed.skipped + succeeded.skipped),

@@ -16,18 +16,14 @@ class CalendarReader(SourceReader):
 
     def read_meetings(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CalendarMeetings:
         domains = require_domains(customer, self.source)
-        events, attendees = self.mapping.entity("event"), self.mapping.entity("attendee")
-        ids = attendees.part.keys_where("event_id", "domain", domains)
         days = timedelta(days=self.mapping.settings.get("window_days", 30))
-        fetched = events.rows(
-            conn,
-            where=lambda p: [p.col("id").in_(ids.scalar_subquery()),
-                             *p.within("start", ctx.as_of - days, ctx.as_of + days)],
-            order_by="start", descending=False)
+        ids = [r["event_id"] for r in self.lookup(conn, "attendee", "domain", domains, fields=["event_id"]).rows]
+        fetched = self.lookup(conn, "event", "id", ids, window=("start", ctx.as_of - days, ctx.as_of + days),
+                              order_by="start", descending=False)
         people: dict[str, list[str]] = defaultdict(list)
         event_ids = [e["id"] for e in fetched.rows]
         if event_ids:
-            for r in attendees.rows(conn, where=lambda p: [p.in_("event_id", event_ids)]).rows:
+            for r in self.lookup(conn, "attendee", "event_id", event_ids).rows:
                 people[r["event_id"]].append(r["email"])
         meetings = [Meeting(id=e["id"], title=e.get("title"), start=e["start"], end=e.get("end"),
                             attendees=sorted(people[e["id"]]), upcoming=e["start"] > ctx.as_of)

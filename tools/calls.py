@@ -18,20 +18,17 @@ class CallsReader(SourceReader):
 
     def read_highlights(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CallHighlights:
         domains = require_domains(customer, self.source)
-        calls, participants, highlights = (self.mapping.entity(n) for n in ("call", "participant", "highlight"))
-        ids = participants.part.keys_where("call_id", "domain", domains)
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 90))
-        fetched = calls.rows(
-            conn,
-            where=lambda p: [p.col("id").in_(ids.scalar_subquery()), *p.within("started_at", since, ctx.as_of)],
-            order_by="started_at", limit=MAX_CALLS)
+        ids = [r["call_id"] for r in self.lookup(conn, "participant", "domain", domains, fields=["call_id"]).rows]
+        fetched = self.lookup(conn, "call", "id", ids, window=("started_at", since, ctx.as_of),
+                              order_by="started_at", limit=MAX_CALLS)
         call_ids = [c["id"] for c in fetched.rows]
         people: dict[str, list[str]] = defaultdict(list)
         moments: dict[str, list[KeyMoment]] = defaultdict(list)
         if call_ids:
-            for r in participants.rows(conn, where=lambda p: [p.in_("call_id", call_ids)]).rows:
+            for r in self.lookup(conn, "participant", "call_id", call_ids).rows:
                 people[r["call_id"]].append(r["email"])
-            for r in highlights.rows(conn, where=lambda p: [p.in_("call_id", call_ids)]).rows:
+            for r in self.lookup(conn, "highlight", "call_id", call_ids).rows:
                 moments[r["call_id"]].append(KeyMoment(kind=r.get("kind") or "moment", text=r.get("text")))
         return CallHighlights(
             provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),

@@ -26,7 +26,7 @@ class CrmReader(SourceReader):
 
     def read_account(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmAccount:
         crm_id = self.anchor(customer)
-        fetched = self.mapping.entity("account").rows(conn, where=lambda p: [p.eq("id", crm_id)])
+        fetched = self.lookup(conn, "account", "id", [crm_id])
         if not fetched.rows:
             raise SliceNotFound(f"CRM account {crm_id} not found")
         r = fetched.rows[0]
@@ -54,7 +54,7 @@ class CrmReader(SourceReader):
 
     def read_contacts(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmContacts:
         crm_id = self.anchor(customer)
-        fetched = self.mapping.entity("contact").rows(conn, where=lambda p: [p.eq("account_id", crm_id)])
+        fetched = self.lookup(conn, "contact", "account_id", [crm_id])
         contacts = []
         for r in fetched.rows:
             days = days_between(r.get("last_activity"), ctx.as_of)
@@ -74,8 +74,7 @@ class CrmReader(SourceReader):
 
     def read_opportunities(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmOpportunities:
         crm_id = self.anchor(customer)
-        fetched = self.mapping.entity("opportunity").rows(
-            conn, where=lambda p: [p.eq("account_id", crm_id)], order_by="close_date")
+        fetched = self.lookup(conn, "opportunity", "account_id", [crm_id], order_by="close_date")
         year_ago = (ctx.as_of - timedelta(days=365)).date()
         open_, closed, used = [], [], []
         for r in fetched.rows:
@@ -96,11 +95,8 @@ class CrmReader(SourceReader):
 
     def read_activities(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmActivities:
         crm_id = self.anchor(customer)
-        fetched = self.mapping.entity("activity").rows(
-            conn,
-            where=lambda p: [p.eq("account_id", crm_id), *p.within("date", until=ctx.as_of)],
-            order_by="date", limit=20,
-        )
+        fetched = self.lookup(conn, "activity", "account_id", [crm_id], window=("date", None, ctx.as_of),
+                              order_by="date", limit=20)
         acts = [Activity(date=r["date"], kind=r.get("kind") or "activity", summary=r.get("summary"))
                 for r in fetched.rows]
         return CrmActivities(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped), activities=acts)

@@ -15,10 +15,8 @@ class DocumentsReader(SourceReader):
 
     def read_documents(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> Documents:
         domains = require_domains(customer, self.source)
-        fetched = self.mapping.entity("document").rows(
-            conn,
-            where=lambda p: [p.in_("domain", domains), *p.within("updated", until=ctx.as_of)],
-            order_by="updated", limit=MAX_DOCUMENTS)
+        fetched = self.lookup(conn, "document", "domain", domains, window=("updated", None, ctx.as_of),
+                              order_by="updated", limit=MAX_DOCUMENTS)
         return Documents(
             provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
             documents=[Document(id=r["id"], title=r.get("title"), kind=r.get("kind"), updated=r.get("updated"),

@@ -25,17 +25,15 @@ class EmailReader(SourceReader):
 
     def read_threads(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> EmailThreads:
         domains = require_domains(customer, self.source)
-        messages, recipients = self.mapping.entity("message"), self.mapping.entity("recipient")
-        ids = recipients.part.keys_where("message_id", "domain", domains)
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 60))
-        fetched = messages.rows(
-            conn,
-            where=lambda p: [p.col("id").in_(ids.scalar_subquery()), *p.within("sent_at", since, ctx.as_of)],
-            order_by="sent_at", descending=False)
+        ids = [r["message_id"] for r in self.lookup(conn, "recipient", "domain", domains,
+                                                     fields=["message_id"]).rows]
+        fetched = self.lookup(conn, "message", "id", ids, window=("sent_at", since, ctx.as_of),
+                              order_by="sent_at", descending=False)
         msg_ids = [m["id"] for m in fetched.rows]
         people: dict[str, set[str]] = defaultdict(set)
         if msg_ids:
-            for r in recipients.rows(conn, where=lambda p: [p.in_("message_id", msg_ids)]).rows:
+            for r in self.lookup(conn, "recipient", "message_id", msg_ids).rows:
                 people[r["message_id"]].add(r["address"])
         by_thread: dict[str, list[dict]] = defaultdict(list)
         for m in fetched.rows:

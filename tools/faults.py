@@ -69,7 +69,9 @@ def parse_faults(spec: str | None) -> dict[str, Fault]:
 
 
 class FaultyReader(SourceReader):
-    """A real reader with a fault in front of it."""
+    """A real reader with a fault in front of it (read one customer at a time, fault by fault)."""
+
+    batchable = False
 
     def __init__(self, inner: SourceReader, fault: Fault, seed: int = 7):  # noqa: D107
         self.inner, self.fault, self.seed = inner, fault, seed

@@ -350,9 +350,9 @@ class Entity:
             stmt = self.select(fields, p)
             for cond in (where(p) if where else ()):
                 stmt = stmt.where(cond)
-            if order_by:
+            if order_by:  # NULL sorts lowest on every dialect (as :func:`order_rows` does)
                 c = p.col(order_by)
-                stmt = stmt.order_by(c.desc() if descending else c.asc())
+                stmt = stmt.order_by(c.desc().nulls_last() if descending else c.asc().nulls_first())
             if limit:
                 stmt = stmt.limit(limit)
             names = list(fields or p.fields)
@@ -360,10 +360,62 @@ class Entity:
             for raw in conn.execute(stmt):
                 fetched.add(p, names, tamper(p.table, names, raw) if tamper else raw)
         if order_by and len(self.parts) > 1:
-            fetched.rows.sort(key=lambda r: (r.get(order_by) is None, r.get(order_by)), reverse=descending)
+            order_rows(fetched.rows, order_by, descending)
             if limit:
                 fetched.rows = fetched.rows[:limit]
         return fetched
+
+    def rows_by(
+        self,
+        conn: Connection,
+        field: str,
+        values: Iterable[Any],
+        where: Callable[[EntityPart], Iterable[ColumnElement[bool]]] | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> dict[Any, Fetched]:
+        """Converted rows grouped by the value of ``field`` they match: one query per
+        :data:`IN_CHUNK` values (and part) instead of one per value — a bulk read.
+
+        ``values`` are Python values, matched as :meth:`EntityPart.in_` matches them (in
+        the source representation); every value gets an entry, empty when nothing matched.
+        Malformed rows are skipped and counted against the value whose row they are.
+        """
+        wanted = list(dict.fromkeys(values))
+        out: dict[Any, Fetched] = {v: Fetched() for v in wanted}
+        tamper = ROW_TAMPER.get()
+        for p in self.parts:
+            spec, names = p.fields[field], list(fields or p.fields)
+            by_raw: dict[str, list[Any]] = {}
+            for v in wanted:
+                try:
+                    by_raw.setdefault(str(spec.to_source(v)), []).append(v)
+                except (TypeError, ValueError, OverflowError):
+                    continue  # cannot exist in the source, as in_() has it
+            raws = [spec.to_source(vs[0]) for vs in by_raw.values()]
+            for i in range(0, len(raws), IN_CHUNK):
+                chunk = raws[i:i + IN_CHUNK]
+                stmt = self.select(names, p).add_columns(type_coerce(p.col(field), NullType()).label("_key_"))
+                stmt = stmt.where(p.col(field).in_(chunk))
+                for cond in (where(p) if where else ()):
+                    stmt = stmt.where(cond)
+                for raw in conn.execute(stmt):
+                    for v in by_raw.get(str(raw[-1]), ()):
+                        row = raw[:-1]
+                        out[v].add(p, names, tamper(p.table, names, row) if tamper else row)
+        return out
+
+
+#: Values per ``IN (...)`` list of a bulk read.
+IN_CHUNK = 500
+
+
+def order_rows(rows: list[dict[str, Any]], order_by: str, descending: bool = True,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """Sort converted rows as SQL orders them here (NULL lowest), in place; keep ``limit``."""
+    rows.sort(key=lambda r: (r.get(order_by) is not None, r.get(order_by)), reverse=descending)
+    if limit is not None:
+        del rows[limit:]
+    return rows
 
 
 @dataclass

@@ -58,8 +58,9 @@ from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import NullType
 
 from tools.access import Access
+from tools.batch import RowBatch
 from tools.context import default_guard, expand_slices, read_slices
-from tools.guard import SourceGuard, summarize
+from tools.guard import CallOutcome, SourceGuard, summarize
 from tools.identity import (
     IdentityIndex,
     ensure_index,
@@ -79,10 +80,10 @@ from tools.mapping import (
 )
 from tools.memory import ContextMemory
 from tools.principal import Principal
-from tools.registry import engine_for, resolve_as_of
+from tools.registry import engine_for, reader, resolve_as_of
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, SLICE_NAMES, Slice, SourceGap
-from tools.source import CustomerRef, ReadContext, utcnow
+from tools.source import CustomerRef, ReadContext, SliceNotFound, utcnow
 
 Progress = Callable[[str, int, int], None]
 
@@ -530,16 +531,22 @@ def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str
              stage: str, total: int, slice_parallel: bool = False) -> None:
     """Read ``(customer id, slices)`` live and write them to memory, a chunk at a time.
 
-    Customers are read ``concurrency`` at a time, each one's slices one after the other
-    (``slice_parallel``: a single customer's slices in parallel, as a context read does).
+    Each chunk is read in bulk, one source at a time (:meth:`SourceReader.read_many`: a few
+    queries for the whole chunk, each slice built by the reader's own code); what a bulk
+    read cannot answer — a source whose bulk read fails, one customer's read that raises
+    anything but not-found, a reader with an injected fault — is read again one customer
+    at a time through ``read_slices`` (guard, stale fallback, provenance), ``concurrency``
+    customers at a time. ``slice_parallel``: one customer's slices in parallel, as a
+    context read does (no bulk read).
     """
     guard = guard or default_guard(settings)
     ctx = _read_context(settings, memory)
     access = refresh_access(settings, memory.tenant)
     buffer = _WriteBuffer(memory.store)
     buffered = ContextMemory(buffer, memory.tenant, memory.ttls, memory.clock)
+    bulk = _Bulk(settings, ctx, guard, buffered, buffer, access) if not slice_parallel else None
 
-    def one(ref: CustomerRef, names: Sequence[str]) -> None:
+    def one(ref: CustomerRef, names: Sequence[str]) -> list[tuple[str, Slice | SourceGap, Any]]:
         if slice_parallel:
             _, pairs = read_slices(settings, ref, ctx, list(names), guard, buffered, prefer_memory=False,
                                    access=access)
@@ -551,7 +558,7 @@ def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str
             if outcome is not None and outcome.status == "not_found":
                 buffer.forget(memory.namespace(ref.customer_id), name)
             results.append((name, got, outcome))
-        tally.add(ref.customer_id, results)
+        return results
 
     done = 0
     if progress:
@@ -559,21 +566,99 @@ def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for chunk in _chunks(work, CHUNK):
             refs = _refs(settings, [cid for cid, _ in chunk])
-            futures = []
+            jobs: list[tuple[CustomerRef, Sequence[str]]] = []
             for cid, names in chunk:
                 ref = refs.get(cid)
                 if ref is None:  # gone from the identity index since it was listed
                     tally.report.failures += 1
                     tally.report.failed.append((cid, "unknown customer"))
                     continue
-                futures.append(pool.submit(one, ref, names))
+                jobs.append((ref, names))
             with access.batch():  # the chunk's audit records in one transaction
-                for f in futures:
-                    f.result()
+                got, again = bulk.read(jobs) if bulk else ({}, jobs)
+                futures = {ref.customer_id: pool.submit(one, ref, names) for ref, names in again if names}
+                for ref, names in jobs:
+                    mine = got.get(ref.customer_id, {})
+                    extra = futures[ref.customer_id].result() if ref.customer_id in futures else []
+                    by_name = {**mine, **{n: (g, o) for n, g, o in extra}}
+                    tally.add(ref.customer_id, [(n, *by_name[n]) for n in names])
             buffer.flush()
             done += len(chunk)
             if progress:
                 progress(stage, done, max(total, done))
+
+
+#: Budget of one source's bulk read of a chunk (it answers for CHUNK customers at once).
+BULK_TIMEOUT_S = 60.0
+
+
+class _Bulk:
+    """Bulk reads of a chunk, source by source, written to memory and admitted like single reads."""
+
+    def __init__(self, settings: Settings, ctx: ReadContext, guard: SourceGuard, memory: ContextMemory,
+                 buffer: _WriteBuffer, access: Access):
+        self.settings, self.ctx, self.guard, self.memory, self.buffer, self.access = (
+            settings, ctx, guard, memory, buffer, access)
+        self.batches: dict[str, RowBatch] = {}  # per source, kept across chunks
+
+    def read(self, jobs: Sequence[tuple[CustomerRef, Sequence[str]]],
+             ) -> tuple[dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]],
+                        list[tuple[CustomerRef, list[str]]]]:
+        """The chunk's slices read in bulk, per customer id and slice name, and what is left
+        to read one by one (per customer, the slice names)."""
+        got: dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]] = defaultdict(dict)
+        left: dict[str, list[str]] = defaultdict(list)
+        refs = {ref.customer_id: ref for ref, _ in jobs}
+        by_source: dict[str, dict[str, list[CustomerRef]]] = defaultdict(lambda: defaultdict(list))
+        for ref, names in jobs:
+            for n in names:
+                by_source[SLICE_MODELS[n].source][n].append(ref)
+        if self.access.filters_rows:  # never for a refresh (admin); a row filter is judged per customer
+            by_source, left = {}, {ref.customer_id: list(names) for ref, names in jobs}
+        for source, wanted in by_source.items():
+            results = self._source(source, wanted)
+            for (cid, name), result in (results or {}).items():
+                if result is None:
+                    left[cid].append(name)
+                else:
+                    got[cid][name] = result
+            if results is None:
+                for name, customers in wanted.items():
+                    for ref in customers:
+                        left[ref.customer_id].append(name)
+        return got, [(refs[cid], names) for cid, names in left.items()]
+
+    def _source(self, source: str, wanted: dict[str, list[CustomerRef]],
+                ) -> dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] | None:
+        """One source's bulk read: per (customer, slice) the admitted result, or None where it
+        must be read alone; None for all when the source cannot be read in bulk."""
+        try:
+            rdr = reader(self.settings, source)
+        except (MappingError, ValueError):
+            return None
+        if rdr is None or not rdr.batchable:
+            return None
+        batch = self.batches.setdefault(source, RowBatch())
+        n = sum(len(c) for c in wanted.values())
+        results, outcome, _ = self.guard.call(
+            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.ctx, batch),
+            max(BULK_TIMEOUT_S, self.settings.source(source).timeout_s or 0))
+        if outcome.status != "ok":
+            return None
+        ms = outcome.latency_ms / max(1, n)
+        out: dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] = {}
+        for (cid, name), result in results.items():
+            if isinstance(result, Slice):
+                self.memory.put(cid, result)
+                out[cid, name] = (self.access.admit(cid, result, ms), CallOutcome(source, name, "ok", ms, 1))
+            elif isinstance(result, SliceNotFound):
+                gap = SourceGap(slice=name, source=source, kind="not_found", message=str(result))
+                self.buffer.forget(self.memory.namespace(cid), name)
+                out[cid, name] = (self.access.admit(cid, gap, ms),
+                                  CallOutcome(source, name, "not_found", ms, 1, str(result)))
+            else:
+                out[cid, name] = None
+        return out
 
 
 REFRESH_USER = "refresh"

@@ -16,10 +16,8 @@ class ResearchReader(SourceReader):
     def read_news(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> ResearchNews:
         domains = require_domains(customer, self.source)
         since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
-        fetched = self.mapping.entity("article").rows(
-            conn,
-            where=lambda p: [p.in_("domain", domains), *p.within("published_at", since, ctx.as_of)],
-            order_by="published_at")
+        fetched = self.lookup(conn, "article", "domain", domains, window=("published_at", since, ctx.as_of),
+                              order_by="published_at")
         return ResearchNews(
             provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
             articles=[NewsArticle(id=r["id"], headline=r["headline"], date=r["published_at"], kind=r.get("kind"),

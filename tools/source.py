@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -10,8 +11,9 @@ from typing import Any, ClassVar
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
+from tools.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch
 from tools.guard import DEADLINE, MalformedSource
-from tools.mapping import SKIP_TALLY, Mapping
+from tools.mapping import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, order_rows
 from tools.settings import Settings
 from tools.slices import Provenance, Slice
 
@@ -78,6 +80,96 @@ class SourceReader:
             raise
         finally:
             SKIP_TALLY.reset(token)
+
+    #: Whether :meth:`read_many` reads in bulk (a reader with a fault in front reads one by one).
+    batchable: ClassVar[bool] = True
+
+    def read_many(self, wanted: MappingOf[str, Sequence[CustomerRef]], ctx: ReadContext,
+                  batch: RowBatch | None = None) -> dict[tuple[str, str], Slice | Exception]:
+        """Slices of many customers in bulk (see ``tools.batch``): ``{slice name: customers}``
+        → ``{(customer id, slice name): slice, or the exception its read raised}``.
+
+        A failure of the source itself (a query that fails) raises, as :meth:`read` does;
+        what one customer's read raises (``SliceNotFound``, malformed rows) is its result.
+        ``batch``: one kept across chunks, so lookups that do not depend on the customers
+        are loaded once.
+        """
+        batch = batch or RowBatch()
+        batch.next_chunk()
+        out: dict[tuple[str, str], Slice | Exception] = {}
+        pending = [(name, c) for name, customers in wanted.items() for c in customers]
+        token = ROW_BATCH.set(batch)
+        try:
+            with self.engine.connect() as conn:
+                self._apply_deadline(conn)
+                for _ in range(MAX_ROUNDS):
+                    again = []
+                    for name, customer in pending:
+                        method = getattr(self, "read_" + name.split(".", 1)[1])
+                        tally = [0]
+                        tally_token = SKIP_TALLY.set(tally)
+                        try:
+                            out[customer.customer_id, name] = method(conn, customer, ctx)
+                        except NeedRows:
+                            again.append((name, customer))
+                        except SliceNotFound as exc:
+                            out[customer.customer_id, name] = exc if not tally[0] else MalformedSource(
+                                f"{tally[0]} malformed {self.source} rows skipped; "
+                                f"no usable record left for {customer.name}")
+                        except Exception as exc:  # noqa: BLE001 - one customer's garbage, read again alone
+                            out[customer.customer_id, name] = exc
+                        finally:
+                            SKIP_TALLY.reset(tally_token)
+                    if not again:
+                        return out
+                    batch.load(conn)
+                    pending = again
+        finally:
+            ROW_BATCH.reset(token)
+        raise RuntimeError(f"{self.source}: a bulk read needed more than {MAX_ROUNDS} rounds")
+
+    def batched(self, conn: Connection, sig: Hashable, keys: Sequence[Any], fetch: Fetch,
+                keep: bool = False) -> dict[Any, Any]:
+        """``fetch(conn, keys)`` (→ a value per key) — or, in a bulk read, the values loaded
+        for every customer of the batch at once (``keep``: for every chunk of it)."""
+        batch = ROW_BATCH.get()
+        return fetch(conn, keys) if batch is None else batch.get((self.source, sig), keys, fetch, keep)
+
+    def lookup(self, conn: Connection, entity: str, field: str, values: Iterable[Any], *,
+               where: Sequence[tuple[str, Any]] = (), window: tuple[str, Any, Any] | None = None,
+               fields: Sequence[str] | None = None, order_by: str | None = None, descending: bool = True,
+               limit: int | None = None) -> Fetched:
+        """Rows of ``entity`` whose ``field`` is one of ``values``, whose ``where`` fields equal
+        their values and whose ``window`` field lies in ``(after, until]``; ordered, limited.
+
+        One query for one customer; in a bulk read, one query for the whole batch (every
+        field, all rows of each key, ordered and limited here per customer).
+        """
+        ent = self.mapping.entity(entity)
+        values = list(dict.fromkeys(values))
+
+        def conds(p):  # noqa: ANN001, ANN202
+            return [*(p.eq(k, v) for k, v in where), *(p.within(*window) if window else ())]
+
+        if ROW_BATCH.get() is None and len(values) <= IN_CHUNK:
+            return ent.rows(conn, where=lambda p: [p.in_(field, values), *conds(p)], fields=fields,
+                            order_by=order_by, descending=descending, limit=limit)
+        sig = ("lookup", entity, field, tuple(where), window)
+        fetch: Fetch = lambda c, keys: ent.rows_by(c, field, keys, conds)  # noqa: E731
+        got = self.batched(conn, sig, values, fetch) if ROW_BATCH.get() else fetch(conn, values)
+        out = Fetched()
+        for v in values:
+            out.rows.extend(got[v].rows)
+            out.skipped += got[v].skipped
+            out.errors.extend(got[v].errors)
+        tally = SKIP_TALLY.get()
+        if tally is not None:
+            tally[0] += out.skipped
+        if order_by:
+            order_rows(out.rows, order_by, descending, limit)
+        elif limit is not None:
+            del out.rows[limit:]
+        return out
 
     def ping(self) -> tuple[int, datetime | None]:
         """Row count and newest row of the source's main entity: proof it answers."""

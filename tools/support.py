@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from tools.mapping import order_rows
 from tools.slices import SupportSummary, SupportTickets, Ticket
 from tools.source import CustomerRef, ReadContext, SourceReader
 
@@ -20,21 +21,18 @@ class SupportReader(SourceReader):
 
     def _tickets(self, conn: Connection, org_id: str, ctx: ReadContext, fields: list[str] | None = None,
                  limit: int | None = None) -> Any:
-        return self.mapping.entity("ticket").rows(
-            conn,
-            where=lambda p: [p.eq("organization_id", org_id), *p.within("created_at", until=ctx.as_of)],
-            fields=fields, order_by="created_at", limit=limit)
+        return self.lookup(conn, "ticket", "organization_id", [org_id], window=("created_at", None, ctx.as_of),
+                           fields=fields, order_by="created_at", limit=limit)
 
     def _history(self, conn: Connection, ticket_ids: list[str]) -> Any:
-        hist = self.mapping.entity("ticket_history")
         rows: list[dict[str, Any]] = []
         skipped = 0
         for i in range(0, len(ticket_ids), _IN_CHUNK):
-            chunk = ticket_ids[i:i + _IN_CHUNK]
-            fetched = hist.rows(conn, where=lambda p, c=chunk: [p.in_("ticket_id", c)],
-                                order_by="updated", descending=False)
+            fetched = self.lookup(conn, "ticket_history", "ticket_id", ticket_ids[i:i + _IN_CHUNK],
+                                  order_by="updated", descending=False)
             rows.extend(fetched.rows)
             skipped += fetched.skipped
+        order_rows(rows, "updated", descending=False)  # one order across the chunks
         return rows, skipped
 
     def read_summary(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> SupportSummary:
