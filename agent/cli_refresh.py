@@ -80,7 +80,11 @@ def refresh(
         "--incremental", help="Only customers whose source rows changed since the last run (watermarks).")] = False,
     customer: Annotated[str | None, typer.Option(
         "--customer", "-c", help="One customer (email, domain, id or name): all its slices.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Customers read at once.")] = 4,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=64, help="Customers read one by one at once (what a bulk read leaves).")] = 4,
+    workers: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Worker processes [default: CUSTCTX_REFRESH_WORKERS, or one per core "
+                            "(up to 4) from 2,000 customers on].")] = None,
     format: FormatOpt = Format.markdown,
 ) -> None:
     """Refresh long-term memory from the sources: --full, --incremental or --customer REF."""
@@ -96,7 +100,7 @@ def refresh(
         else:
             with progress_bar() as update:
                 run = refresh_full if full else refresh_incremental
-                report = run(r.settings, r.memory, concurrency=concurrency, progress=update)
+                report = run(r.settings, r.memory, concurrency=concurrency, progress=update, workers=workers)
     except BookError as exc:
         raise fail(str(exc), 1) from None
     _finish(report, format)

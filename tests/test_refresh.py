@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, func, insert, select, table, text, update
 
 from agent.bootstrap import ready
 from evals.fixtures.generate import seed
+from tools.audit import audit_log
 from tools.book import count_accounts, list_accounts
 from tools.context import assemble_context
 from tools.guard import SourceGuard
@@ -125,6 +126,29 @@ def test_full_refresh_materialises_every_active_customer(world):
     assert report.watermarks["support"].startswith("2026-01-15")
     cached = memory.get(r.index.resolve("acme.com")[0].customer_id, "billing.status")
     assert cached.fresh and cached.slice.status == "past_due" and cached.slice.provenance.source_updated_at
+
+
+def test_worker_processes_write_what_one_process_writes(warehouse, tmp_path):
+    """The book spread over two worker processes: the same memory, report and audit trail."""
+
+    def run(workers: int, where):
+        r = ready(settings_for(warehouse, where, guard=QUICK_GUARD))
+        with open_store(r.settings.state_db_url) as store:
+            report = refresh_full(r.settings, ContextMemory(store, r.settings.tenant, r.settings.ttls),
+                                  workers=workers)
+            held = {(ns[2], item.key): {k: v for k, v in item.value["slice"].items() if k != "provenance"}
+                    for ns in store.list_namespaces(prefix=("customers", r.settings.tenant), limit=100_000)
+                    for item in store.search(ns, limit=100)}
+        audited = len(audit_log(r.settings.state_db_url).query(r.settings.tenant, limit=None))
+        return report, held, audited
+
+    one, one_held, one_audited = run(1, tmp_path / "one")
+    two, two_held, two_audited = run(2, tmp_path / "two")
+    assert (two.customers, two.slices_written, two.gaps, two.failures) == \
+        (one.customers, one.slices_written, one.gaps, 0)
+    assert two_held == one_held and len(one_held) == one.slices_written
+    assert two_audited == one_audited >= one.slices_written + one.gaps
+    assert two.watermarks == one.watermarks
 
 
 def test_first_incremental_without_watermarks_is_a_full_refresh(world):

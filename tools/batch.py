@@ -45,13 +45,13 @@ class RowBatch:
         if keep:
             self.kept.add(sig)
         got = self.loaded.get(sig, {})
-        keys = list(dict.fromkeys(keys))
-        missing = [k for k in keys if k not in got]
-        if missing:
-            self.wanted.setdefault(sig, set()).update(missing)
-            self.fetchers[sig] = fetch
-            raise NeedRows(sig)
-        return {k: got[k] for k in keys}
+        try:
+            return {k: got[k] for k in keys}  # the common case: all loaded
+        except KeyError:
+            pass
+        self.wanted.setdefault(sig, set()).update(k for k in keys if k not in got)
+        self.fetchers[sig] = fetch
+        raise NeedRows(sig)
 
     def load(self, conn: Connection) -> None:
         """Run one fetch per kind of lookup for every key noted since the last load."""

@@ -1,11 +1,11 @@
 """Refreshing long-term memory: full, incremental (source watermarks) and event-driven.
 
 * :func:`refresh_full` reads every slice of every active customer (the book of
-  ``tools.book.list_accounts``: churned accounts are left out) live, through the same
-  ``read_slices`` path as every context read (guard, faults, provenance), and writes
-  them to long-term memory. Customers are processed in chunks of :data:`CHUNK` by a
-  pool of ``concurrency`` threads; each chunk's writes go to the store in one batch,
-  so memory use is bounded by one chunk whatever the size of the book.
+  ``tools.book.list_accounts``: churned accounts are left out) live and writes them to
+  long-term memory, a chunk of customers at a time: each chunk is read in bulk, a few
+  queries per source, by the readers' own slice code, and what a bulk read cannot
+  answer is read one customer at a time through ``read_slices`` (guard, faults,
+  provenance); large books are spread over worker processes (``tools.refresh_run``).
 * :func:`refresh_incremental` refreshes only the customers whose source rows changed
   since the last run. For every source it keeps a **watermark** per watched entity
   (table) — the newest update timestamp seen — in the ``refresh_watermark`` table of
@@ -30,16 +30,13 @@ the last snapshot in memory (reported in ``failed``); a read that finds no recor
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from langgraph.store.base import BaseStore, Op, PutOp, Result
 from sqlalchemy import (
     Column,
     DateTime,
@@ -57,19 +54,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import NullType
 
-from tools.access import Access
-from tools.batch import RowBatch
-from tools.context import default_guard, expand_slices, read_slices
-from tools.guard import CallOutcome, SourceGuard, summarize
+from tools.context import default_guard, expand_slices
+from tools.guard import SourceGuard, summarize
 from tools.identity import (
     IdentityIndex,
     ensure_index,
-    identity_customer,
     identity_key,
     normalize_name,
 )
-from tools.identity import _ref as identity_ref
 from tools.mapping import (
+    IN_CHUNK,
     Entity,
     EntityPart,
     FieldSpec,
@@ -79,23 +73,28 @@ from tools.mapping import (
     load_mapping,
 )
 from tools.memory import ContextMemory
-from tools.principal import Principal
-from tools.registry import engine_for, reader, resolve_as_of
+from tools.refresh_run import (  # noqa: F401 - REFRESH_USER, refresh_access, RefreshReport: public here
+    REFRESH_USER,
+    RefreshReport,
+    SliceWrite,
+    _connected,
+    _Tally,
+    default_workers,
+    refresh_access,
+    run_chunks,
+)
+from tools.registry import engine_for
 from tools.settings import SOURCE_NAMES, Settings
-from tools.slices import SLICE_MODELS, SLICE_NAMES, Slice, SourceGap
-from tools.source import CustomerRef, ReadContext, SliceNotFound, utcnow
+from tools.slices import SLICE_MODELS, SLICE_NAMES
+from tools.source import utcnow
 
 Progress = Callable[[str, int, int], None]
 
-#: Customers read per chunk: one store write batch, one identity lookup, bounded memory.
-CHUNK = 100
 #: Values per ``IN (...)`` list against the identity index.
-_IN = 500
+_IN = IN_CHUNK
 #: Budget of one source's change-detection scan (a watched table without an index on its
 #: update timestamp is scanned in full; that must not time out like a slice read).
 CHANGE_SCAN_TIMEOUT_S = 60.0
-#: Entries kept in ``RefreshReport.failed`` (the total is ``failures``).
-MAX_FAILED_LISTED = 1_000
 #: Longest customer name (in words) looked for in changed chat messages.
 _MAX_NAME_WORDS = 8
 
@@ -387,288 +386,11 @@ def _customers_for(settings: Settings, keys: set[tuple[str, str]]) -> set[str]:
     return out
 
 
-# ------------------------------------------------------------------ report
-@dataclass
-class SliceWrite:
-    """One slice a single-customer refresh wrote, with its freshness."""
-
-    customer_id: str
-    slice: str
-    fetched_at: datetime
-    source_updated_at: datetime | None
-    record_ids: int
-
-
-@dataclass
-class RefreshReport:
-    mode: str  # full | incremental | customer | event
-    customers: int = 0  # customers whose slices were read
-    slices_written: int = 0
-    gaps: int = 0  # not_found: the source holds nothing for the customer (its snapshot is removed)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (customer id, slice); first MAX_FAILED_LISTED
-    changed_by_source: dict[str, int] = field(default_factory=dict)  # customers refreshed per source
-    seconds: float = 0.0
-    watermarks: dict[str, str | None] = field(default_factory=dict)  # per source, after the run
-    failures: int = 0  # failed slice reads in all
-    failed_sources: dict[str, str] = field(default_factory=dict)  # source → why it kept its watermark
-    refreshed: list[str] = field(default_factory=list)  # customer ids (incremental, customer, event)
-    full_sources: list[str] = field(default_factory=list)  # sources read in full (no usable watermark)
-    untracked: list[str] = field(default_factory=list)  # watched entities a mapping cannot track
-    written: list[SliceWrite] = field(default_factory=list)  # single-customer modes only
-    event: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        def enc(v: Any) -> Any:
-            if isinstance(v, datetime):
-                return v.isoformat()
-            if isinstance(v, dict):
-                return {k: enc(x) for k, x in v.items()}
-            if isinstance(v, list | tuple):
-                return [enc(x) for x in v]
-            if isinstance(v, SliceWrite):
-                return enc(v.__dict__)
-            return v
-
-        return {k: enc(v) for k, v in self.__dict__.items()}
-
-
-# ------------------------------------------------------------------ writing
-class _WriteBuffer(BaseStore):
-    """A store view that holds puts until :meth:`flush` (one batch, one transaction) and
-    passes reads through, so ``ContextMemory.put`` keeps its one value format."""
-
-    def __init__(self, inner: BaseStore):
-        self.inner = inner
-        self._ops: list[PutOp] = []
-        self._lock = threading.Lock()
-
-    def batch(self, ops: Iterable[Op]) -> list[Result]:
-        ops = list(ops)
-        if ops and all(isinstance(o, PutOp) for o in ops):
-            with self._lock:
-                self._ops.extend(ops)  # type: ignore[arg-type]
-            return [None] * len(ops)
-        return self.inner.batch(ops)
-
-    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        return self.batch(ops)
-
-    def forget(self, namespace: tuple[str, ...], key: str) -> None:
-        with self._lock:
-            self._ops.append(PutOp(namespace, key, None))
-
-    def flush(self) -> None:
-        with self._lock:
-            ops, self._ops = self._ops, []
-        if ops:
-            self.inner.batch(ops)
-
-
-@dataclass
-class _Tally:
-    report: RefreshReport
-    keep_customers: bool
-    keep_writes: bool
-    failed_by_source: Counter = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, customer_id: str, results: list[tuple[str, Slice | SourceGap, Any]]) -> None:
-        r = self.report
-        with self._lock:
-            r.customers += 1
-            if self.keep_customers:
-                r.refreshed.append(customer_id)
-            for name, got, outcome in results:
-                status = outcome.status if outcome is not None else None
-                source = SLICE_MODELS[name].source
-                if status == "ok":
-                    r.slices_written += 1
-                    if self.keep_writes and isinstance(got, Slice):
-                        p = got.provenance
-                        r.written.append(SliceWrite(customer_id, name, p.fetched_at, p.source_updated_at,
-                                                    len(p.record_ids)))
-                elif status == "not_found":
-                    r.gaps += 1
-                else:
-                    r.failures += 1
-                    self.failed_by_source[source] += 1
-                    if len(r.failed) < MAX_FAILED_LISTED:
-                        r.failed.append((customer_id, name))
-
-
-def _connected(settings: Settings) -> list[str]:
-    return [s for s in SOURCE_NAMES if settings.source(s).url]
-
-
-def _refs(settings: Settings, ids: Sequence[str]) -> dict[str, CustomerRef]:
-    c = identity_customer.c
-    out: dict[str, CustomerRef] = {}
-    with engine_for(settings.state_db_url).connect() as conn:
-        for i in range(0, len(ids), _IN):
-            for row in conn.execute(select(identity_customer).where(c.customer_id.in_(list(ids[i:i + _IN])))):
-                ref = identity_ref(row._mapping)
-                out[ref.customer_id] = ref
-    return out
-
-
-def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    buf: list[Any] = []
-    for item in items:
-        buf.append(item)
-        if len(buf) >= n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def _read_context(settings: Settings, memory: ContextMemory) -> ReadContext:
-    return ReadContext(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
-
-
-def _refresh(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
-             tally: _Tally, *, concurrency: int, guard: SourceGuard | None, progress: Progress | None,
-             stage: str, total: int, slice_parallel: bool = False) -> None:
-    """Read ``(customer id, slices)`` live and write them to memory, a chunk at a time.
-
-    Each chunk is read in bulk, one source at a time (:meth:`SourceReader.read_many`: a few
-    queries for the whole chunk, each slice built by the reader's own code); what a bulk
-    read cannot answer — a source whose bulk read fails, one customer's read that raises
-    anything but not-found, a reader with an injected fault — is read again one customer
-    at a time through ``read_slices`` (guard, stale fallback, provenance), ``concurrency``
-    customers at a time. ``slice_parallel``: one customer's slices in parallel, as a
-    context read does (no bulk read).
-    """
-    guard = guard or default_guard(settings)
-    ctx = _read_context(settings, memory)
-    access = refresh_access(settings, memory.tenant)
-    buffer = _WriteBuffer(memory.store)
-    buffered = ContextMemory(buffer, memory.tenant, memory.ttls, memory.clock)
-    bulk = _Bulk(settings, ctx, guard, buffered, buffer, access) if not slice_parallel else None
-
-    def one(ref: CustomerRef, names: Sequence[str]) -> list[tuple[str, Slice | SourceGap, Any]]:
-        if slice_parallel:
-            _, pairs = read_slices(settings, ref, ctx, list(names), guard, buffered, prefer_memory=False,
-                                   access=access)
-        else:  # one slice per call: read_slices reads it inline, and this pool is the only one
-            pairs = [read_slices(settings, ref, ctx, [n], guard, buffered, prefer_memory=False,
-                                 access=access)[1][0] for n in names]
-        results = []
-        for name, (got, outcome) in zip(names, pairs, strict=True):
-            if outcome is not None and outcome.status == "not_found":
-                buffer.forget(memory.namespace(ref.customer_id), name)
-            results.append((name, got, outcome))
-        return results
-
-    done = 0
-    if progress:
-        progress(stage, 0, total)
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for chunk in _chunks(work, CHUNK):
-            refs = _refs(settings, [cid for cid, _ in chunk])
-            jobs: list[tuple[CustomerRef, Sequence[str]]] = []
-            for cid, names in chunk:
-                ref = refs.get(cid)
-                if ref is None:  # gone from the identity index since it was listed
-                    tally.report.failures += 1
-                    tally.report.failed.append((cid, "unknown customer"))
-                    continue
-                jobs.append((ref, names))
-            with access.batch():  # the chunk's audit records in one transaction
-                got, again = bulk.read(jobs) if bulk else ({}, jobs)
-                futures = {ref.customer_id: pool.submit(one, ref, names) for ref, names in again if names}
-                for ref, names in jobs:
-                    mine = got.get(ref.customer_id, {})
-                    extra = futures[ref.customer_id].result() if ref.customer_id in futures else []
-                    by_name = {**mine, **{n: (g, o) for n, g, o in extra}}
-                    tally.add(ref.customer_id, [(n, *by_name[n]) for n in names])
-            buffer.flush()
-            done += len(chunk)
-            if progress:
-                progress(stage, done, max(total, done))
-
-
-#: Budget of one source's bulk read of a chunk (it answers for CHUNK customers at once).
-BULK_TIMEOUT_S = 60.0
-
-
-class _Bulk:
-    """Bulk reads of a chunk, source by source, written to memory and admitted like single reads."""
-
-    def __init__(self, settings: Settings, ctx: ReadContext, guard: SourceGuard, memory: ContextMemory,
-                 buffer: _WriteBuffer, access: Access):
-        self.settings, self.ctx, self.guard, self.memory, self.buffer, self.access = (
-            settings, ctx, guard, memory, buffer, access)
-        self.batches: dict[str, RowBatch] = {}  # per source, kept across chunks
-
-    def read(self, jobs: Sequence[tuple[CustomerRef, Sequence[str]]],
-             ) -> tuple[dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]],
-                        list[tuple[CustomerRef, list[str]]]]:
-        """The chunk's slices read in bulk, per customer id and slice name, and what is left
-        to read one by one (per customer, the slice names)."""
-        got: dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]] = defaultdict(dict)
-        left: dict[str, list[str]] = defaultdict(list)
-        refs = {ref.customer_id: ref for ref, _ in jobs}
-        by_source: dict[str, dict[str, list[CustomerRef]]] = defaultdict(lambda: defaultdict(list))
-        for ref, names in jobs:
-            for n in names:
-                by_source[SLICE_MODELS[n].source][n].append(ref)
-        if self.access.filters_rows:  # never for a refresh (admin); a row filter is judged per customer
-            by_source, left = {}, {ref.customer_id: list(names) for ref, names in jobs}
-        for source, wanted in by_source.items():
-            results = self._source(source, wanted)
-            for (cid, name), result in (results or {}).items():
-                if result is None:
-                    left[cid].append(name)
-                else:
-                    got[cid][name] = result
-            if results is None:
-                for name, customers in wanted.items():
-                    for ref in customers:
-                        left[ref.customer_id].append(name)
-        return got, [(refs[cid], names) for cid, names in left.items()]
-
-    def _source(self, source: str, wanted: dict[str, list[CustomerRef]],
-                ) -> dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] | None:
-        """One source's bulk read: per (customer, slice) the admitted result, or None where it
-        must be read alone; None for all when the source cannot be read in bulk."""
-        try:
-            rdr = reader(self.settings, source)
-        except (MappingError, ValueError):
-            return None
-        if rdr is None or not rdr.batchable:
-            return None
-        batch = self.batches.setdefault(source, RowBatch())
-        n = sum(len(c) for c in wanted.values())
-        results, outcome, _ = self.guard.call(
-            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.ctx, batch),
-            max(BULK_TIMEOUT_S, self.settings.source(source).timeout_s or 0))
-        if outcome.status != "ok":
-            return None
-        ms = outcome.latency_ms / max(1, n)
-        out: dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] = {}
-        for (cid, name), result in results.items():
-            if isinstance(result, Slice):
-                self.memory.put(cid, result)
-                out[cid, name] = (self.access.admit(cid, result, ms), CallOutcome(source, name, "ok", ms, 1))
-            elif isinstance(result, SliceNotFound):
-                gap = SourceGap(slice=name, source=source, kind="not_found", message=str(result))
-                self.buffer.forget(self.memory.namespace(cid), name)
-                out[cid, name] = (self.access.admit(cid, gap, ms),
-                                  CallOutcome(source, name, "not_found", ms, 1, str(result)))
-            else:
-                out[cid, name] = None
-        return out
-
-
-REFRESH_USER = "refresh"
-
-
-def refresh_access(settings: Settings, tenant: str) -> Access:
-    """Refresh jobs read as the policy's ``admin`` role (they materialise full-fidelity memory;
-    masking happens when memory is read), under the user ``refresh`` on the ``refresh``
-    interface, so every refresh read has its audit record like any other read."""
-    return Access.for_principal(settings, Principal(tenant, REFRESH_USER, "admin", interface="refresh"))
+def _workers(settings: Settings, memory: ContextMemory, guard: SourceGuard | None, asked: int | None,
+             customers: int) -> int:
+    if guard is not None or memory.clock is not utcnow:
+        return 1  # worker processes build their own guard on the real clock
+    return asked if asked is not None else default_workers(settings, customers)
 
 
 def _book(settings: Settings) -> Iterator[str]:
@@ -686,12 +408,14 @@ def _book_size(settings: Settings) -> int:
 # ------------------------------------------------------------------ the four refreshes
 def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int = 4,
                  progress: Progress | None = None, customers: Iterable[str] | None = None,
-                 guard: SourceGuard | None = None) -> RefreshReport:
+                 guard: SourceGuard | None = None, workers: int | None = None) -> RefreshReport:
     """Materialise every slice of every active customer (or of ``customers``, canonical ids).
 
     A refresh of the whole book also records each source's watermarks (taken before
     reading, so changes made while it runs are picked up by the next incremental
-    refresh) — for the sources all of whose reads succeeded.
+    refresh) — for the sources all of whose reads succeeded. ``workers``: processes to
+    spread the chunks over (None: ``default_workers``; they use the settings' guard, so a
+    caller's own ``guard`` or memory clock keeps the refresh in this process).
     """
     started = time.perf_counter()
     report = RefreshReport(mode="full")
@@ -703,10 +427,11 @@ def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int 
     names = [n for n in SLICE_NAMES if SLICE_MODELS[n].source in sources]
     chosen = None if customers is None else list(dict.fromkeys(customers))
     ids = _book(settings) if chosen is None else iter(chosen)
-    total = (_book_size(settings) if chosen is None else len(chosen)) if progress else 0
+    total = _book_size(settings) if chosen is None else len(chosen)
     tally = _Tally(report, keep_customers=not whole_book, keep_writes=False)
-    _refresh(settings, memory, ((cid, names) for cid in ids), tally, concurrency=concurrency, guard=guard,
-             progress=progress, stage="full refresh", total=total)
+    run_chunks(settings, memory, ((cid, names) for cid in ids), tally, concurrency=concurrency, guard=guard,
+               progress=progress, stage="full refresh", total=total,
+               workers=_workers(settings, memory, guard, workers, total))
     report.changed_by_source = {s: report.customers for s in sources}
     _commit(settings, marks, tally, report)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -714,9 +439,12 @@ def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int 
 
 
 def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrency: int = 4,
-                        progress: Progress | None = None, guard: SourceGuard | None = None) -> RefreshReport:
-    """Refresh only the customers whose source rows changed since the last run."""
+                        progress: Progress | None = None, guard: SourceGuard | None = None,
+                        workers: int | None = None) -> RefreshReport:
+    """Refresh only the customers whose source rows changed since the last run (``workers``:
+    as :func:`refresh_full`)."""
     started = time.perf_counter()
+    user_guard = guard
     report = RefreshReport(mode="incremental")
     guard = guard or default_guard(settings)
     ensure_index(settings)  # a new customer's keys must resolve before its changed rows are mapped
@@ -753,15 +481,17 @@ def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrenc
         marks = _capture(settings, full_sources, guard, report)
         new_marks.update(marks)
         names = [n for n in SLICE_NAMES if SLICE_MODELS[n].source in full_sources]
-        total = _book_size(settings) if progress else 0
+        total = _book_size(settings)
         before = report.customers
-        _refresh(settings, memory, ((cid, names) for cid in _book(settings)), tally, concurrency=concurrency,
-                 guard=guard, progress=progress, stage="refresh (no watermark yet)", total=total)
+        run_chunks(settings, memory, ((cid, names) for cid in _book(settings)), tally, concurrency=concurrency,
+                   guard=guard, progress=progress, stage="refresh (no watermark yet)", total=total,
+                   workers=_workers(settings, memory, user_guard, workers, total))
         for s in full_sources:
             report.changed_by_source[s] = report.customers - before
     ordered = [(cid, [n for n in SLICE_NAMES if n in plan[cid]]) for cid in sorted(plan)]
-    _refresh(settings, memory, ordered, tally, concurrency=concurrency, guard=guard, progress=progress,
-             stage="incremental refresh", total=len(ordered))
+    run_chunks(settings, memory, ordered, tally, concurrency=concurrency, guard=guard, progress=progress,
+               stage="incremental refresh", total=len(ordered),
+               workers=_workers(settings, memory, user_guard, workers, len(ordered)))
     for s, cids in per_source.items():
         report.changed_by_source[s] = len(cids)
     report.refreshed = list(dict.fromkeys(report.refreshed))
@@ -788,8 +518,8 @@ def refresh_customer(settings: Settings, memory: ContextMemory, customer_id: str
     names = [n for n in names if SLICE_MODELS[n].source in sources]
     report = RefreshReport(mode=mode)
     tally = _Tally(report, keep_customers=True, keep_writes=True)
-    _refresh(settings, memory, [(ref.customer_id, names)], tally, concurrency=1, guard=guard, progress=None,
-             stage=mode, total=1, slice_parallel=True)
+    run_chunks(settings, memory, [(ref.customer_id, names)], tally, concurrency=1, guard=guard, progress=None,
+               stage=mode, total=1, slice_parallel=True)
     report.changed_by_source = {s: 1 for s in dict.fromkeys(SLICE_MODELS[n].source for n in names)}
     report.watermarks = watermarks(settings)
     report.seconds = round(time.perf_counter() - started, 3)

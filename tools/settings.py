@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         default=None, description="YAML/JSON file mapping API keys (SHA-256 hex digests) to principals for "
         "`custctx serve api`; unset: every data request is refused with 401.")
+    refresh_workers: int = Field(
+        default=0, ge=0, le=64,
+        description="Worker processes of a full or incremental refresh (0: one per core, up to 4, "
+                    "from 2,000 customers on; 1: none).")
     serve_max_concurrency: int = Field(
         default=8, ge=1, description="Requests the API and MCP servers work on at once; the rest wait their turn.")
 
