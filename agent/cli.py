@@ -190,6 +190,7 @@ def sources(
 
 from agent import (  # noqa: E402  (commands register themselves on import)
     cli_audit,  # noqa: E402,F401  (registers audit)
+    cli_bench,  # noqa: E402,F401  (registers bench)
     cli_eval,  # noqa: E402,F401  (registers eval)
     cli_refresh,  # noqa: E402,F401  (registers refresh, event)
     cli_serve,  # noqa: E402,F401

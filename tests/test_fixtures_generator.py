@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from evals.fixtures import tables as T
+from evals.fixtures.common import GENERATOR_VERSION
 from evals.fixtures.generate import AS_OF, seed, seed_salesforce
 from evals.fixtures.story_data import STORY_DOMAINS, STORY_NAMES
 from evals.fixtures.triage import load_triage_tickets
@@ -119,7 +120,7 @@ def test_report_and_meta(db):
     assert {"tables", "story", "background", "triage", "indexes"} <= set(stages)
     meta = dict(conn.execute(select(T.custctx_meta.c.key, T.custctx_meta.c.value)).all())
     assert meta["as_of"] == "2026-01-15T12:00:00" and meta["seed"] == "7"
-    assert meta["background_customers"] == "50" and meta["generator_version"] == "1"
+    assert meta["background_customers"] == "50" and meta["generator_version"] == GENERATOR_VERSION
 
 
 def test_acme(db):

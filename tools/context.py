@@ -21,7 +21,7 @@ from sqlalchemy.exc import ArgumentError
 
 from tools.guard import CallOutcome, SourceGuard, summarize
 from tools.mapping import MappingError
-from tools.memory import ContextMemory
+from tools.memory import CachedSlice, ContextMemory
 from tools.policy import masked_marker, show_masks
 from tools.registry import REMEDIES, reader
 from tools.settings import Settings
@@ -140,6 +140,7 @@ def default_guard(settings: Settings) -> SourceGuard:
 def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
                guard: SourceGuard, timeout_s: float | None = None, memory: ContextMemory | None = None,
                prefer_memory: bool = True, access: Access | None = None,
+               prefetched: dict[str, CachedSlice] | None = None,
                ) -> tuple[Slice | SourceGap, CallOutcome | None]:
     """One slice, or the gap that names why it is missing.
 
@@ -151,14 +152,15 @@ def read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: 
     read is a ``forbidden`` gap without any read; memory is the principal's tenant's;
     whatever comes back (source, fresh or stale memory) is masked for the role; the read
     is audited. Memory always holds the full-fidelity slice: masking happens on the way out.
+    ``prefetched``: the customer's snapshots already read from that memory (``get_many``).
     """
     if access is None:
-        return _read_slice(rdr, name, customer, ctx, guard, timeout_s, memory, prefer_memory)
+        return _read_slice(rdr, name, customer, ctx, guard, timeout_s, memory, prefer_memory, prefetched)
     if not access.allows(name):
         return access.forbidden(customer.customer_id, name), None
     started = time.perf_counter()
     result, outcome = _read_slice(rdr, name, customer, ctx, guard, timeout_s, tenant_memory(memory, access),
-                                  prefer_memory)
+                                  prefer_memory, prefetched)
     return access.admit(customer.customer_id, result, (time.perf_counter() - started) * 1000), outcome
 
 
@@ -171,10 +173,11 @@ def tenant_memory(memory: ContextMemory | None, access: Access | None) -> Contex
 
 def _read_slice(rdr: SourceReader | None, name: str, customer: CustomerRef, ctx: ReadContext,
                 guard: SourceGuard, timeout_s: float | None, memory: ContextMemory | None,
-                prefer_memory: bool) -> tuple[Slice | SourceGap, CallOutcome | None]:
+                prefer_memory: bool, prefetched: dict[str, CachedSlice] | None = None,
+                ) -> tuple[Slice | SourceGap, CallOutcome | None]:
     source = SLICE_MODELS[name].source
     if memory is not None and prefer_memory and rdr is not None:
-        cached = memory.get(customer.customer_id, name)
+        cached = prefetched.get(name) if prefetched is not None else memory.get(customer.customer_id, name)
         if cached is not None and cached.fresh:
             prov = cached.slice.provenance
             prov.served_from, prov.age_seconds = "memory", round(cached.age_seconds, 1)
@@ -238,17 +241,46 @@ def _read_slices(settings: Settings, customer: CustomerRef, ctx: ReadContext, na
         except (MappingError, ArgumentError, ValueError) as exc:
             readers[source], broken[source] = None, f"{source} source could not be opened: {summarize(exc)}"
 
+    # A warm read: every snapshot memory holds for these slices in one query.
+    mem = tenant_memory(memory, access)
+    prefetched = mem.get_many(customer.customer_id, [n for n in names if access is None or access.allows(n)]) \
+        if mem is not None and prefer_memory and len(names) > 1 else None
+
     def one(name: str) -> tuple[Slice | SourceGap, CallOutcome | None]:
         source = SLICE_MODELS[name].source
         if source in broken:
             return SourceGap(slice=name, source=source, kind="unavailable", message=broken[source]), None
         return read_slice(readers[source], name, customer, ctx, guard, settings.source(source).timeout_s,
-                          memory, prefer_memory, access)
+                          memory, prefer_memory, access, prefetched)
 
-    if len(names) == 1:
-        return readers, [one(names[0])]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(names), settings.guard.max_concurrency))) as pool:
-        return readers, [f.result() for f in [pool.submit(copy_context().run, one, n) for n in names]]
+    live = [n for n in names if not (prefetched and n in prefetched and prefetched[n].fresh)
+            and (access is None or access.allows(n))]
+    if len(live) <= 1:  # served from memory (and at most one source read): no thread pool
+        return readers, [one(n) for n in names]
+    pool = _read_pool()
+    width = max(1, settings.guard.max_concurrency)  # at most this many of the call's reads at once
+    results: list[tuple[Slice | SourceGap, CallOutcome | None]] = []
+    for i in range(0, len(names), width):
+        futures = [pool.submit(copy_context().run, one, n) for n in names[i:i + width]]
+        results.extend(f.result() for f in futures)
+    return readers, results
+
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """One pool of reader threads for the process (starting threads per read costs more than
+    a point lookup). Its tasks never wait on it themselves, so it cannot deadlock."""
+    global _pool
+    with _guards_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="custctx-read")
+        return _pool
+
+
+#: Threads of the process-wide read pool (callers beyond it wait their turn).
+READ_THREADS = 32
 
 
 def customer_visible(settings: Settings, customer: CustomerRef, ctx: ReadContext, access: Access,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from sqlalchemy import (
     Numeric,
     String,
     and_,
+    bindparam,
     false,
     func,
     literal,
@@ -404,6 +405,101 @@ class Entity:
                         out[v].add(p, names, tamper(p.table, names, row) if tamper else row)
         return out
 
+    def lookup_rows(
+        self,
+        conn: Connection,
+        field: str,
+        values: Sequence[Any],
+        where: Sequence[tuple[str, Any]] = (),
+        window: tuple[str, Any, Any] | None = None,
+        fields: Sequence[str] | None = None,
+        order_by: str | None = None,
+        descending: bool = True,
+        limit: int | None = None,
+    ) -> Fetched:
+        """What :meth:`rows` returns for ``field IN values AND where-field = value AND
+        after < window-field <= until`` — through a statement built and compiled once per
+        shape (entity, fields, number of values, ...) and dialect, run with new parameters:
+        a point lookup pays for the query, not for building SQL."""
+        fetched = Fetched()
+        tamper = ROW_TAMPER.get()
+        for i, p in enumerate(self.parts):
+            spec = p.fields[field]
+            keys = []
+            for v in values:
+                try:
+                    keys.append(spec.to_source(v))
+                except (TypeError, ValueError, OverflowError):
+                    continue  # cannot exist in the source, as in_() has it
+            if not keys:
+                continue
+            wname, after, until = window or ("", None, None)
+            shape = ("lookup", id(self), i, field, len(keys), tuple(k for k, _ in where), wname,
+                     after is not None, until is not None, tuple(fields or ()), order_by, descending, limit)
+            names = list(fields or p.fields)
+            sql, bind = prepared(conn, shape, partial(self._statement, p, names, field, len(keys), where, window,
+                                                      order_by, descending, limit))
+            params = {f"k{j}": v for j, v in enumerate(keys)}
+            params.update({f"w{j}": p.fields[k].to_source(v) for j, (k, v) in enumerate(where)})
+            if after is not None:
+                params["after"] = p.fields[wname].to_source(after)
+            if until is not None:
+                params["until"] = p.fields[wname].to_source(until)
+            result = conn.exec_driver_sql(sql, bind(params))
+            for raw in result:
+                fetched.add(p, names, tamper(p.table, names, raw) if tamper else raw)
+        if len(self.parts) > 1:
+            if order_by:
+                order_rows(fetched.rows, order_by, descending)
+            if limit:
+                fetched.rows = fetched.rows[:limit]
+        return fetched
+
+    def _statement(self, p: EntityPart, names: list[str], field: str, n: int, where: Sequence[tuple[str, Any]],
+                   window: tuple[str, Any, Any] | None, order_by: str | None, descending: bool,
+                   limit: int | None) -> Select[Any]:
+        stmt = self.select(names, p).where(p.col(field).in_([bindparam(f"k{j}") for j in range(n)]))
+        for j, (k, _) in enumerate(where):
+            stmt = stmt.where(p.col(k) == bindparam(f"w{j}"))
+        if window and window[1] is not None:
+            stmt = stmt.where(p.col(window[0]) > bindparam("after"))
+        if window and window[2] is not None:
+            stmt = stmt.where(p.col(window[0]) <= bindparam("until"))
+        if order_by:
+            c = p.col(order_by)
+            stmt = stmt.order_by(c.desc().nulls_last() if descending else c.asc().nulls_first())
+        if limit:
+            stmt = stmt.limit(limit)
+        return stmt
+
+
+Bind = Callable[[dict[str, Any]], Any]
+#: Compiled statements, by shape (which includes the dialect): a few dozen in all.
+_PREPARED: dict[tuple, tuple[str, Bind]] = {}
+
+
+def prepared(conn: Connection, shape: tuple, build: Callable[[], Any]) -> tuple[str, Bind]:
+    """The SQL text of ``build()`` compiled once per ``shape`` and the connection's dialect,
+    and a function turning ``{bind name: value}`` into the driver's parameters (the bound
+    types' own conversions applied, the statement's own parameters such as LIMIT kept).
+
+    Run with ``conn.exec_driver_sql(sql, bind(values))``: building and compiling a statement
+    costs far more than running a point lookup, so hot reads do it once."""
+    key = (conn.dialect.name, *shape)
+    hit = _PREPARED.get(key)
+    if hit is not None:
+        return hit
+    compiled = build().compile(dialect=conn.dialect)
+    processors = dict(compiled._bind_processors)  # noqa: SLF001 - the types' own parameter conversions
+    positions = compiled.positiontup
+
+    def bind(values: dict[str, Any]) -> Any:
+        params = compiled.construct_params(values)
+        params = {k: (processors[k](v) if k in processors and v is not None else v) for k, v in params.items()}
+        return tuple(params[k] for k in positions) if positions is not None else params
+
+    _PREPARED[key] = (compiled.string, bind)
+    return _PREPARED[key]
 
 #: Values per ``IN (...)`` list of a bulk read.
 IN_CHUNK = 500

@@ -13,13 +13,13 @@ stale-while-revalidate needs it and ``tools/`` must not import ``agent/``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from langgraph.store.base import BaseStore
+from langgraph.store.base import BaseStore, GetOp
 from sqlalchemy.engine import make_url
 
 from tools.slices import Slice, parse_slice
@@ -61,9 +61,18 @@ class ContextMemory:
 
     def get(self, customer_id: str, name: str) -> CachedSlice | None:
         item = self.store.get(self.namespace(customer_id), name)
-        if item is None:
-            return None
-        s = parse_slice(name, item.value["slice"])
+        return None if item is None else self._cached(name, item.value)
+
+    def get_many(self, customer_id: str, names: Iterable[str]) -> dict[str, CachedSlice]:
+        """The snapshots memory holds of ``names`` for one customer, in one store batch (one
+        query on the SQLite and PostgreSQL stores): what a warm context read costs."""
+        ns = self.namespace(customer_id)
+        names = list(names)
+        items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
+        return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True) if item is not None}
+
+    def _cached(self, name: str, value: dict) -> CachedSlice:
+        s = parse_slice(name, value["slice"])
         age = max(0.0, (self.clock() - s.provenance.fetched_at).total_seconds())
         return CachedSlice(slice=s, age_seconds=age, fresh=age < self.ttls.get(name, 0))
 

@@ -6,15 +6,17 @@ warehouse, never loaded into Python.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import bindparam, case, distinct, func, select
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 
 from tools.guard import MalformedSource
-from tools.mapping import IN_CHUNK, ROW_TAMPER, RowError, days_between
+from tools.mapping import IN_CHUNK, ROW_TAMPER, RowError, days_between, prepared
 from tools.slices import ProductUsage
 from tools.source import CustomerRef, ReadContext, SliceNotFound, SourceReader
 
@@ -29,15 +31,12 @@ class ProductReader(SourceReader):
         if not users:
             raise SliceNotFound(f"no product users for group {group_id}")
         login_event = self.mapping.settings.get("login_event", "logged_in")
-        per_user = self.batched(conn, ("usage by user", ctx.as_of, login_event), users,
-                                lambda c, keys: self._usage_by_user(c, keys, ctx.as_of, login_event))
-        rows = [per_user[u] for u in users]
+        usage = self.batched(conn, ("usage by group", ctx.as_of, login_event), [group_id],
+                             lambda c, keys: self._usage_by_group(c, keys, ctx.as_of, login_event))[group_id]
         events = self.mapping.entity("event").part
-        window = [sum(r[0] for r in rows), sum(r[1] for r in rows), sum(r[2] for r in rows),
-                  sum(r[3] for r in rows), _newest(r[4] for r in rows)]
-        last_login = _newest(r[5] for r in rows)
+        window, last_login = list(usage[:5]), usage[5]
         features_known: list[str] = self.mapping.settings.get("features", [])
-        used = sorted({e for r in rows for e in r[6]} & set(features_known))
+        used = sorted(set(usage[6]) & set(features_known))
         tamper = ROW_TAMPER.get()
         if tamper:
             window = tamper(events.table, ["users_30d", "users_7d", "last7", "prior7", "updated"], window)
@@ -63,44 +62,57 @@ class ProductReader(SourceReader):
             trend=self.trend(last7, prior7, ctx.settings.thresholds.trend_change),
         )
 
-    def _usage_by_user(self, conn: Connection, users: Sequence[Any], as_of: datetime,
-                       login_event: str) -> dict[Any, tuple]:
-        """Per user: (active in 30 days, active in 7 days, events in the last 7 days, events in the
-        7 before, newest update in 30 days, last login, event names of 30 days), raw values.
-
-        Aggregated by the warehouse (one user's events are never loaded into Python); a
-        group's figures are sums, maxima and unions of its users' — a user is active when it
-        has any event in the window, so counting active users counts distinct users.
-        """
-        events = self.mapping.entity("event").part
-        ts, user = events.col("timestamp"), events.col("user_id")
+    def _usage_by_group(self, conn: Connection, group_ids: Sequence[Any], as_of: datetime,
+                        login_event: str) -> dict[Any, tuple]:
+        """Per group: (active users in 30 days, active users in 7 days, events in the last 7 days,
+        events in the 7 before, newest update in 30 days, last login, event names of 30 days),
+        raw values — aggregated by the warehouse over the events of the group's users (a
+        group's events are never loaded into Python), for many groups in one query."""
+        groups, events = self.mapping.entity("group").part, self.mapping.entity("event").part
         src = events.fields["timestamp"].to_source
-        now, d7, d14, d30 = (src(as_of - timedelta(days=d)) for d in (0, 7, 14, 30))
-        out: dict[Any, tuple] = {u: (0, 0, 0, 0, None, None, set()) for u in users}
-        in30 = (ts > d30) & (ts <= now)
-        key = events.fields["user_id"].to_source
-        for i in range(0, len(users), IN_CHUNK):
-            chunk = users[i:i + IN_CHUNK]
-            mine = {str(key(u)): u for u in chunk}  # raw user id → as asked for
-            stats = conn.execute(
-                select(
-                    user,
-                    func.max(case((in30, 1), else_=0)),
-                    func.max(case((ts > d7, 1), else_=0)),
-                    func.sum(case((ts > d7, 1), else_=0)),
-                    func.sum(case((ts <= d7, case((ts > d14, 1), else_=0)), else_=0)),
-                    func.max(case((in30, events.col("updated_at")))),
-                    func.max(case((events.eq("event", login_event), ts))),
-                ).select_from(events.from_clause).where(events.in_("user_id", chunk), ts <= now).group_by(user))
-            for raw, a30, a7, last7, prior7, updated, login in stats:
-                if (u := mine.get(str(raw))) is not None:
-                    out[u] = (int(a30 or 0), int(a7 or 0), int(last7 or 0), int(prior7 or 0), updated, login, set())
-            names = conn.execute(select(user, events.col("event")).distinct().select_from(events.from_clause)
-                                 .where(events.in_("user_id", chunk), in30))
-            for raw, name in names:
-                if (u := mine.get(str(raw))) is not None:
-                    out[u][6].add(name)
+        times = {f"d{d}": src(as_of - timedelta(days=d)) for d in (0, 7, 14, 30)}
+        out: dict[Any, tuple] = {g: (0, 0, 0, 0, None, None, set()) for g in group_ids}
+        key = groups.fields["group_id"].to_source
+        for i in range(0, len(group_ids), IN_CHUNK):
+            chunk = group_ids[i:i + IN_CHUNK]
+            mine = {str(key(g)): g for g in chunk}  # raw group id → as asked for
+            values = {**times, "login": events.fields["event"].to_source(login_event),
+                      **{f"g{j}": key(g) for j, g in enumerate(chunk)}}
+            for what in ("stats", "names"):
+                sql, bind = prepared(conn, ("usage by group", id(self.mapping), what, len(chunk)),
+                                     partial(self._usage_statement, what, len(chunk)))
+                for raw, *figures in conn.exec_driver_sql(sql, bind(values)):
+                    if (g := mine.get(str(raw))) is None:
+                        continue
+                    if what == "stats":
+                        out[g] = (*figures, set())
+                    else:
+                        out[g][6].add(figures[0])
         return out
+
+    def _usage_statement(self, what: str, n: int) -> Select[Any]:
+        """The per-group usage aggregates (``stats``) or event names (``names``) of ``n`` groups,
+        with bind parameters g0..g<n-1>, d0 (as of), d7, d14, d30 and login."""
+        groups, events = self.mapping.entity("group").part, self.mapping.entity("event").part
+        ts, user = events.col("timestamp"), events.col("user_id")
+        now, d7, d14, d30 = (bindparam(f"d{d}", type_=ts.type) for d in (0, 7, 14, 30))
+        members = (select(groups.col("group_id").label("gid"), groups.col("user_id").label("uid"))
+                   .select_from(groups.from_clause)
+                   .where(groups.col("group_id").in_([bindparam(f"g{j}") for j in range(n)]))
+                   .distinct().subquery("g"))
+        joined = events.from_clause.join(members, user == members.c.uid)
+        in30 = (ts > d30) & (ts <= now)
+        if what == "names":
+            return select(members.c.gid, events.col("event")).distinct().select_from(joined).where(in30)
+        return select(
+            members.c.gid,
+            func.count(distinct(case((in30, user)))),
+            func.count(distinct(case((ts > d7, user)))),
+            func.sum(case((ts > d7, 1), else_=0)),
+            func.sum(case((ts <= d7, case((ts > d14, 1), else_=0)), else_=0)),
+            func.max(case((in30, events.col("updated_at")))),
+            func.max(case((events.col("event") == bindparam("login"), ts))),
+        ).select_from(joined).where(ts <= now).group_by(members.c.gid)
 
     @staticmethod
     def trend(last7: int, prior7: int, change: float) -> str:
@@ -113,8 +125,3 @@ class ProductReader(SourceReader):
             return "declining"
         return "stable"
 
-
-def _newest(values: Iterable[Any]) -> Any:
-    """The largest of raw values (None when there are none)."""
-    present = [v for v in values if v is not None]
-    return max(present) if present else None

@@ -152,8 +152,7 @@ class SourceReader:
             return [*(p.eq(k, v) for k, v in where), *(p.within(*window) if window else ())]
 
         if ROW_BATCH.get() is None and len(values) <= IN_CHUNK:
-            return ent.rows(conn, where=lambda p: [p.in_(field, values), *conds(p)], fields=fields,
-                            order_by=order_by, descending=descending, limit=limit)
+            return ent.lookup_rows(conn, field, values, tuple(where), window, fields, order_by, descending, limit)
         sig = ("lookup", entity, field, tuple(where), window)
         fetch: Fetch = lambda c, keys: ent.rows_by(c, field, keys, conds)  # noqa: E731
         got = self.batched(conn, sig, values, fetch) if ROW_BATCH.get() else fetch(conn, values)
