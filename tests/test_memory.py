@@ -126,3 +126,30 @@ def test_postgres_store(sqlite_ready, pg_url):
         assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
         cached = memory.get(acme.customer_id, "crm.account")
         assert cached.fresh and cached.slice.company_name == "Acme Corp"
+
+
+def test_get_many_reads_what_get_reads_in_one_query(sqlite_ready, store):
+    """A warm read of every slice: the SQLite fast path, the generic store API and per-slice
+    gets agree; other tenants' and other customers' snapshots stay out."""
+    from langgraph.store.memory import InMemoryStore
+
+    from tools.slices import SLICE_NAMES
+
+    clock = WallClock()
+    acme, globex = (sqlite_ready.index.resolve(d)[0] for d in ("acme.com", "globex.com"))
+    memories = [ContextMemory(s, "t1", sqlite_ready.settings.ttls, clock) for s in (store, InMemoryStore())]
+    for mem in memories:
+        for who in (acme, globex):
+            ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=sqlite_ready.settings, now=clock)
+            assemble_context(sqlite_ready.settings, who, ctx, memory=mem, guard=SourceGuard(
+                sqlite_ready.settings.guard, FakeClock()))
+        ContextMemory(mem.store, "t2", mem.ttls, clock).put(acme.customer_id, mem.get(globex.customer_id,
+                                                                                     "crm.account").slice)
+    fast, generic = (m.get_many(acme.customer_id, SLICE_NAMES) for m in memories)
+    one_by_one = {n: c for n in SLICE_NAMES if (c := memories[0].get(acme.customer_id, n))}
+    assert set(fast) == set(generic) == set(one_by_one) and len(fast) >= 10
+    for n in fast:
+        assert fast[n].slice == generic[n].slice == one_by_one[n].slice
+        assert fast[n].fresh == generic[n].fresh == one_by_one[n].fresh
+    assert fast["crm.account"].slice.company_name == "Acme Corp"
+    assert set(memories[0].get_many(acme.customer_id, ["crm.account", "nope.x"])) == {"crm.account"}

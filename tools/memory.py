@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 from langgraph.store.base import BaseStore, GetOp
 from sqlalchemy.engine import make_url
 
@@ -68,6 +69,10 @@ class ContextMemory:
         query on the SQLite and PostgreSQL stores): what a warm context read costs."""
         ns = self.namespace(customer_id)
         names = list(names)
+        rows = _sqlite_rows(self.store, ns)
+        if rows is not None:  # the SQLite store: its rows read directly, without a transaction
+            wanted = set(names)
+            return {k: self._cached(k, orjson.loads(v)) for k, v in rows if k in wanted}
         items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
         return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True) if item is not None}
 
@@ -75,6 +80,18 @@ class ContextMemory:
         s = parse_slice(name, value["slice"])
         age = max(0.0, (self.clock() - s.provenance.fetched_at).total_seconds())
         return CachedSlice(slice=s, age_seconds=age, fresh=age < self.ttls.get(name, 0))
+
+
+def _sqlite_rows(store: BaseStore, namespace: tuple[str, ...]) -> list[tuple[str, str]] | None:
+    """(key, JSON value) of every item in ``namespace`` of a LangGraph ``SqliteStore`` (its
+    ``store`` table, one index range), or None for any other store or one with TTLs (whose
+    reads must go through the store's API)."""
+    from langgraph.store.sqlite import SqliteStore
+
+    if type(store) is not SqliteStore or store.ttl_config or not store.is_setup:
+        return None
+    with store.lock:
+        return store.conn.execute("SELECT key, value FROM store WHERE prefix = ?", (".".join(namespace),)).fetchall()
 
 
 def state_backend(url: str, what: str) -> tuple[str, str]:
