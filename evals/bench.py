@@ -208,23 +208,34 @@ def measure_warm(settings: Settings, memory: Any, ids: Sequence[str]) -> Row:
             "SELECT key, value FROM store WHERE prefix = ?", (prefix + cid,))}) for cid in ids[:50]]
         ours_n = [len(memory.get_many(cid, SLICE_NAMES)) for cid in ids[:50]]
         assert ours_n == floor_n, "the warm lookup and the floor read different slices"
-        ours: list[float] = []
-        floor: list[float] = []
-        for i, cid in enumerate(ids):  # interleaved, each first half of the time: the same cache and load
-            pair = [(ours, lambda cid=cid: memory.get_many(cid, SLICE_NAMES)),
-                    (floor, lambda cid=cid: {k: json.loads(v) for k, v in con.execute(
-                        "SELECT key, value FROM store WHERE prefix = ?", (prefix + cid,))})]
-            for into, fn in pair[::-1] if i % 2 else pair:
-                into.extend(timed(fn, 1))
+        ours, floor = paired(ids, lambda cid: memory.get_many(cid, SLICE_NAMES), lambda cid: {
+            k: json.loads(v) for k, v in con.execute("SELECT key, value FROM store WHERE prefix = ?", (prefix + cid,))})
     finally:
         con.close()
-    p50, p99, f50, f99 = (percentile(ours, 50), percentile(ours, 99), percentile(floor, 50), percentile(floor, 99))
-    ratio = p50 / f50 if f50 else 0.0
+    p50, p99, f50, f99, ratio = _figures(ours, floor)
     return Row("Warm context lookup (memory, every slice)", f"p50 {p50:.3f} ms, p99 {p99:.3f} ms",
                f"raw SQL + json: p50 {f50:.3f} ms, p99 {f99:.3f} ms", round(ratio, 2),
                "p50 ≤ 3× floor, p99 ≤ 5 ms", ratio <= 3 and p99 <= 5,
                {"p50_ms": p50, "p99_ms": p99, "floor_p50_ms": f50, "floor_p99_ms": f99, "samples": len(ours),
                 "slices_per_customer": round(sum(ours_n) / len(ours_n), 1)})
+
+
+def paired(samples: Sequence[Any], ours: Callable[[Any], Any], floor: Callable[[Any], Any],
+           ) -> tuple[list[float], list[float]]:
+    """Milliseconds of ``ours(x)`` and ``floor(x)`` for every sample, interleaved and each first
+    half of the time, so both see the same caches and load."""
+    mine: list[float] = []
+    base: list[float] = []
+    for i, x in enumerate(samples):
+        pair = [(mine, ours), (base, floor)]
+        for into, fn in pair[::-1] if i % 2 else pair:
+            into.extend(timed(lambda fn=fn, x=x: fn(x), 1))
+    return mine, base
+
+
+def _figures(ours: list[float], floor: list[float]) -> tuple[float, float, float, float, float]:
+    p50, f50 = percentile(ours, 50), percentile(floor, 50)
+    return p50, percentile(ours, 99), f50, percentile(floor, 99), (p50 / f50 if f50 else 0.0)
 
 
 def measure_cold(settings: Settings, refs: Sequence[Any], as_of: datetime) -> Row:
@@ -242,16 +253,10 @@ def measure_cold(settings: Settings, refs: Sequence[Any], as_of: datetime) -> Ro
         for ref in refs[:20]:  # warm-up, and the two compute the same view
             view, row = ours(ref), reference_row(con, ref, as_of)
             assert {k: view[k] for k in row} == row, f"the floor query disagrees for {ref.name}"
-        mine: list[float] = []
-        floor: list[float] = []
-        for i, ref in enumerate(refs):  # interleaved, each first half of the time
-            pair = [(mine, lambda ref=ref: ours(ref)), (floor, lambda ref=ref: reference_row(con, ref, as_of))]
-            for into, fn in pair[::-1] if i % 2 else pair:
-                into.extend(timed(fn, 1))
+        mine, floor = paired(refs, ours, lambda ref: reference_row(con, ref, as_of))
     finally:
         con.close()
-    p50, p99, f50, f99 = (percentile(mine, 50), percentile(mine, 99), percentile(floor, 50), percentile(floor, 99))
-    ratio = p50 / f50 if f50 else 0.0
+    p50, p99, f50, f99, ratio = _figures(mine, floor)
     return Row("Cold assembly (reference view from the sources)", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
                f"one hand-written SQL query: p50 {f50:.2f} ms, p99 {f99:.2f} ms", round(ratio, 2),
                "≤ 1.5× the query, p50 ≤ 25 ms", ratio <= 1.5 and p50 <= 25,
