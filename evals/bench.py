@@ -298,12 +298,14 @@ class SqlClock:
 def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
     """Every assistant eval question, one turn each: tokens shown vs. a full dump, and time
     outside source queries."""
-    from agent.prompting import context_block
+    from agent.graphs.assistant import answer_context
     from agent.runs import Runner
     from evals.runner import load
-    from tools.context import find_conflicts
     from tools.memory import ContextMemory
-    from tools.traits import derive_traits
+    from tools.slices import SourceGap
+
+    def tokens(customer: dict[str, Any], slices: dict[str, Any], gaps: list[SourceGap]) -> int:
+        return count_tokens_approximately([SystemMessage(answer_context(customer, slices, gaps, settings))])
 
     shown, full, turn_ms, outside_ms = [], [], [], []
     cases = load("assistant")["cases"]
@@ -322,18 +324,10 @@ def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
                 cid = res["customer"]["customer_id"]
                 step = {n: c.slice for n in res["slices_used"] if (c := mem.get(cid, n))}
                 everything = runner.customer_context(cid)
-
-                def block(slices: dict[str, Any], gaps: list[Any], customer: dict[str, Any] = res["customer"]) -> int:
-                    traits = derive_traits(slices, settings.thresholds, settings.churn_weights)
-                    text = context_block(customer, slices, gaps, traits.model_dump(mode="json") if traits.based_on
-                                         else None, [c.model_dump(mode="json") for c in find_conflicts(slices, settings)])
-                    return count_tokens_approximately([SystemMessage(text)])
-
-                from tools.slices import SourceGap
-
                 step_gaps = [SourceGap(**g) for g in res["gaps"]]
-                shown.append(res["tokens_shown"])
-                full.append(res["tokens_shown"] - block(step, step_gaps) + block(everything.slices, everything.gaps))
+                shown.append(res["tokens_shown"])  # the same prompt, its context block swapped for the full one
+                full.append(res["tokens_shown"] - tokens(res["customer"], step, step_gaps)
+                            + tokens(res["customer"], everything.slices, everything.gaps))
             if progress:
                 progress("assistant questions", i, len(cases))
     ratio = sum(shown) / sum(full) if full else 0.0

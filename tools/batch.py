@@ -35,7 +35,6 @@ class RowBatch:
         self.wanted: dict[Hashable, set[Any]] = {}
         self.fetchers: dict[Hashable, Fetch] = {}
         self.kept: set[Hashable] = set()
-        self.queries = 0
 
     def get(self, sig: Hashable, keys: Iterable[Any], fetch: Fetch, keep: bool = False) -> dict[Any, Any]:
         """The loaded values of ``keys``, or NeedRows after noting the missing ones.
@@ -59,11 +58,9 @@ class RowBatch:
         for sig, keys in wanted.items():
             ordered = sorted(keys, key=repr)  # deterministic queries
             got = self.fetchers[sig](conn, ordered)
-            self.queries += 1
             store = self.loaded.setdefault(sig, {})
             for k in ordered:
                 store[k] = got[k]
-
 
     def next_chunk(self) -> None:
         """Forget what was loaded for the last chunk's customers (kept lookups stay)."""

@@ -193,6 +193,17 @@ class FieldSpec:
             v = self.values.get(v, self.values.get("*", v))
         return v
 
+    def in_source(self, values: Iterable[Any]) -> list[tuple[Any, Any]]:
+        """(value, its source representation) for each value that can exist in the source
+        (a non-numeric id against an integer column cannot, and never matches)."""
+        out = []
+        for v in values:
+            try:
+                out.append((v, self.to_source(v)))
+            except (TypeError, ValueError, OverflowError):
+                continue
+        return out
+
     def to_source(self, value: Any) -> Any:
         """Convert a Python value into the source representation (for filters)."""
         if self.values is not None:
@@ -254,13 +265,7 @@ class EntityPart:
 
     def in_(self, name: str, values: Iterable[Any]) -> ColumnElement[bool]:
         """``field IN values``; values that cannot exist in the source never match."""
-        spec = self.fields[name]
-        converted = []
-        for v in values:
-            try:
-                converted.append(spec.to_source(v))
-            except (TypeError, ValueError, OverflowError):
-                continue  # e.g. a non-numeric id against an integer column
+        converted = [raw for _, raw in self.fields[name].in_source(values)]
         if not converted:
             return false()
         expr = self.col(name)
@@ -275,10 +280,6 @@ class EntityPart:
         if until is not None:
             conds.append(expr <= spec.to_source(until))
         return conds
-
-    def keys_where(self, key: str, field: str, values: Iterable[Any]) -> Select[Any]:
-        """``SELECT key WHERE field IN values``: e.g. the messages that involve these domains."""
-        return select(self.col(key)).select_from(self.from_clause).where(self.in_(field, values))
 
     def filters(self) -> list[ColumnElement[bool]]:
         out: list[ColumnElement[bool]] = []
@@ -386,13 +387,12 @@ class Entity:
         tamper = ROW_TAMPER.get()
         for p in self.parts:
             spec, names = p.fields[field], list(fields or p.fields)
-            by_raw: dict[str, list[Any]] = {}
-            for v in wanted:
-                try:
-                    by_raw.setdefault(str(spec.to_source(v)), []).append(v)
-                except (TypeError, ValueError, OverflowError):
-                    continue  # cannot exist in the source, as in_() has it
-            raws = [spec.to_source(vs[0]) for vs in by_raw.values()]
+            by_raw: dict[str, list[Any]] = {}  # raw keys compared as text, as the driver returns them
+            raws = []
+            for v, raw in spec.in_source(wanted):
+                if str(raw) not in by_raw:
+                    raws.append(raw)
+                by_raw.setdefault(str(raw), []).append(v)
             for i in range(0, len(raws), IN_CHUNK):
                 chunk = raws[i:i + IN_CHUNK]
                 stmt = self.select(names, p).add_columns(type_coerce(p.col(field), NullType()).label("_key_"))
@@ -425,12 +425,7 @@ class Entity:
         tamper = ROW_TAMPER.get()
         for i, p in enumerate(self.parts):
             spec = p.fields[field]
-            keys = []
-            for v in values:
-                try:
-                    keys.append(spec.to_source(v))
-                except (TypeError, ValueError, OverflowError):
-                    continue  # cannot exist in the source, as in_() has it
+            keys = [raw for _, raw in spec.in_source(values)]
             if not keys:
                 continue
             wname, after, until = window or ("", None, None)

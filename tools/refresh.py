@@ -90,8 +90,6 @@ from tools.source import utcnow
 
 Progress = Callable[[str, int, int], None]
 
-#: Values per ``IN (...)`` list against the identity index.
-_IN = IN_CHUNK
 #: Budget of one source's change-detection scan (a watched table without an index on its
 #: update timestamp is scanned in full; that must not time out like a slice read).
 CHANGE_SCAN_TIMEOUT_S = 60.0
@@ -379,8 +377,8 @@ def _customers_for(settings: Settings, keys: set[tuple[str, str]]) -> set[str]:
     out: set[str] = set()
     with engine_for(settings.state_db_url).connect() as conn:
         for kind, values in by_kind.items():
-            for i in range(0, len(values), _IN):
-                chunk = values[i:i + _IN]
+            for i in range(0, len(values), IN_CHUNK):
+                chunk = values[i:i + IN_CHUNK]
                 out.update(r[0] for r in conn.execute(
                     select(c.customer_id).where(c.kind == kind, c.value.in_(chunk))))
     return out

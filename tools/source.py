@@ -155,7 +155,7 @@ class SourceReader:
             return ent.lookup_rows(conn, field, values, tuple(where), window, fields, order_by, descending, limit)
         sig = ("lookup", entity, field, tuple(where), window)
         fetch: Fetch = lambda c, keys: ent.rows_by(c, field, keys, conds)  # noqa: E731
-        got = self.batched(conn, sig, values, fetch) if ROW_BATCH.get() else fetch(conn, values)
+        got = self.batched(conn, sig, values, fetch)
         out = Fetched()
         for v in values:
             out.rows.extend(got[v].rows)

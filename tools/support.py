@@ -8,12 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tools.mapping import order_rows
 from tools.slices import SupportSummary, SupportTickets, Ticket
 from tools.source import CustomerRef, ReadContext, SourceReader
 
 RECENT_TICKETS = 20
-_IN_CHUNK = 500
 
 
 class SupportReader(SourceReader):
@@ -25,15 +23,8 @@ class SupportReader(SourceReader):
                            fields=fields, order_by="created_at", limit=limit)
 
     def _history(self, conn: Connection, ticket_ids: list[str]) -> Any:
-        rows: list[dict[str, Any]] = []
-        skipped = 0
-        for i in range(0, len(ticket_ids), _IN_CHUNK):
-            fetched = self.lookup(conn, "ticket_history", "ticket_id", ticket_ids[i:i + _IN_CHUNK],
-                                  order_by="updated", descending=False)
-            rows.extend(fetched.rows)
-            skipped += fetched.skipped
-        order_rows(rows, "updated", descending=False)  # one order across the chunks
-        return rows, skipped
+        fetched = self.lookup(conn, "ticket_history", "ticket_id", ticket_ids, order_by="updated", descending=False)
+        return fetched.rows, fetched.skipped
 
     def read_summary(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> SupportSummary:
         org_id = self.anchor(customer)

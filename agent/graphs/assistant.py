@@ -40,7 +40,8 @@ from agent.run_context import RunContext, services
 from agent.state import InputState, OutputState, State
 from tools.context import find_conflicts
 from tools.langchain_tools import SOURCE_TOOLS, TOOL_SOURCES
-from tools.slices import slices_of
+from tools.settings import Settings
+from tools.slices import Slice, SourceGap, slices_of
 from tools.traits import derive_traits
 
 TOOLS = list(SOURCE_TOOLS.values())
@@ -118,18 +119,24 @@ def collect(state: State) -> dict[str, Any]:
     return {"messages": messages, "pending": []}
 
 
+def answer_context(customer: dict[str, Any], slices: dict[str, Slice], gaps: list[SourceGap],
+                   settings: Settings) -> str:
+    """The ``<customer_context>`` block an answer is written from: the slices, their gaps,
+    the traits derived from them and the sources' conflicts."""
+    traits = derive_traits(slices, settings.thresholds, settings.churn_weights)
+    return context_block(customer, slices, gaps, traits.model_dump(mode="json") if traits.based_on else None,
+                         [c.model_dump(mode="json") for c in find_conflicts(slices, settings)])
+
+
 def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Answer from this turn's slices only, citing them; name the gaps."""
     settings = settings_of(runtime)
     slices, gaps = turn_context(state, runtime)
-    traits = derive_traits(slices, settings.thresholds, settings.churn_weights)
     as_of = services(settings).ctx.as_of
     customer = {"customer_id": state["customer_id"], "name": state["customer_name"],
                 "matched_by": state.get("matched_by"), "as_of": as_of.isoformat()}
     system = render("assistant_answer", customer=state["customer_name"], untrusted_note=UNTRUSTED_NOTE,
-                    customer_context=context_block(
-                        customer, slices, gaps, traits.model_dump(mode="json") if traits.based_on else None,
-                        [c.model_dump(mode="json") for c in find_conflicts(slices, settings)]))
+                    customer_context=answer_context(customer, slices, gaps, settings))
     history = [m for m in _conversation(state)
                if isinstance(m, HumanMessage) or (isinstance(m, AIMessage) and not m.tool_calls)]
     prompt = [SystemMessage(system), *history[-9:]]
