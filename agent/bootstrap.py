@@ -12,9 +12,9 @@ from pathlib import Path
 from tools.faults import parse_faults
 from tools.identity import IdentityIndex, ensure_index
 from tools.memory import ContextMemory, open_store
-from tools.registry import fixture_meta, resolve_as_of, uses_embedded
 from tools.settings import Settings
-from tools.source import ReadContext
+from tools.sources.base import ReadContext
+from tools.sources.registry import fixture_meta, resolve_as_of, uses_embedded
 
 Progress = Callable[[str, int, int], None]
 
@@ -28,7 +28,7 @@ def ensure_warehouse(settings: Settings, progress: Progress | None = None) -> bo
         return False
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    from evals.fixtures.generate import seed  # the fixtures are only needed on first use
+    from tools.embedded.generate import seed  # the fixtures are only needed on first use
 
     seed(url, customers=settings.seed_customers, seed=settings.seed, progress=progress)
     return True

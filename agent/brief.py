@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tools.context import CustomerContext
-from tools.policy import masked_marker
+from tools.access.policy import masked_marker
+from tools.context.assembly import CustomerContext
 from tools.slices import (
     BillingInvoices,
     BillingStatus,

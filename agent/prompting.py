@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 from agent.injection import UNTRUSTED_NOTE
-from tools.policy import hide_masks, show_masks
+from tools.access.policy import hide_masks, show_masks
 from tools.slices import Slice, SourceGap, parse_slice
 
 __all__ = ["UNTRUSTED_NOTE", "context_block", "load_prompt", "parse_context_block", "render", "section"]

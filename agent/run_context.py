@@ -18,10 +18,10 @@ from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
 from agent.bootstrap import Ready, ready
-from tools.access import Access
+from tools.access.gate import Access
+from tools.access.principal import as_principal
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory
-from tools.principal import as_principal
 from tools.settings import Settings
 
 
@@ -42,7 +42,7 @@ class RunContext:
     guard: SourceGuard | None = field(default=None, metadata={
         "description": "The source guard (breakers, retries); unset: the process-wide guard."})
     principal: Any = field(default=None, metadata={
-        "description": "Who is asking (a tools.principal.Principal, set by the application); every read "
+        "description": "Who is asking (a tools.access.principal.Principal, set by the application); every read "
         "applies its role's access policy and is audited. Unset: CUSTCTX_ROLE, else support_agent."})
     access: Any = field(default=None, metadata={
         "description": "The principal's access gate, built on first use and shared by the run's nodes."})

@@ -15,13 +15,13 @@ from langgraph.store.base import BaseStore
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
 from agent.run_context import RunContext, services
-from tools.access import Access, read_customer_context, resolve_visible
-from tools.context import CustomerContext, expand_slices
+from tools.access.gate import Access, read_customer_context, resolve_visible
+from tools.access.principal import Principal, default_principal
+from tools.context.assembly import CustomerContext, expand_slices
 from tools.identity import IdentityIndex
 from tools.memory import ContextMemory, open_store
-from tools.principal import Principal, default_principal
 from tools.settings import Settings
-from tools.source import CustomerRef, ReadContext
+from tools.sources.base import CustomerRef, ReadContext
 
 
 def new_thread_id() -> str:

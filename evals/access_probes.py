@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from tools.audit import audit_log
-from tools.policy import marker
-from tools.principal import Principal
+from tools.access.audit import audit_log
+from tools.access.policy import marker
+from tools.access.principal import Principal
 from tools.slices import SLICE_NAMES
 
 DATASET = yaml.safe_load((Path(__file__).parent / "datasets" / "access.yaml").read_text(encoding="utf-8"))

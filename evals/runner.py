@@ -28,11 +28,11 @@ from sqlalchemy import event
 from agent.prompting import WINDOWS, context_block
 from agent.runs import Runner
 from evals import evaluators as ev
-from evals.fixtures.triage import load_triage_tickets
+from tools.embedded.triage import load_triage_tickets
 from tools.memory import ContextMemory
-from tools.registry import engine_for
 from tools.settings import SOURCE_NAMES, Settings
-from tools.tickets import TicketInput, get_ticket
+from tools.sources.registry import engine_for
+from tools.sources.tickets import TicketInput, get_ticket
 from tools.traits import derive_traits
 
 DATASETS = Path(__file__).with_name("datasets")
@@ -251,12 +251,12 @@ class Suites:
         path: zero leaks, the policy's slices and masks exactly, every read audited."""
         from agent.brief import render_brief
         from evals import access_probes as ap
-        from tools.access import read_customer_context
-        from tools.context import reference_view
+        from tools.access.gate import read_customer_context
+        from tools.access.principal import Principal
+        from tools.context.assembly import reference_view
         from tools.identity import CustomerNotFound
-        from tools.principal import Principal
         from tools.slices import SLICE_NAMES
-        from tools.source import utcnow
+        from tools.sources.base import utcnow
 
         base_settings = self.runner.settings.model_copy(update={"tenant": ap.TENANT})
         with Runner(base_settings, principal=Principal(ap.TENANT, "root", "admin", interface="runner")) as runner:

@@ -38,9 +38,9 @@ import pytest  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
 from agent.bootstrap import Ready, ready  # noqa: E402
-from evals.fixtures.generate import AS_OF, seed  # noqa: E402
-from tools.registry import dispose_engines, engine_for  # noqa: E402
+from tools.embedded.generate import AS_OF, seed  # noqa: E402
 from tools.settings import SOURCE_NAMES, Settings, SourceConfig  # noqa: E402
+from tools.sources.registry import dispose_engines, engine_for  # noqa: E402
 
 TEST_BACKGROUND_CUSTOMERS = 40
 

@@ -35,13 +35,13 @@ from evals.access_probes import (  # noqa: F401
     strings,
     value_needles,
 )
-from tools.access import read_customer_context
-from tools.context import reference_view
+from tools.access.gate import read_customer_context
+from tools.access.policy import marker
+from tools.access.principal import Principal
+from tools.context.assembly import reference_view
 from tools.identity import CustomerNotFound
-from tools.policy import marker
-from tools.principal import Principal
 from tools.slices import SLICE_NAMES
-from tools.source import utcnow
+from tools.sources.base import utcnow
 
 from .conftest import settings_for
 from .fakes import ScriptedChatModel
@@ -151,9 +151,9 @@ def test_every_probe_through_the_mcp_server_and_the_http_api(probe):
     from fastapi.testclient import TestClient
     from mcp import Client
 
-    from agent.api import create_app
-    from agent.mcp_server import build_server
-    from agent.serving import ContextService
+    from agent.interfaces.http import create_app
+    from agent.interfaces.mcp import build_server
+    from agent.interfaces.service import ContextService
 
     settings, runner, baseline = probe
     problems: dict[str, list[str]] = {}

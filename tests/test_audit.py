@@ -11,11 +11,11 @@ from langgraph.store.memory import InMemoryStore
 from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.exc import DBAPIError
 
-from tools.access import Access, resolve_visible
-from tools.audit import AuditLog, AuditRecord, audit_log, audit_log_table, parse_since
-from tools.context import assemble_context
+from tools.access.audit import AuditLog, AuditRecord, audit_log, audit_log_table, parse_since
+from tools.access.gate import Access, resolve_visible
+from tools.access.principal import Principal
+from tools.context.assembly import assemble_context
 from tools.memory import ContextMemory
-from tools.principal import Principal
 from tools.slices import SLICE_NAMES
 
 from .test_cli import custctx

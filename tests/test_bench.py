@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from evals.bench import percentile
+from evals.bench.run import percentile
 
 from .test_cli import custctx
 

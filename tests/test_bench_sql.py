@@ -1,4 +1,4 @@
-"""The benchmark's reference query (``evals.bench_sql``) computes exactly the customer,
+"""The benchmark's reference query (``evals.bench.sql``) computes exactly the customer,
 billing, usage and support sections the product assembles, for every customer of the
 fixture warehouse — values and types — on SQLite and PostgreSQL, touching base tables only
 through their indexes."""
@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from agent.bootstrap import Ready, ready
-from evals.bench_sql import REFERENCE_SQL, query_params, reference_row
-from tools.context import assemble_context, reference_view
+from evals.bench.sql import REFERENCE_SQL, query_params, reference_row
+from tools.context.assembly import assemble_context, reference_view
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
-from tools.registry import engine_for
-from tools.source import CustomerRef
+from tools.sources.base import CustomerRef
+from tools.sources.registry import engine_for
 
 from .conftest import settings_for
 

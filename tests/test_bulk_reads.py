@@ -8,13 +8,13 @@ from collections import defaultdict
 
 from sqlalchemy import select
 
-from tools.batch import RowBatch
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
-from tools.registry import engine_for, reader
 from tools.settings import SOURCE_NAMES
 from tools.slices import SLICE_MODELS, SLICE_NAMES
-from tools.source import SliceNotFound
+from tools.sources.base import SliceNotFound
+from tools.sources.batch import RowBatch
+from tools.sources.registry import engine_for, reader
 
 from .conftest import statements_on
 

@@ -18,7 +18,7 @@ def home(tmp_path_factory):
 
 def custctx(home, *args, check=False, env_extra=None):
     exe = shutil.which("custctx")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "agent.cli", *args]
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "agent.interfaces.cli.app", *args]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTCTX_")}
     env.update(CUSTCTX_HOME=str(home), CUSTCTX_SEED_CUSTOMERS="20", **(env_extra or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)

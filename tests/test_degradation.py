@@ -9,7 +9,7 @@ from functools import cache
 import pytest
 
 from agent.brief import render_brief
-from tools.context import assemble_context, reference_view
+from tools.context.assembly import assemble_context, reference_view
 from tools.guard import SourceGuard
 from tools.settings import SOURCE_NAMES, GuardSettings, SourceConfig
 from tools.slices import SLICE_MODELS

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agent import answers, planning
+from agent.offline import answers, planning
 from evals import evaluators as ev
 from evals import runner as eval_runner
 from evals.runner import CaseResult, EvalReport, run_eval, write_report
@@ -118,7 +118,7 @@ def test_breaking_the_policy_fails_the_gate(sqlite_warehouse, tmp_path):
     """A support agent allowed to see payment methods: the access suite finds the leak."""
     from importlib import resources
 
-    policy = resources.files("tools").joinpath("policies/default.yaml").read_text(encoding="utf-8")
+    policy = resources.files("tools.access").joinpath("policies/default.yaml").read_text(encoding="utf-8")
     broken = policy.replace("      crm.account: [contract_value]\n      billing.status: [payment_method]\n",
                             "      crm.account: [contract_value]\n", 1)
     assert broken != policy

@@ -14,11 +14,11 @@ from datetime import date, datetime, timedelta
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from evals.fixtures import tables as T
-from evals.fixtures.common import GENERATOR_VERSION
-from evals.fixtures.generate import AS_OF, seed, seed_salesforce
-from evals.fixtures.story_data import STORY_DOMAINS, STORY_NAMES
-from evals.fixtures.triage import load_triage_tickets
+from tools.embedded import tables as T
+from tools.embedded.common import GENERATOR_VERSION
+from tools.embedded.generate import AS_OF, seed, seed_salesforce
+from tools.embedded.story_data import STORY_DOMAINS, STORY_NAMES
+from tools.embedded.triage import load_triage_tickets
 
 OPEN = ("new", "open", "pending", "hold")
 EPOCH = datetime(1970, 1, 1)

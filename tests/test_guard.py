@@ -10,9 +10,9 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from tools.faults import Fault, FaultSpecError, parse_faults
 from tools.guard import SourceGuard, SourceTimeout, TransientSourceError, guarded_sleep
-from tools.registry import engine_for
 from tools.settings import GuardSettings
-from tools.source import SliceNotFound
+from tools.sources.base import SliceNotFound
+from tools.sources.registry import engine_for
 
 
 class FakeClock:

@@ -31,7 +31,7 @@ def server_env(home) -> dict[str, str]:
 
 def custctx_cmd(*args: str) -> list[str]:
     exe = shutil.which("custctx")
-    return [exe, *args] if exe else [sys.executable, "-m", "agent.cli", *args]
+    return [exe, *args] if exe else [sys.executable, "-m", "agent.interfaces.cli.app", *args]
 
 
 def free_port() -> int:
@@ -227,7 +227,7 @@ def test_generate_account_review_returns_markdown_and_json(session):
     assert result["data"]["review"]["billing"]["status"] == "past_due" and result["data"]["markdown"] == result["text"]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tools.access") is None, reason="the access policy (issue 6) is not there")
+@pytest.mark.skipif(importlib.util.find_spec("tools.access.gate") is None, reason="the access policy (issue 6) is not there")
 def test_the_configured_principal_is_what_the_policy_sees(home):
     """CUSTCTX_MCP__ROLE / __USER: an account executive sees her accounts and not another owner's."""
     env = {**server_env(home), "CUSTCTX_MCP__ROLE": "account_exec", "CUSTCTX_MCP__USER": "dana.scully"}

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from tools.context import assemble_context
+from tools.context.assembly import assemble_context
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory, open_store
-from tools.source import ReadContext
+from tools.sources.base import ReadContext
 
 from .conftest import statements_on
 from .test_guard import FakeClock

@@ -11,18 +11,25 @@ from langchain_core.messages import AIMessage, SystemMessage, ToolMessage
 from langgraph.store.memory import InMemoryStore
 from pydantic import ValidationError
 
-from agent.answers import billing_lines
 from agent.brief import render_brief
+from agent.offline.answers import billing_lines
 from agent.prompting import context_block, parse_context_block, section
 from agent.runs import Runner
-from tools.access import Access, read_customer_context, resolve_visible
-from tools.audit import audit_log
-from tools.context import assemble_context, read_slices, reference_view, slice_view
+from tools.access.audit import audit_log
+from tools.access.gate import Access, read_customer_context, resolve_visible
+from tools.access.policy import (
+    PolicyError,
+    UnknownRole,
+    load_policy,
+    marker,
+    mask_slice,
+    parse_policy,
+)
+from tools.access.principal import BadPrincipal, Principal, default_principal, parse_as
+from tools.context.assembly import assemble_context, read_slices, reference_view, slice_view
 from tools.identity import AmbiguousCustomer, CustomerNotFound
 from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime, inject_runtime
 from tools.memory import ContextMemory
-from tools.policy import PolicyError, UnknownRole, load_policy, marker, mask_slice, parse_policy
-from tools.principal import BadPrincipal, Principal, default_principal, parse_as
 from tools.slices import SLICE_NAMES, BillingStatus, CrmContacts, PaymentMethod
 
 from .conftest import settings_for, statements_on

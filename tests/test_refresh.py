@@ -13,14 +13,13 @@ from sqlalchemy import column as col
 from sqlalchemy import create_engine, func, insert, select, table, text, update
 
 from agent.bootstrap import ready
-from evals.fixtures.generate import seed
-from tools.audit import audit_log
-from tools.book import count_accounts, list_accounts
-from tools.context import assemble_context
+from tools.access.audit import audit_log
+from tools.context.assembly import assemble_context
+from tools.embedded.generate import seed
 from tools.guard import SourceGuard
 from tools.identity import source_fingerprint
 from tools.memory import ContextMemory, open_store
-from tools.refresh import (
+from tools.refresh.jobs import (
     EVENTS,
     WATCHES,
     event_slices,
@@ -31,9 +30,10 @@ from tools.refresh import (
     table_watermarks,
     watermarks,
 )
-from tools.registry import dispose_engines, engine_for
 from tools.settings import GuardSettings
 from tools.slices import SLICE_NAMES
+from tools.sources.book import count_accounts, list_accounts
+from tools.sources.registry import dispose_engines, engine_for
 
 from .conftest import settings_for, statements_on
 from .test_cli import custctx
@@ -296,7 +296,7 @@ def test_unknown_event_kind_names_the_known_ones():
 def test_cli_errors_are_one_line(world, warehouse, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from agent.cli import app
+    from agent.interfaces.cli.app import app
 
     monkeypatch.setenv("CUSTCTX_HOME", str(tmp_path))
     monkeypatch.setenv("CUSTCTX_WAREHOUSE_URL", warehouse)
@@ -330,7 +330,7 @@ def test_incremental_refresh_on_postgresql(pg_server, tmp_path):
 
 
 def test_refresh_reads_are_audited_as_the_refresh_job(world):
-    from tools.audit import audit_log
+    from tools.access.audit import audit_log
 
     r, store, memory = world
     cid = r.index.resolve("globex.com")[0].customer_id

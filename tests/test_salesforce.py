@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from evals.fixtures.generate import seed_salesforce
 
 from agent.bootstrap import ready
-from tools.context import assemble_context
+from tools.context.assembly import assemble_context
+from tools.embedded.generate import seed_salesforce
 from tools.settings import SourceConfig
 
 from .conftest import settings_for

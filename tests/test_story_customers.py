@@ -7,7 +7,7 @@ from datetime import date, datetime
 
 import pytest
 
-from tools.context import CustomerContext, assemble_context, reference_view
+from tools.context.assembly import CustomerContext, assemble_context, reference_view
 
 
 def context_of(r, ref: str, slices=None) -> CustomerContext:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tools.settings import SourceConfig
-from tools.tickets import (
+from tools.sources.tickets import (
     TRIAGE_STATUSES,
     TicketNotFound,
     TicketSourceUnavailable,

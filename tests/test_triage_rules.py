@@ -2,7 +2,7 @@
 
 Each ticket is read from the support source, its requester resolved to a customer, the
 triage slices read through the normal context path, and the decision compared with the
-labels of ``evals/fixtures/triage_tickets.yaml``.
+labels of ``tools/embedded/triage_tickets.yaml``.
 """
 
 from __future__ import annotations
@@ -13,21 +13,14 @@ from datetime import datetime
 import pytest
 
 from agent.injection import UNTRUSTED_NOTE, injection_signals
-from agent.triage import (
-    SLA_HOURS,
-    TEAM_FOR,
-    TRIAGE_SLICES,
-    TRIAGE_STEPS,
-    Evidence,
-    TicketInput,
-    TriageDecision,
-    decide,
-)
-from evals.fixtures.triage import load_triage_tickets
-from tools.context import CustomerContext, assemble_context
+from agent.offline.triage import decide
+from agent.results import SLA_HOURS, TEAM_FOR, Evidence, TriageDecision
+from agent.steps import TRIAGE_SLICES, TRIAGE_STEPS
+from tools.context.assembly import CustomerContext, assemble_context
+from tools.embedded.triage import load_triage_tickets
 from tools.guard import SourceGuard
 from tools.settings import GuardSettings, Thresholds
-from tools.tickets import get_ticket
+from tools.sources.tickets import TicketInput, get_ticket
 from tools.traits import Traits
 
 from .conftest import settings_for

@@ -22,10 +22,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tools.guard import TransientSourceError, guarded_sleep
-from tools.mapping import ROW_TAMPER
+from tools.mapping.engine import ROW_TAMPER
 from tools.settings import SOURCE_NAMES
 from tools.slices import Slice
-from tools.source import CustomerRef, ReadContext, SourceReader
+from tools.sources.base import CustomerRef, ReadContext, SourceReader
 
 GARBAGE = "\x00garbage"
 _FAULT = re.compile(r"^(down|corrupt|slow:(\d+(?:\.\d+)?)(ms|s)?|flaky:(0(?:\.\d+)?|1(?:\.0+)?))$")

@@ -22,10 +22,10 @@ from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, inse
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from tools.mapping import Mapping, load_mapping
-from tools.registry import engine_for
+from tools.mapping.engine import Mapping, load_mapping
 from tools.settings import Settings
-from tools.source import CustomerRef
+from tools.sources.base import CustomerRef
+from tools.sources.registry import engine_for
 
 #: Sources whose records are customers; their priority decides the canonical record.
 ANCHORED_SOURCES: tuple[str, ...] = ("crm", "billing", "support", "product")

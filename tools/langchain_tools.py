@@ -53,14 +53,14 @@ from langchain_core.messages import ToolCall
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, WithJsonSchema, create_model
 
-from tools.access import Access
-from tools.context import read_slices, slice_view
+from tools.access.gate import Access
+from tools.access.principal import Principal
+from tools.context.assembly import read_slices, slice_view
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory
-from tools.principal import Principal
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, SourceGap, slices_of
-from tools.source import CustomerRef, ReadContext
+from tools.sources.base import CustomerRef, ReadContext
 
 RUNTIME_ARG = "source_runtime"
 """Name of the injected argument every source tool takes."""

@@ -24,7 +24,7 @@ from langgraph.store.base import BaseStore, GetOp
 from sqlalchemy.engine import make_url
 
 from tools.slices import Slice, parse_slice
-from tools.source import utcnow
+from tools.sources.base import utcnow
 
 NAMESPACE_ROOT = "customers"
 

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
     user: str | None = Field(default=None, description="User of a call that names none. Unset: the OS login.")
     policy: Path | None = Field(
         default=None, description="Access policy YAML (roles → slices, masked fields, row filters); "
-        "unset: the packaged tools/policies/default.yaml.")
+        "unset: the packaged tools/access/policies/default.yaml.")
     seed_customers: int = Field(default=200, description="Background customers seeded on first use.")
     seed: int = 7
     as_of: datetime | None = Field(

@@ -38,7 +38,7 @@ from agent.graphs.nodes import (
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.run_context import RunContext, services
 from agent.state import InputState, OutputState, State
-from tools.context import find_conflicts
+from tools.context.assembly import find_conflicts
 from tools.langchain_tools import SOURCE_TOOLS, TOOL_SOURCES
 from tools.settings import Settings
 from tools.slices import Slice, SourceGap, slices_of

@@ -15,8 +15,8 @@ from langgraph.types import Send
 from agent.models import chat_model
 from agent.run_context import RunContext, context_memory, run_access, services
 from agent.state import PlanStep, SliceRef, State
-from tools.access import resolve_visible
-from tools.context import customer_visible, default_guard, recall_slices
+from tools.access.gate import resolve_visible
+from tools.context.assembly import customer_visible, default_guard, recall_slices
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime
 from tools.settings import Settings

@@ -27,11 +27,11 @@ from agent.graphs.nodes import (
     turn_context,
     turn_refs,
 )
-from agent.planning import REVIEW_STEPS
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.run_context import RunContext, services
 from agent.state import SliceRef, State
-from tools.context import CustomerContext, SourceStatus, find_conflicts, reference_view
+from agent.steps import REVIEW_STEPS
+from tools.context.assembly import CustomerContext, SourceStatus, find_conflicts, reference_view
 from tools.slices import SLICE_MODELS
 from tools.traits import derive_traits
 

@@ -28,9 +28,11 @@ from agent.graphs.nodes import (
 )
 from agent.injection import injection_signals
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
+from agent.results import SLA_HOURS, TEAM_FOR, TriageDecision
 from agent.run_context import RunContext, services
 from agent.state import State
-from agent.triage import SLA_HOURS, TEAM_FOR, TRIAGE_STEPS, TicketInput, TriageDecision
+from agent.steps import TRIAGE_STEPS
+from tools.sources.tickets import TicketInput
 from tools.traits import derive_traits
 
 

@@ -1,0 +1,1 @@
+"""The `custctx` command line: shared helpers and one module per command group."""

@@ -1,0 +1,128 @@
+"""``custctx refresh | event``: keep long-term memory warm (tools/refresh/jobs.py).
+
+Exit codes: 0 done; 1 unknown customer or bad reference; 2 bad option or unknown event
+kind; 3 ambiguous reference; 4 done, but some reads failed (those slices kept their
+last snapshot and their sources their watermarks; run again to retry them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from agent.bootstrap import ready
+from agent.interfaces.cli.app import Format, app, err, fail, out, progress_bar, resolve_or_exit
+from tools.context.assembly import UnknownSlice
+from tools.refresh.jobs import (
+    RefreshReport,
+    event_slices,
+    refresh_customer,
+    refresh_event,
+    refresh_full,
+    refresh_incremental,
+)
+from tools.sources.book import BookError
+
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+INCOMPLETE = 4
+
+
+def _time(v: object) -> str:
+    return f"{v:%Y-%m-%d %H:%M:%S}" if v is not None and hasattr(v, "strftime") else "—"
+
+
+def _summary(r: RefreshReport) -> str:
+    what = {"full": "Full refresh", "incremental": "Incremental refresh", "customer": "Customer refresh",
+            "event": f"Event {r.event}"}.get(r.mode, r.mode)
+    return (f"{what}: {r.customers} customer{'s' if r.customers != 1 else ''}, {r.slices_written} slices written, "
+            f"{r.gaps} without a record, {r.failures} failed in {r.seconds:.1f} s.")
+
+
+def _print(r: RefreshReport, format: Format) -> None:
+    if format is Format.json:
+        print(json.dumps(r.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        out.print(_summary(r), markup=False)
+        if r.written:
+            table = Table("slice", "fetched at", "source updated at", "records", box=None, pad_edge=False)
+            for w in r.written:
+                table.add_row(w.slice, _time(w.fetched_at), _time(w.source_updated_at), str(w.record_ids))
+            out.print(table)
+        elif r.mode in ("full", "incremental"):
+            table = Table("source", "customers refreshed", "watermark", "note", box=None, pad_edge=False)
+            for source, mark in r.watermarks.items():
+                note = r.failed_sources.get(source) or ("read in full (no watermark yet)"
+                                                        if source in r.full_sources else "")
+                table.add_row(source, str(r.changed_by_source.get(source, 0)), mark or "—", note)
+            out.print(table)
+        if r.untracked:
+            out.print(f"Not tracked incrementally (no update timestamp in the mapping): {', '.join(r.untracked)}",
+                      markup=False)
+    for cid, name in r.failed[:10]:
+        err.print(f"failed {cid}: {name}", markup=False)
+    if r.failures > 10:
+        err.print(f"… {r.failures - 10} more failed reads", markup=False)
+
+
+def _finish(r: RefreshReport, format: Format) -> None:
+    _print(r, format)
+    if r.failures or r.failed_sources:
+        raise typer.Exit(INCOMPLETE)
+
+
+@app.command()
+def refresh(
+    full: Annotated[bool, typer.Option("--full", help="Every slice of every active customer.")] = False,
+    incremental: Annotated[bool, typer.Option(
+        "--incremental", help="Only customers whose source rows changed since the last run (watermarks).")] = False,
+    customer: Annotated[str | None, typer.Option(
+        "--customer", "-c", help="One customer (email, domain, id or name): all its slices.")] = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=64, help="Customers read one by one at once (what a bulk read leaves).")] = 4,
+    workers: Annotated[int | None, typer.Option(
+        min=1, max=64, help="Worker processes [default: CUSTCTX_REFRESH_WORKERS, or one per core "
+                            "(up to 4) from 2,000 customers on].")] = None,
+    format: FormatOpt = Format.markdown,
+) -> None:
+    """Refresh long-term memory from the sources: --full, --incremental or --customer REF."""
+    if sum((full, incremental, customer is not None)) != 1:
+        raise fail("give exactly one of --full, --incremental or --customer REF", 2)
+    with progress_bar() as update:
+        r = ready(progress=update, memory=True)
+    assert r.memory is not None
+    try:
+        if customer is not None:
+            ref, _ = resolve_or_exit(r.index.resolve, customer, format)
+            report = refresh_customer(r.settings, r.memory, ref.customer_id)
+        else:
+            with progress_bar() as update:
+                run = refresh_full if full else refresh_incremental
+                report = run(r.settings, r.memory, concurrency=concurrency, progress=update, workers=workers)
+    except BookError as exc:
+        raise fail(str(exc), 1) from None
+    _finish(report, format)
+
+
+@app.command()
+def event(
+    kind: Annotated[str, typer.Argument(help="What happened, e.g. ticket.created, invoice.paid, deal.updated.")],
+    customer: Annotated[str, typer.Option("--customer", "-c", help="The customer it happened to.")],
+    format: FormatOpt = Format.markdown,
+) -> None:
+    """An event happened for a customer: refresh the slices it invalidates at once."""
+    try:
+        event_slices(kind)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    with progress_bar() as update:
+        r = ready(progress=update, memory=True)
+    assert r.memory is not None
+    ref, _ = resolve_or_exit(r.index.resolve, customer, format)
+    try:
+        report = refresh_event(r.settings, r.memory, kind, ref.customer_id)
+    except UnknownSlice as exc:  # pragma: no cover - EVENTS names known slices only
+        raise fail(str(exc), 2) from None
+    _finish(report, format)

@@ -1,0 +1,67 @@
+"""``custctx serve mcp | api``: the MCP server and the HTTP API (docs/SERVING.md)."""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from agent.interfaces.cli.app import app, err, fail
+
+serve_app = typer.Typer(help="Serve customer context to agents (MCP) and applications (HTTP API).",
+                        no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+HostOpt = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
+
+
+class Transport(StrEnum):
+    stdio = "stdio"
+    http = "http"
+
+
+def _warn_if_exposed(host: str, what: str) -> None:
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        err.print(f"warning: {what} listens on {host}, reachable from other machines", markup=False)
+
+
+@serve_app.command("mcp")
+def serve_mcp(
+    transport: Annotated[Transport, typer.Option(
+        help="stdio: for a client that launches the server (Claude Desktop, IDEs); http: streamable HTTP at "
+             "http://HOST:PORT/mcp.")] = Transport.stdio,
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --transport http.")] = 8765,
+) -> None:
+    """MCP server: get_customer_context, get_customer_slices, triage_ticket, generate_account_review."""
+    from agent.interfaces.mcp import serve
+    from agent.interfaces.service import ConfigError
+
+    if transport is Transport.http:
+        _warn_if_exposed(host, "the MCP server (no authentication of its own)")
+    try:
+        serve("stdio" if transport is Transport.stdio else "http", host=host, port=port)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+
+@serve_app.command("api")
+def serve_api(
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """HTTP API: /v1/customers/{ref}/context, /v1/triage, /v1/reviews, /v1/events, /v1/sources, /healthz."""
+    from agent.interfaces.http import serve
+    from agent.interfaces.service import ConfigError
+
+    _warn_if_exposed(host, "the API")
+    try:
+        serve(host=host, port=port)
+    except ConfigError as exc:
+        raise fail(str(exc), 2) from None

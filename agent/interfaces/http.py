@@ -1,0 +1,343 @@
+"""``custctx serve api``: the HTTP API (FastAPI).
+
+``GET /v1/customers/{ref}/context``, ``POST /v1/triage``, ``POST /v1/reviews``,
+``POST /v1/events``, ``GET /v1/sources``, ``GET /healthz``; OpenAPI at ``/openapi.json``
+(``/docs`` renders it). Every ``/v1`` call needs an API key (``Authorization: Bearer
+<key>`` or ``X-API-Key: <key>``) that the key file (``CUSTCTX_API_KEYS_FILE``) maps to a
+principal: no key, no data. Errors are JSON ``{"error": code, "message": text, ...}``
+with the status that fits (docs/SERVING.md lists them).
+
+The endpoints are thin: they parse the request and call ``agent.interfaces.service.ContextService``
+(the Runner the CLI uses) on a worker thread, at most ``serve_max_concurrency`` at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import yaml
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.interfaces.service import (
+    ConfigError,
+    ContextService,
+    InvalidRequest,
+    NotAvailable,
+    WorkflowFailed,
+    check_role,
+    policy_errors,
+    ticket_input,
+)
+from tools.access.principal import Principal
+from tools.context.assembly import UnknownSlice, reference_view
+from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
+from tools.settings import Settings
+from tools.sources.tickets import TicketInput, TicketNotFound, TicketSourceUnavailable
+
+T = TypeVar("T")
+_HEX_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+
+
+# ------------------------------------------------------------------ API keys
+class ApiKeyFileError(ConfigError):
+    """The API key file cannot be used; the message names the file and the problem."""
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest of an API key: what the key file stores."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeys:
+    """API keys (kept as SHA-256 digests only) → principals, compared in constant time."""
+
+    def __init__(self, entries: dict[str, Principal]):
+        self._entries = list(entries.items())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def roles(self) -> set[str]:
+        return {p.role for _, p in self._entries}
+
+    def principal(self, key: str) -> Principal | None:
+        digest = key_digest(key)
+        found = None
+        for stored, principal in self._entries:  # every entry is compared: no early exit to time
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+
+def load_api_keys(path: Path | None, tenant: str) -> ApiKeys:
+    """Read the key file: ``{<sha256 hex of the key>: {user, role, tenant?}}`` in YAML or JSON.
+
+    An entry whose name is not 64 hex digits (optionally ``sha256:``-prefixed) is taken as the
+    key itself and hashed on load (for development; the file then holds a secret). ``tenant``
+    defaults to this server's tenant. No file: no keys, so every ``/v1`` call gets 401.
+
+    Raises:
+        ApiKeyFileError: the file cannot be read or an entry lacks user or role.
+    """
+    if path is None:
+        return ApiKeys({})
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML too
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ApiKeyFileError(f"{path}: cannot read the API key file: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    if not isinstance(data, dict):
+        raise ApiKeyFileError(f"{path}: expected a mapping of key digests to {{user, role, tenant}}")
+    entries: dict[str, Principal] = {}
+    for name, spec in data.items():
+        where = f"{path}: entry {str(name)[:8]}…"
+        if not isinstance(spec, dict) or not spec.get("user") or not spec.get("role"):
+            raise ApiKeyFileError(f"{where} needs a user and a role")
+        unknown = sorted(set(spec) - {"user", "role", "tenant"})
+        if unknown:
+            raise ApiKeyFileError(f"{where} has unknown field(s) {', '.join(unknown)}; known: user, role, tenant")
+        m = _HEX_DIGEST.match(str(name).strip().lower())
+        digest = m.group(1) if m else key_digest(str(name))
+        entries[digest] = Principal(tenant=str(spec.get("tenant") or tenant), user=str(spec["user"]),
+                                    role=str(spec["role"]), interface="http")
+    return ApiKeys(entries)
+
+
+# ------------------------------------------------------------------ errors
+class ApiError(Exception):
+    """An error answered as ``{"error": code, "message": message, **extra}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any):
+        super().__init__(message)
+        self.status, self.code, self.message, self.extra = status, code, message, extra
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Machine-readable code, e.g. customer_not_found, ambiguous_customer.")
+    message: str = Field(description="One line for a person: what was wrong and what to do.")
+    candidates: list[dict[str, Any]] | None = Field(
+        default=None, description="With ambiguous_customer: the customers the reference matches.")
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> JSONResponse:
+    return JSONResponse(jsonable_encoder({"error": code, "message": message, **extra}), status_code=status,
+                        headers=headers)
+
+
+def as_api_error(exc: Exception) -> ApiError:
+    """The domain errors of the service → HTTP statuses (docs/SERVING.md)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, AmbiguousCustomer):
+        return ApiError(409, "ambiguous_customer", first, candidates=[c.__dict__ for c in exc.candidates])
+    if isinstance(exc, CustomerNotFound):
+        return ApiError(404, "customer_not_found", first, suggestions=exc.suggestions)
+    if isinstance(exc, TicketNotFound):
+        return ApiError(404, "ticket_not_found", first)
+    if isinstance(exc, BadReference):
+        return ApiError(422, "bad_reference", first)
+    if isinstance(exc, UnknownSlice):
+        return ApiError(422, "unknown_slice", first)
+    if isinstance(exc, WorkflowFailed):
+        return ApiError(422, "customer_unresolved", first)
+    if isinstance(exc, InvalidRequest):
+        return ApiError(422, "invalid_request", first)
+    if isinstance(exc, TicketSourceUnavailable):
+        return ApiError(503, "source_unavailable", first)
+    if isinstance(exc, NotAvailable):
+        return ApiError(501, "not_implemented", first)
+    if isinstance(exc, policy_errors()):
+        return ApiError(403, "forbidden", first)
+    raise exc
+
+
+SERVICE_ERRORS = (AmbiguousCustomer, CustomerNotFound, BadReference, UnknownSlice, WorkflowFailed, InvalidRequest,
+                  TicketNotFound, TicketSourceUnavailable, NotAvailable, *policy_errors())
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No API key, or an unknown one."},
+    403: {"model": ErrorBody, "description": "The key's role is not defined by the access policy."},
+    422: {"model": ErrorBody, "description": "Bad input: malformed reference, unknown slice, invalid body."},
+}
+CUSTOMER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    404: {"model": ErrorBody, "description": "No customer matches the reference (with the closest names)."},
+    409: {"model": ErrorBody, "description": "The reference matches several customers: `candidates` lists them."},
+}
+
+
+# ------------------------------------------------------------------ bodies
+class TriageRequest(BaseModel):
+    """A ticket to triage: ``ticket_id`` of a ticket in the support source, or the ``ticket`` itself."""
+
+    ticket_id: str | None = Field(default=None, description="Id of a ticket in the support source, e.g. 1001.")
+    ticket: TicketInput | None = Field(default=None, description="A ticket that is not stored anywhere yet: "
+                                       "subject and/or description, requester_email, ...")
+    customer: str | None = Field(default=None, description="The customer (email, domain, id or name) when the "
+                                 "ticket's requester does not identify it.")
+
+
+class ReviewRequest(BaseModel):
+    customer: str = Field(description="Customer email, domain, id (c_..., crm:1001) or name.")
+
+
+class EventRequest(BaseModel):
+    kind: str = Field(description="What happened at a source, e.g. ticket.created, invoice.payment_failed.")
+    customer: str = Field(description="The customer it happened to: email, domain, id or name.")
+
+
+# ------------------------------------------------------------------ the app
+bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
+def caller(request: Request,
+           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+           x_api_key: Annotated[str | None, Depends(api_key_header)]) -> Principal:
+    """The principal the request's API key maps to (401 / 403 otherwise)."""
+    key = x_api_key or (credentials.credentials if credentials else None)
+    keys: ApiKeys = request.app.state.keys
+    if not key:
+        raise ApiError(401, "unauthorized", "an API key is required: send 'Authorization: Bearer <key>' or "
+                       "'X-API-Key: <key>'" + ("" if len(keys) else
+                                               " (this server has no keys: set CUSTCTX_API_KEYS_FILE)"))
+    who = keys.principal(key)
+    if who is None:
+        raise ApiError(401, "unauthorized", "unknown API key")
+    return who
+
+
+Caller = Annotated[Principal, Depends(caller)]
+
+
+async def run_service(request: Request, fn: Callable[[ContextService], T]) -> T:
+    """Run ``fn`` on a worker thread, at most ``serve_max_concurrency`` at once."""
+    svc: ContextService = request.app.state.service
+    return await anyio.to_thread.run_sync(lambda: fn(svc), limiter=request.app.state.limiter)
+
+
+def create_app(settings: Settings | None = None, service: ContextService | None = None) -> FastAPI:
+    """The FastAPI application. Without ``service`` it opens one (and closes it) in its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = service is None
+        svc = service if service is not None else await anyio.to_thread.run_sync(ContextService, settings)
+        app.state.service = svc
+        app.state.keys = load_api_keys(svc.settings.api_keys_file, svc.settings.tenant)
+        app.state.limiter = anyio.CapacityLimiter(svc.max_concurrency)
+        try:
+            yield
+        finally:
+            if owned:
+                svc.close()
+
+    app = FastAPI(title="custctx", version="0.1.0", lifespan=lifespan,
+                  description="Customer context for support and account work: one customer's unified context "
+                              "(the reference get_customer_context shape plus gaps, conflicts and provenance), "
+                              "ticket triage, account reviews, source events and source health.")
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the server is up (no key needed, no data)")
+    async def healthz(request: Request) -> dict[str, Any]:
+        return {"status": "ok", "tenant": request.app.state.service.settings.tenant}
+
+    @app.get("/v1/customers/{ref}/context", tags=["context"], responses=CUSTOMER_RESPONSES,
+             summary="One customer's unified context (the reference get_customer_context shape)")
+    async def customer_context(
+        request: Request, who: Caller,
+        ref: Annotated[str, PathParam(description="Customer email, domain, id (c_..., crm:1001) or name.")],
+        slices: Annotated[list[str] | None, Query(description="Slices or sources to read, comma-separated or "
+                                                  "repeated (billing.status,support); default: all.")] = None,
+        fresh: Annotated[bool, Query(description="Read every slice from its source, not from memory.")] = False,
+    ) -> dict[str, Any]:
+        """``customer``, ``billing``, ``usage``, ``support``, ``risk_indicators``, ``context_updated`` as in
+        the reference, plus ``customer_id``, ``health``, ``gaps``, ``conflicts``, per-slice ``provenance``,
+        the source report, all traits and the slices read."""
+        ctx = await run_service(request, lambda s: s.context(ref, slices, fresh=fresh, principal=who))
+        return reference_view(ctx)
+
+    @app.post("/v1/triage", tags=["workflows"], responses=CUSTOMER_RESPONSES,
+              summary="Triage a ticket: category, priority, team, SLA, sentiment, injection flag, evidence")
+    async def triage(request: Request, who: Caller, body: TriageRequest) -> dict[str, Any]:
+        def work(s: ContextService) -> dict[str, Any]:
+            fields = body.ticket.model_dump(exclude_unset=True) if body.ticket else None
+            ticket = ticket_input(s.settings, body.ticket_id, fields)
+            return s.triage(ticket, body.customer, principal=who)
+
+        return await run_service(request, work)
+
+    @app.post("/v1/reviews", tags=["workflows"], responses=CUSTOMER_RESPONSES,
+              summary="One account review: markdown in the skill's structure plus the same as JSON")
+    async def reviews(request: Request, who: Caller, body: ReviewRequest) -> dict[str, Any]:
+        return await run_service(request, lambda s: s.review(body.customer, principal=who))
+
+    @app.post("/v1/events", tags=["refresh"], responses={**CUSTOMER_RESPONSES, 501: {"model": ErrorBody}},
+              summary="A source event for one customer (e.g. ticket.created): refresh its long-term memory")
+    async def events(request: Request, who: Caller, body: EventRequest) -> dict[str, Any]:
+        return await run_service(request, lambda s: s.event(body.kind, body.customer, principal=who))
+
+    @app.get("/v1/sources", tags=["ops"], responses=ERROR_RESPONSES,
+             summary="Health of every source: connected, reachable, latency, rows, newest row, breaker")
+    async def sources(request: Request, who: Caller) -> list[dict[str, Any]]:
+        return await run_service(request, lambda s: s.sources())
+
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"error", "message", ...}``; no traceback ever reaches a client."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error_response(exc.status, exc.code, exc.message, headers, **exc.extra)
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        e = as_api_error(exc)
+        return error_response(e.status, e.code, e.message, **e.extra)
+
+    for cls in SERVICE_ERRORS:
+        app.add_exception_handler(cls, service_error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
+                             for e in exc.errors())
+        return error_response(422, "invalid_request", problems or "invalid request",
+                              details=json.loads(json.dumps(exc.errors(), default=str)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(500, "internal_error", f"the server failed ({type(exc).__name__}); see its log")
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None,
+          log_level: str = "info") -> None:
+    """Run the API with uvicorn until the process is stopped."""
+    import uvicorn
+
+    settings = settings or Settings()
+    keys = load_api_keys(settings.api_keys_file, settings.tenant)  # a bad key file fails before the port opens
+    for role in keys.roles():
+        check_role(settings, role)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)

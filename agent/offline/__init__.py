@@ -1,0 +1,1 @@
+"""The offline deterministic model: planning rules, answer templates and the triage rubric."""

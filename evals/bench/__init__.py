@@ -1,0 +1,1 @@
+"""`custctx bench`: the performance benchmark and its hand-written SQL floors."""

@@ -1,0 +1,232 @@
+"""The access gate: the policy applied to one principal's reads, each read audited.
+
+``Access`` is what the read path (``tools.context.assembly.read_slice`` / ``read_slices`` /
+``recall_slice``) is given: it decides whether a slice may be read (else a ``forbidden``
+gap, without touching the source or memory), masks the fields the role may not see on
+whatever comes back (from the source, fresh memory, a stale snapshot or a graph's
+read-back), judges the row filter on the customer's CRM account, and appends one audit
+record per read. ``resolve_visible`` resolves a customer reference the way the
+principal may: a customer the row filter hides raises the same ``CustomerNotFound`` as
+one that does not exist (docs/ACCESS.md explains why).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from tools.access.audit import AuditLog, AuditRecord, Decision, audit_log
+from tools.access.policy import RolePolicy, load_policy, mask_slice
+from tools.access.principal import Principal
+from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
+from tools.settings import Settings
+from tools.slices import SLICE_MODELS, CrmAccount, Slice, SourceGap
+from tools.sources.base import CustomerRef, ReadContext, utcnow
+
+if TYPE_CHECKING:
+    from tools.context.assembly import CustomerContext
+    from tools.guard import SourceGuard
+    from tools.memory import ContextMemory
+
+FORBIDDEN_TEMPLATE = "The {role} role may not read {slice} (access policy)."
+HIDDEN_TEMPLATE = "{source} has no record of this customer."
+
+
+class Access:
+    """One principal's access gate: decisions, masking and audit records for every read."""
+
+    def __init__(self, principal: Principal, role: RolePolicy, audit: AuditLog | None = None,
+                 clock: Callable[[], datetime] = utcnow):
+        if principal.role != role.name:
+            raise ValueError(f"principal role {principal.role!r} does not match the policy role {role.name!r}")
+        self.principal, self.role, self.audit, self.clock = principal, role, audit, clock
+        self._verdicts: dict[str, bool] = {}
+        self._lock = threading.Lock()
+        self._pending: list[AuditRecord] = []
+        self._batches = 0
+
+    @classmethod
+    def for_principal(cls, settings: Settings, principal: Principal) -> Access:
+        """The gate of ``principal`` under the configured policy, auditing into the state database.
+
+        Raises:
+            UnknownRole: the policy does not define the principal's role.
+            PolicyError: the policy file cannot be read or is invalid.
+        """
+        policy = load_policy(str(settings.policy) if settings.policy else None)
+        return cls(principal, policy.role(principal.role), audit_log(settings.state_db_url))
+
+    @property
+    def tenant(self) -> str:
+        return self.principal.tenant
+
+    @property
+    def filters_rows(self) -> bool:
+        return self.role.rows is not None
+
+    def allows(self, slice_name: str) -> bool:
+        return self.role.allows(slice_name)
+
+    # ------------------------------------------------------------ decisions
+    def forbidden(self, customer_id: str, slice_name: str) -> SourceGap:
+        """A slice the role may not read: a ``forbidden`` gap (recorded as denied)."""
+        self.record(customer_id, slice_name, "denied", "forbidden", 0.0)
+        return SourceGap(slice=slice_name, source=SLICE_MODELS[slice_name].source, kind="forbidden",
+                         message=FORBIDDEN_TEMPLATE.format(role=self.role.name, slice=slice_name))
+
+    def hidden(self, customer_id: str, slice_name: str) -> SourceGap:
+        """A slice of a customer the row filter hides: looks exactly like a missing record."""
+        self.record(customer_id, slice_name, "denied", "row_filter", 0.0)
+        source = SLICE_MODELS[slice_name].source
+        return SourceGap(slice=slice_name, source=source, kind="not_found",
+                         message=HIDDEN_TEMPLATE.format(source=source))
+
+    def admit(self, customer_id: str, result: Slice | SourceGap, latency_ms: float,
+              detail: str | None = None) -> Slice | SourceGap:
+        """What a read returned, as the role may see it (masked), recorded."""
+        if isinstance(result, SourceGap):
+            self.record(customer_id, result.slice, "allowed", result.kind, latency_ms, detail)
+            return result
+        shown = mask_slice(result, self.role.mask.get(result.name, ()), self.role.name)
+        p = shown.provenance
+        masked = p.masked_fields
+        notes = [x for x in (detail, f"masked: {', '.join(masked)}" if masked else None) if x]
+        self.record(customer_id, result.name, "masked" if masked else "allowed",
+                    "stale" if p.stale else p.served_from, latency_ms, "; ".join(notes) or None)
+        return shown
+
+    def judge(self, customer_id: str, account: Slice | SourceGap, latency_ms: float) -> bool:
+        """The row filter on a customer's CRM account (or its gap); recorded and remembered.
+
+        No CRM record, or no CRM connected at all, is judged by ``without_crm_record``; a CRM
+        that fails (unavailable, timeout, no snapshot to fall back on) fails closed."""
+        outcome: str
+        if isinstance(account, CrmAccount):
+            ok, why = self.role.sees(account, self.principal.user, self.tenant)
+            outcome = "stale" if account.provenance.stale else account.provenance.served_from
+        elif isinstance(account, SourceGap) and account.kind in ("not_found", "not_connected"):
+            ok, why = self.role.sees(None, self.principal.user, self.tenant)
+            outcome = account.kind
+        else:
+            kind = account.kind if isinstance(account, SourceGap) else type(account).__name__
+            ok, why, outcome = False, f"CRM account unreadable ({kind}): denied", kind
+        self.record(customer_id, "crm.account", "allowed" if ok else "denied", outcome, latency_ms,
+                    f"row check: {why}")
+        with self._lock:
+            self._verdicts[customer_id] = ok
+        return ok
+
+    def verdict(self, customer_id: str) -> bool | None:
+        """The row filter's verdict on a customer already judged by this gate (None: not yet)."""
+        if not self.filters_rows:
+            return True
+        with self._lock:
+            return self._verdicts.get(customer_id)
+
+    # ---------------------------------------------------------------- audit
+    def record(self, customer_id: str, slice_name: str, decision: Decision, outcome: str, latency_ms: float,
+               detail: str | None = None) -> None:
+        """Append one audit record (inside :meth:`batch`: when the outermost batch ends)."""
+        if self.audit is None:
+            return
+        p = self.principal
+        rec = AuditRecord(at=self.clock(), tenant=p.tenant, user_name=p.user, role=p.role, scope=p.scope,
+                          interface=p.interface, customer_id=customer_id, slice=slice_name, decision=decision,
+                          outcome=outcome, latency_ms=round(latency_ms, 2), detail=detail)
+        with self._lock:
+            if self._batches:
+                self._pending.append(rec)
+                return
+        self.audit.append([rec])
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Records made meanwhile (by any thread) are appended in one transaction at the end —
+        before the reads are handed to the caller; a failing append raises."""
+        with self._lock:
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._batches -= 1
+                done, self._pending = (self._pending, []) if not self._batches else ([], self._pending)
+            if done and self.audit is not None:
+                self.audit.append(done)
+
+
+# ------------------------------------------------------------------ resolving
+def resolve_visible(index: IdentityIndex, ref: str, settings: Settings, ctx: ReadContext, access: Access,
+                    guard: SourceGuard | None = None, memory: ContextMemory | None = None,
+                    ) -> tuple[CustomerRef, str]:
+    """Resolve ``ref`` as ``access``'s principal may: hidden customers do not exist for it.
+
+    Candidates of an ambiguous reference are narrowed to visible ones (one left: it is
+    the answer); a hidden match raises ``CustomerNotFound`` with the suggestions a
+    missing name would get, limited to visible customers.
+    """
+
+    if not access.filters_rows:
+        return index.resolve(ref)
+    with access.batch():
+        return _resolve_visible(index, ref, settings, ctx, access, guard, memory)
+
+
+def _resolve_visible(index: IdentityIndex, ref: str, settings: Settings, ctx: ReadContext, access: Access,
+                     guard: SourceGuard | None, memory: ContextMemory | None) -> tuple[CustomerRef, str]:
+    from tools.context.assembly import customer_visible
+
+    def visible(customer: CustomerRef | None) -> bool:
+        return customer is not None and customer_visible(settings, customer, ctx, access, guard, memory)
+
+    try:
+        customer, matched_by = index.resolve(ref)
+    except AmbiguousCustomer as exc:
+        seen = [c for c in exc.candidates if visible(index.get(c.customer_id))]
+        if len(seen) == 1:
+            found = index.get(seen[0].customer_id)
+            assert found is not None
+            return found, seen[0].matched_by
+        if seen:
+            raise AmbiguousCustomer(ref, seen) from None
+        raise CustomerNotFound(ref, _visible_names(index, ref, visible)) from None
+    except CustomerNotFound as exc:
+        raise CustomerNotFound(ref, _visible_names(index, ref, visible, exc.suggestions)) from None
+    if not visible(customer):
+        raise CustomerNotFound(ref, _visible_names(index, ref, visible))
+    return customer, matched_by
+
+
+def _visible_names(index: IdentityIndex, ref: str, visible: Callable[[CustomerRef | None], bool],
+                   names: Iterable[str] | None = None) -> list[str]:
+    """Closest-name suggestions, only of customers the principal may see. A reference that
+    is not a name (an email, an id) gets none, as a missing one would."""
+    if names is None:
+        q = ref.strip()
+        if "@" in q or ":" in q or not normalize_name(q):
+            return []
+        names = index.closest_names(normalize_name(q))
+    out = []
+    for name in names:
+        try:
+            customer, _ = index.resolve(name)
+        except (AmbiguousCustomer, CustomerNotFound, ValueError):
+            continue
+        if visible(customer):
+            out.append(name)
+    return out
+
+
+def read_customer_context(settings: Settings, index: IdentityIndex, ctx: ReadContext, ref: str,
+                          slices: list[str], access: Access, memory: ContextMemory | None = None,
+                          prefer_memory: bool = True, guard: SourceGuard | None = None) -> CustomerContext:
+    """One customer's unified context for a principal: resolve as it may, then read through
+    memory, the guard and the policy. What ``custctx context``, MCP and HTTP serve."""
+    from tools.context.assembly import assemble_context
+
+    customer, matched_by = resolve_visible(index, ref, settings, ctx, access, guard, memory)
+    return assemble_context(settings, customer, ctx, slices, matched_by=matched_by, guard=guard, memory=memory,
+                            prefer_memory=prefer_memory, access=access)

@@ -1,0 +1,1 @@
+"""The one read path (a frozen scope per request), context assembly and the reference view."""

@@ -1,0 +1,1 @@
+"""Refresh of long-term memory: full, incremental, events, and the chunk runner."""

@@ -1,0 +1,437 @@
+"""Running a refresh: chunks of customers read (in bulk) and written to long-term memory.
+
+The work of every refresh (``tools.refresh.jobs``) is a stream of ``(customer id, slice
+names)``. It is cut into chunks of :data:`CHUNK` customers; each chunk is read in bulk,
+source by source (:class:`_Bulk`, ``SourceReader.read_many``), whatever a bulk read
+cannot answer is read again one customer at a time through ``read_slices``, the reads
+are admitted and audited as the ``refresh`` job, and the chunk's writes go to the store
+in one batch — so memory use is bounded by one chunk whatever the size of the book.
+
+With ``workers`` > 1, chunks are handed to that many worker processes (each with its own
+connections, store and audit batches; the report is the sum of theirs): reading and
+building slices is CPU-bound Python, so threads do not add throughput but processes do.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from langgraph.store.base import BaseStore, Op, PutOp, Result
+from sqlalchemy import select
+
+from tools.access.gate import Access
+from tools.access.principal import Principal
+from tools.context.assembly import default_guard, read_slices
+from tools.guard import CallOutcome, SourceGuard
+from tools.identity import _ref as identity_ref
+from tools.identity import identity_customer
+from tools.mapping.engine import IN_CHUNK, MappingError
+from tools.memory import ContextMemory, open_store
+from tools.settings import SOURCE_NAMES, Settings
+from tools.slices import SLICE_MODELS, Slice, SourceGap
+from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, utcnow
+from tools.sources.batch import RowBatch
+from tools.sources.registry import engine_for, reader, resolve_as_of
+
+Progress = Callable[[str, int, int], None]
+
+#: Customers read per chunk: one bulk read per source, one store write batch, bounded memory.
+CHUNK = 100
+#: Entries kept in ``RefreshReport.failed`` (the total is ``failures``).
+MAX_FAILED_LISTED = 1_000
+#: Customers from which a refresh uses worker processes by default (below, starting them
+#: costs more than they save).
+PARALLEL_FROM = 2_000
+
+
+# ------------------------------------------------------------------ report
+@dataclass
+class SliceWrite:
+    """One slice a single-customer refresh wrote, with its freshness."""
+
+    customer_id: str
+    slice: str
+    fetched_at: datetime
+    source_updated_at: datetime | None
+    record_ids: int
+
+
+@dataclass
+class RefreshReport:
+    mode: str  # full | incremental | customer | event
+    customers: int = 0  # customers whose slices were read
+    slices_written: int = 0
+    gaps: int = 0  # not_found: the source holds nothing for the customer (its snapshot is removed)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (customer id, slice); first MAX_FAILED_LISTED
+    changed_by_source: dict[str, int] = field(default_factory=dict)  # customers refreshed per source
+    seconds: float = 0.0
+    watermarks: dict[str, str | None] = field(default_factory=dict)  # per source, after the run
+    failures: int = 0  # failed slice reads in all
+    failed_sources: dict[str, str] = field(default_factory=dict)  # source → why it kept its watermark
+    refreshed: list[str] = field(default_factory=list)  # customer ids (incremental, customer, event)
+    full_sources: list[str] = field(default_factory=list)  # sources read in full (no usable watermark)
+    untracked: list[str] = field(default_factory=list)  # watched entities a mapping cannot track
+    written: list[SliceWrite] = field(default_factory=list)  # single-customer modes only
+    event: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        def enc(v: Any) -> Any:
+            if isinstance(v, datetime):
+                return v.isoformat()
+            if isinstance(v, dict):
+                return {k: enc(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [enc(x) for x in v]
+            if isinstance(v, SliceWrite):
+                return enc(v.__dict__)
+            return v
+
+        return {k: enc(v) for k, v in self.__dict__.items()}
+
+
+# ------------------------------------------------------------------ writing
+class _WriteBuffer(BaseStore):
+    """A store view that holds puts until :meth:`flush` (one batch, one transaction) and
+    passes reads through, so ``ContextMemory.put`` keeps its one value format."""
+
+    def __init__(self, inner: BaseStore):
+        self.inner = inner
+        self._ops: list[PutOp] = []
+        self._lock = threading.Lock()
+
+    def batch(self, ops: Iterable[Op]) -> list[Result]:
+        ops = list(ops)
+        if ops and all(isinstance(o, PutOp) for o in ops):
+            with self._lock:
+                self._ops.extend(ops)  # type: ignore[arg-type]
+            return [None] * len(ops)
+        return self.inner.batch(ops)
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        return self.batch(ops)
+
+    def forget(self, namespace: tuple[str, ...], key: str) -> None:
+        with self._lock:
+            self._ops.append(PutOp(namespace, key, None))
+
+    def flush(self) -> None:
+        with self._lock:
+            ops, self._ops = self._ops, []
+        if ops:
+            self.inner.batch(ops)
+
+
+@dataclass
+class _Tally:
+    report: RefreshReport
+    keep_customers: bool
+    keep_writes: bool
+    failed_by_source: Counter = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, customer_id: str, results: list[tuple[str, Slice | SourceGap, Any]]) -> None:
+        r = self.report
+        with self._lock:
+            r.customers += 1
+            if self.keep_customers:
+                r.refreshed.append(customer_id)
+            for name, got, outcome in results:
+                status = outcome.status if outcome is not None else None
+                source = SLICE_MODELS[name].source
+                if status == "ok":
+                    r.slices_written += 1
+                    if self.keep_writes and isinstance(got, Slice):
+                        p = got.provenance
+                        r.written.append(SliceWrite(customer_id, name, p.fetched_at, p.source_updated_at,
+                                                    len(p.record_ids)))
+                elif status == "not_found":
+                    r.gaps += 1
+                else:
+                    r.failures += 1
+                    self.failed_by_source[source] += 1
+                    if len(r.failed) < MAX_FAILED_LISTED:
+                        r.failed.append((customer_id, name))
+
+    def unknown(self, customer_id: str) -> None:
+        """A listed customer the identity index no longer knows."""
+        with self._lock:
+            self.report.failures += 1
+            if len(self.report.failed) < MAX_FAILED_LISTED:
+                self.report.failed.append((customer_id, "unknown customer"))
+
+    def part(self) -> dict[str, Any]:
+        """What a worker process tallied, to :meth:`merge` into the parent's tally."""
+        r = self.report
+        return {"customers": r.customers, "slices_written": r.slices_written, "gaps": r.gaps,
+                "failures": r.failures, "failed": r.failed, "refreshed": r.refreshed,
+                "failed_by_source": dict(self.failed_by_source)}
+
+    def merge(self, part: dict[str, Any]) -> None:
+        r = self.report
+        with self._lock:
+            r.customers += part["customers"]
+            r.slices_written += part["slices_written"]
+            r.gaps += part["gaps"]
+            r.failures += part["failures"]
+            r.failed.extend(part["failed"][:max(0, MAX_FAILED_LISTED - len(r.failed))])
+            if self.keep_customers:
+                r.refreshed.extend(part["refreshed"])
+            self.failed_by_source.update(part["failed_by_source"])
+
+
+def _connected(settings: Settings) -> list[str]:
+    return [s for s in SOURCE_NAMES if settings.source(s).url]
+
+
+def _refs(settings: Settings, ids: Sequence[str]) -> dict[str, CustomerRef]:
+    c = identity_customer.c
+    out: dict[str, CustomerRef] = {}
+    with engine_for(settings.state_db_url).connect() as conn:
+        for i in range(0, len(ids), IN_CHUNK):
+            for row in conn.execute(select(identity_customer).where(c.customer_id.in_(list(ids[i:i + IN_CHUNK])))):
+                ref = identity_ref(row._mapping)
+                out[ref.customer_id] = ref
+    return out
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    buf: list[Any] = []
+    for item in items:
+        buf.append(item)
+        if len(buf) >= n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+class _Chunks:
+    """Reads chunks of ``(customer id, slice names)`` and writes them to memory (one per process)."""
+
+    def __init__(self, settings: Settings, memory: ContextMemory, guard: SourceGuard | None, concurrency: int,
+                 slice_parallel: bool = False):
+        self.settings, self.memory, self.slice_parallel = settings, memory, slice_parallel
+        self.guard = guard or default_guard(settings)
+        self.ctx = ReadContext(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
+        self.access = refresh_access(settings, memory.tenant)
+        self.buffer = _WriteBuffer(memory.store)
+        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock)
+        self.bulk = None if slice_parallel else _Bulk(settings, self.ctx, self.guard, self.buffered, self.buffer,
+                                                      self.access)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def one(self, ref: CustomerRef, names: Sequence[str]) -> list[tuple[str, Slice | SourceGap, Any]]:
+        """One customer's slices read alone (``read_slices``: guard, stale fallback, provenance)."""
+        s, ctx, guard, mem, access = self.settings, self.ctx, self.guard, self.buffered, self.access
+        if self.slice_parallel:
+            _, pairs = read_slices(s, ref, ctx, list(names), guard, mem, prefer_memory=False, access=access)
+        else:  # one slice per call: read_slices reads it inline, and this pool is the only one
+            pairs = [read_slices(s, ref, ctx, [n], guard, mem, prefer_memory=False, access=access)[1][0]
+                     for n in names]
+        results = []
+        for name, (got, outcome) in zip(names, pairs, strict=True):
+            if outcome is not None and outcome.status == "not_found":
+                self.buffer.forget(self.memory.namespace(ref.customer_id), name)
+            results.append((name, got, outcome))
+        return results
+
+    def run(self, chunk: Sequence[tuple[str, Sequence[str]]], tally: _Tally) -> None:
+        refs = _refs(self.settings, [cid for cid, _ in chunk])
+        jobs: list[tuple[CustomerRef, Sequence[str]]] = []
+        for cid, names in chunk:
+            ref = refs.get(cid)
+            if ref is None:  # gone from the identity index since it was listed
+                tally.unknown(cid)
+                continue
+            jobs.append((ref, names))
+        with self.access.batch():  # the chunk's audit records in one transaction
+            got, again = self.bulk.read(jobs) if self.bulk else ({}, jobs)
+            futures = {ref.customer_id: self.pool.submit(self.one, ref, names) for ref, names in again if names}
+            for ref, names in jobs:
+                mine = got.get(ref.customer_id, {})
+                extra = futures[ref.customer_id].result() if ref.customer_id in futures else []
+                by_name = {**mine, **{n: (g, o) for n, g, o in extra}}
+                tally.add(ref.customer_id, [(n, *by_name[n]) for n in names])
+        self.buffer.flush()
+
+
+def run_chunks(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
+               tally: _Tally, *, concurrency: int, guard: SourceGuard | None, progress: Progress | None,
+               stage: str, total: int, slice_parallel: bool = False, workers: int = 1) -> None:
+    """Read ``(customer id, slices)`` live and write them to memory, a chunk at a time.
+
+    Each chunk is read in bulk, one source at a time (:meth:`SourceReader.read_many`: a few
+    queries for the whole chunk, each slice built by the reader's own code); what a bulk
+    read cannot answer — a source whose bulk read fails, one customer's read that raises
+    anything but not-found, a reader with an injected fault — is read again one customer
+    at a time through ``read_slices``, ``concurrency`` customers at a time.
+    ``slice_parallel``: one customer's slices in parallel, as a context read does (no bulk
+    read). ``workers`` > 1: chunks go to that many processes (see the module docstring).
+    """
+    done = 0
+    if progress:
+        progress(stage, 0, total)
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(stage, done, max(total, done))
+
+    if workers > 1 and not slice_parallel:
+        _run_in_processes(settings, memory, work, tally, concurrency, workers, step)
+        return
+    runner = _Chunks(settings, memory, guard, concurrency, slice_parallel)
+    try:
+        for chunk in _chunks(work, CHUNK):
+            runner.run(chunk, tally)
+            step(len(chunk))
+    finally:
+        runner.close()
+
+
+def default_workers(settings: Settings, customers: int) -> int:
+    """Worker processes for a refresh of ``customers``: ``settings.refresh_workers``, or (0,
+    automatic) one per core up to 4 from :data:`PARALLEL_FROM` customers on."""
+    if settings.refresh_workers:
+        return settings.refresh_workers
+    return min(4, os.cpu_count() or 1) if customers >= PARALLEL_FROM else 1
+
+
+# ------------------------------------------------------------------ worker processes
+_worker: _Chunks | None = None
+
+
+def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], concurrency: int) -> None:
+    """A worker process's own store connection, guard, access gate and chunk runner."""
+    import atexit
+    from contextlib import ExitStack
+
+    global _worker
+    stack = ExitStack()
+    atexit.register(stack.close)
+    store = stack.enter_context(open_store(settings.state_db_url))
+    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls), None, concurrency)
+
+
+def _work(chunk: list[tuple[str, list[str]]], keep_customers: bool) -> dict[str, Any]:
+    assert _worker is not None, "worker not started"
+    tally = _Tally(RefreshReport(mode="part"), keep_customers=keep_customers, keep_writes=False)
+    _worker.run(chunk, tally)
+    return tally.part()
+
+
+def _run_in_processes(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
+                      tally: _Tally, concurrency: int, workers: int, step: Callable[[int], None]) -> None:
+    """Chunks to ``workers`` processes, at most two each in flight (bounded memory), merged in order."""
+    if memory.clock is not utcnow:
+        raise ValueError("a refresh with worker processes needs memory on the real clock")
+    ctx = multiprocessing.get_context("spawn")  # no inherited connections or locks
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
+                             initargs=(settings, memory.tenant, dict(memory.ttls), concurrency)) as pool:
+        inflight: deque[tuple[Future, int]] = deque()
+        for chunk in _chunks(((cid, list(names)) for cid, names in work), CHUNK):
+            inflight.append((pool.submit(_work, chunk, tally.keep_customers), len(chunk)))
+            while len(inflight) >= 2 * workers:
+                fut, n = inflight.popleft()
+                tally.merge(fut.result())
+                step(n)
+        while inflight:
+            fut, n = inflight.popleft()
+            tally.merge(fut.result())
+            step(n)
+
+
+#: Budget of one source's bulk read of a chunk (it answers for CHUNK customers at once).
+BULK_TIMEOUT_S = 60.0
+
+
+class _Bulk:
+    """Bulk reads of a chunk, source by source, written to memory and admitted like single reads."""
+
+    def __init__(self, settings: Settings, ctx: ReadContext, guard: SourceGuard, memory: ContextMemory,
+                 buffer: _WriteBuffer, access: Access):
+        self.settings, self.ctx, self.guard, self.memory, self.buffer, self.access = (
+            settings, ctx, guard, memory, buffer, access)
+        self.batches: dict[str, RowBatch] = {}  # per source, kept across chunks
+
+    def read(self, jobs: Sequence[tuple[CustomerRef, Sequence[str]]],
+             ) -> tuple[dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]],
+                        list[tuple[CustomerRef, list[str]]]]:
+        """The chunk's slices read in bulk, per customer id and slice name, and what is left
+        to read one by one (per customer, the slice names)."""
+        got: dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]] = defaultdict(dict)
+        left: dict[str, list[str]] = defaultdict(list)
+        refs = {ref.customer_id: ref for ref, _ in jobs}
+        by_source: dict[str, dict[str, list[CustomerRef]]] = defaultdict(lambda: defaultdict(list))
+        for ref, names in jobs:
+            for n in names:
+                by_source[SLICE_MODELS[n].source][n].append(ref)
+        if self.access.filters_rows:  # never for a refresh (admin); a row filter is judged per customer
+            by_source, left = {}, {ref.customer_id: list(names) for ref, names in jobs}
+        for source, wanted in by_source.items():
+            results = self._source(source, wanted)
+            for (cid, name), result in (results or {}).items():
+                if result is None:
+                    left[cid].append(name)
+                else:
+                    got[cid][name] = result
+            if results is None:
+                for name, customers in wanted.items():
+                    for ref in customers:
+                        left[ref.customer_id].append(name)
+        return got, [(refs[cid], names) for cid, names in left.items()]
+
+    def _source(self, source: str, wanted: dict[str, list[CustomerRef]],
+                ) -> dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] | None:
+        """One source's bulk read: per (customer, slice) the admitted result, or None where it
+        must be read alone; None for all when the source cannot be read in bulk."""
+        try:
+            rdr = reader(self.settings, source)
+        except (MappingError, ValueError):
+            return None
+        if rdr is None or not rdr.batchable:
+            return None
+        batch = self.batches.setdefault(source, RowBatch())
+        n = sum(len(c) for c in wanted.values())
+        results, outcome, _ = self.guard.call(
+            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.ctx, batch),
+            max(BULK_TIMEOUT_S, self.settings.source(source).timeout_s or 0))
+        if outcome.status != "ok":
+            return None
+        ms = outcome.latency_ms / max(1, n)
+        out: dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] = {}
+        for (cid, name), result in results.items():
+            if isinstance(result, Slice):
+                self.memory.put(cid, result)
+                out[cid, name] = (self.access.admit(cid, result, ms), CallOutcome(source, name, "ok", ms, 1))
+            elif isinstance(result, SliceNotFound):
+                gap = SourceGap(slice=name, source=source, kind="not_found", message=str(result))
+                self.buffer.forget(self.memory.namespace(cid), name)
+                out[cid, name] = (self.access.admit(cid, gap, ms),
+                                  CallOutcome(source, name, "not_found", ms, 1, str(result)))
+            else:
+                out[cid, name] = None
+        return out
+
+
+REFRESH_USER = "refresh"
+
+
+def refresh_access(settings: Settings, tenant: str) -> Access:
+    """Refresh jobs read as the policy's ``admin`` role (they materialise full-fidelity memory;
+    masking happens when memory is read), under the user ``refresh`` on the ``refresh``
+    interface, so every refresh read has its audit record like any other read."""
+    return Access.for_principal(settings, Principal(tenant, REFRESH_USER, "admin", interface="refresh"))
+

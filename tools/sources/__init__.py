@@ -1,0 +1,1 @@
+"""Source readers: one per source, the reader registry, bulk reads, tickets and the account book."""

@@ -1,0 +1,230 @@
+"""What every source reader shares: the customer it reads for, the clock, provenance."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Mapping as MappingOf
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from tools.guard import DEADLINE, MalformedSource
+from tools.mapping.engine import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, order_rows
+from tools.settings import Settings
+from tools.slices import Provenance, Slice
+from tools.sources.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch
+
+
+@dataclass(frozen=True)
+class CustomerRef:
+    """A resolved customer: the canonical id and the keys each source knows it by."""
+
+    customer_id: str
+    name: str
+    anchors: dict[str, str] = field(default_factory=dict)  # source -> that source's record id
+    domains: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+    @property
+    def primary_domain(self) -> str | None:
+        return self.domains[0] if self.domains else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class ReadContext:
+    """The clock and settings a read runs under."""
+
+    as_of: datetime
+    settings: Settings
+    now: Callable[[], datetime] = utcnow
+
+
+class SliceNotFound(LookupError):
+    """The source is connected but holds nothing for this customer."""
+
+
+class SourceReader:
+    """Reads the slices of one source through its mapping.
+
+    Subclasses define ``source`` and one ``read_<slice suffix>`` method per slice,
+    e.g. ``read_account`` for ``crm.account``.
+    """
+
+    source: ClassVar[str]
+
+    def __init__(self, mapping: Mapping, engine: Engine) -> None:
+        if mapping.source != self.source:
+            raise ValueError(f"mapping {mapping.name!r} is for {mapping.source}, not {self.source}")
+        self.mapping = mapping
+        self.engine = engine
+
+    def read(self, slice_name: str, customer: CustomerRef, ctx: ReadContext) -> Slice:
+        method = getattr(self, "read_" + slice_name.split(".", 1)[1])
+        tally = [0]
+        token = SKIP_TALLY.set(tally)
+        try:
+            with self.engine.connect() as conn:
+                self._apply_deadline(conn)
+                return method(conn, customer, ctx)
+        except SliceNotFound:
+            if tally[0]:
+                raise MalformedSource(f"{tally[0]} malformed {self.source} rows skipped; "
+                                      f"no usable record left for {customer.name}") from None
+            raise
+        finally:
+            SKIP_TALLY.reset(token)
+
+    #: Whether :meth:`read_many` reads in bulk (a reader with a fault in front reads one by one).
+    batchable: ClassVar[bool] = True
+
+    def read_many(self, wanted: MappingOf[str, Sequence[CustomerRef]], ctx: ReadContext,
+                  batch: RowBatch | None = None) -> dict[tuple[str, str], Slice | Exception]:
+        """Slices of many customers in bulk (see ``tools.sources.batch``): ``{slice name: customers}``
+        → ``{(customer id, slice name): slice, or the exception its read raised}``.
+
+        A failure of the source itself (a query that fails) raises, as :meth:`read` does;
+        what one customer's read raises (``SliceNotFound``, malformed rows) is its result.
+        ``batch``: one kept across chunks, so lookups that do not depend on the customers
+        are loaded once.
+        """
+        batch = batch or RowBatch()
+        batch.next_chunk()
+        out: dict[tuple[str, str], Slice | Exception] = {}
+        pending = [(name, c) for name, customers in wanted.items() for c in customers]
+        token = ROW_BATCH.set(batch)
+        try:
+            with self.engine.connect() as conn:
+                self._apply_deadline(conn)
+                for _ in range(MAX_ROUNDS):
+                    again = []
+                    for name, customer in pending:
+                        method = getattr(self, "read_" + name.split(".", 1)[1])
+                        tally = [0]
+                        tally_token = SKIP_TALLY.set(tally)
+                        try:
+                            out[customer.customer_id, name] = method(conn, customer, ctx)
+                        except NeedRows:
+                            again.append((name, customer))
+                        except SliceNotFound as exc:
+                            out[customer.customer_id, name] = exc if not tally[0] else MalformedSource(
+                                f"{tally[0]} malformed {self.source} rows skipped; "
+                                f"no usable record left for {customer.name}")
+                        except Exception as exc:  # noqa: BLE001 - one customer's garbage, read again alone
+                            out[customer.customer_id, name] = exc
+                        finally:
+                            SKIP_TALLY.reset(tally_token)
+                    if not again:
+                        return out
+                    batch.load(conn)
+                    pending = again
+        finally:
+            ROW_BATCH.reset(token)
+        raise RuntimeError(f"{self.source}: a bulk read needed more than {MAX_ROUNDS} rounds")
+
+    def batched(self, conn: Connection, sig: Hashable, keys: Sequence[Any], fetch: Fetch,
+                keep: bool = False) -> dict[Any, Any]:
+        """``fetch(conn, keys)`` (→ a value per key) — or, in a bulk read, the values loaded
+        for every customer of the batch at once (``keep``: for every chunk of it)."""
+        batch = ROW_BATCH.get()
+        return fetch(conn, keys) if batch is None else batch.get((self.source, sig), keys, fetch, keep)
+
+    def lookup(self, conn: Connection, entity: str, field: str, values: Iterable[Any], *,
+               where: Sequence[tuple[str, Any]] = (), window: tuple[str, Any, Any] | None = None,
+               fields: Sequence[str] | None = None, order_by: str | None = None, descending: bool = True,
+               limit: int | None = None) -> Fetched:
+        """Rows of ``entity`` whose ``field`` is one of ``values``, whose ``where`` fields equal
+        their values and whose ``window`` field lies in ``(after, until]``; ordered, limited.
+
+        One query for one customer; in a bulk read, one query for the whole batch (every
+        field, all rows of each key, ordered and limited here per customer).
+        """
+        ent = self.mapping.entity(entity)
+        values = list(dict.fromkeys(values))
+
+        def conds(p):  # noqa: ANN001, ANN202
+            return [*(p.eq(k, v) for k, v in where), *(p.within(*window) if window else ())]
+
+        if ROW_BATCH.get() is None and len(values) <= IN_CHUNK:
+            return ent.lookup_rows(conn, field, values, tuple(where), window, fields, order_by, descending, limit)
+        sig = ("lookup", entity, field, tuple(where), window)
+        fetch: Fetch = lambda c, keys: ent.rows_by(c, field, keys, conds)  # noqa: E731
+        got = self.batched(conn, sig, values, fetch)
+        out = Fetched()
+        for v in values:
+            out.rows.extend(got[v].rows)
+            out.skipped += got[v].skipped
+            out.errors.extend(got[v].errors)
+        tally = SKIP_TALLY.get()
+        if tally is not None:
+            tally[0] += out.skipped
+        if order_by:
+            order_rows(out.rows, order_by, descending, limit)
+        elif limit is not None:
+            del out.rows[limit:]
+        return out
+
+    def ping(self) -> tuple[int, datetime | None]:
+        """Row count and newest row of the source's main entity: proof it answers."""
+        m = self.mapping
+        part = m.entity(m.anchor[0] or next(iter(m.entities))).parts[0]
+        has_updated = "updated_at" in part.fields
+        cols = [func.count(), func.max(part.col("updated_at")) if has_updated else func.count()]
+        with self.engine.connect() as conn:
+            self._apply_deadline(conn)
+            count, newest = conn.execute(select(*cols).select_from(part.from_clause)).one()
+        return int(count), part.fields["updated_at"].to_python(newest) if has_updated and newest is not None else None
+
+    @staticmethod
+    def _apply_deadline(conn: Connection) -> None:
+        """PostgreSQL enforces the call's remaining budget itself (SQLite: see registry)."""
+        d = DEADLINE.get()
+        if d is not None and conn.dialect.name == "postgresql":
+            ms = max(1, int(d.remaining() * 1000))
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")
+
+    def anchor(self, customer: CustomerRef) -> str:
+        """This source's record id for the customer, or SliceNotFound."""
+        try:
+            return customer.anchors[self.source]
+        except KeyError:
+            raise SliceNotFound(f"no {self.source} record for {customer.name}") from None
+
+    def provenance(
+        self,
+        ctx: ReadContext,
+        rows: Iterable[dict[str, Any]] = (),
+        id_field: str = "id",
+        skipped: int = 0,
+        extra_ids: Iterable[str] = (),
+    ) -> Provenance:
+        rows = list(rows)
+        ids = [str(r[id_field]) for r in rows if r.get(id_field) is not None]
+        ids.extend(extra_ids)
+        updated = [r["updated_at"] for r in rows if r.get("updated_at") is not None]
+        return Provenance(
+            source=self.source,
+            system=self.mapping.system,
+            record_ids=list(dict.fromkeys(ids)),
+            source_updated_at=max(updated) if updated else None,
+            fetched_at=ctx.now(),
+            as_of=ctx.as_of,
+            skipped_rows=skipped,
+        )
+
+
+def first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    return rows[0] if rows else None
+
+
+def require_domains(customer: CustomerRef, source: str) -> tuple[str, ...]:
+    """Domain-keyed sources need at least one domain for the customer."""
+    if not customer.domains:
+        raise SliceNotFound(f"no domain known for {customer.name}, so no {source} records can be matched")
+    return customer.domains

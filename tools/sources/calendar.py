@@ -1,0 +1,32 @@
+"""Calendar source: meetings with the customer's people within ±30 days."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import timedelta
+
+from sqlalchemy.engine import Connection
+
+from tools.slices import CalendarMeetings, Meeting
+from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+
+
+class CalendarReader(SourceReader):
+    source = "calendar"
+
+    def read_meetings(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CalendarMeetings:
+        domains = require_domains(customer, self.source)
+        days = timedelta(days=self.mapping.settings.get("window_days", 30))
+        ids = [r["event_id"] for r in self.lookup(conn, "attendee", "domain", domains, fields=["event_id"]).rows]
+        fetched = self.lookup(conn, "event", "id", ids, window=("start", ctx.as_of - days, ctx.as_of + days),
+                              order_by="start", descending=False)
+        people: dict[str, list[str]] = defaultdict(list)
+        event_ids = [e["id"] for e in fetched.rows]
+        if event_ids:
+            for r in self.lookup(conn, "attendee", "event_id", event_ids).rows:
+                people[r["event_id"]].append(r["email"])
+        meetings = [Meeting(id=e["id"], title=e.get("title"), start=e["start"], end=e.get("end"),
+                            attendees=sorted(people[e["id"]]), upcoming=e["start"] > ctx.as_of)
+                    for e in fetched.rows]
+        return CalendarMeetings(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+                                meetings=meetings)

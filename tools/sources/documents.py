@@ -1,0 +1,24 @@
+"""Documents source: proposals, contracts, notes and plans filed for the customer."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import Connection
+
+from tools.slices import Document, Documents
+from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+
+MAX_DOCUMENTS = 20
+
+
+class DocumentsReader(SourceReader):
+    source = "documents"
+
+    def read_documents(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> Documents:
+        domains = require_domains(customer, self.source)
+        fetched = self.lookup(conn, "document", "domain", domains, window=("updated", None, ctx.as_of),
+                              order_by="updated", limit=MAX_DOCUMENTS)
+        return Documents(
+            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            documents=[Document(id=r["id"], title=r.get("title"), kind=r.get("kind"), updated=r.get("updated"),
+                                owner=r.get("owner"), url=r.get("url")) for r in fetched.rows],
+        )

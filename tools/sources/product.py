@@ -1,0 +1,127 @@
+"""Product analytics source: active users, last login, feature adoption, trend (Segment, ...).
+
+Aggregates are pushed down to SQL: one customer's events are counted by the
+warehouse, never loaded into Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from sqlalchemy import bindparam, case, distinct, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
+
+from tools.guard import MalformedSource
+from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, RowError, days_between, prepared
+from tools.slices import ProductUsage
+from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, SourceReader
+
+
+class ProductReader(SourceReader):
+    source = "product"
+
+    def read_usage(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> ProductUsage:
+        group_id = self.anchor(customer)
+        users = list(dict.fromkeys(r["user_id"] for r in self.lookup(
+            conn, "group", "group_id", [group_id], fields=["user_id"]).rows if r.get("user_id") is not None))
+        if not users:
+            raise SliceNotFound(f"no product users for group {group_id}")
+        login_event = self.mapping.settings.get("login_event", "logged_in")
+        usage = self.batched(conn, ("usage by group", ctx.as_of, login_event), [group_id],
+                             lambda c, keys: self._usage_by_group(c, keys, ctx.as_of, login_event))[group_id]
+        events = self.mapping.entity("event").part
+        window, last_login = list(usage[:5]), usage[5]
+        features_known: list[str] = self.mapping.settings.get("features", [])
+        used = sorted(set(usage[6]) & set(features_known))
+        tamper = ROW_TAMPER.get()
+        if tamper:
+            window = tamper(events.table, ["users_30d", "users_7d", "last7", "prior7", "updated"], window)
+        try:
+            users30, users7, last7, prior7 = (int(v or 0) for v in window[:4])
+            last_login_dt = events.fields["timestamp"].to_python(last_login) if last_login is not None else None
+            updated = events.fields["updated_at"].to_python(window[4]) if window[4] is not None else None
+        except (TypeError, ValueError, RowError) as exc:
+            raise MalformedSource(f"product analytics returned malformed aggregates for group {group_id}") from exc
+        prov = self.provenance(ctx, extra_ids=[group_id])
+        prov.source_updated_at = updated
+        return ProductUsage(
+            provenance=prov,
+            group_id=group_id,
+            active_users_30d=users30,
+            active_users_7d=users7,
+            last_login=last_login_dt,
+            days_since_login=days_between(last_login_dt, ctx.as_of),
+            features_used_30d=used,
+            feature_adoption=round(len(used) / len(features_known), 2) if features_known else 0.0,
+            events_last_7d=last7,
+            events_prior_7d=prior7,
+            trend=self.trend(last7, prior7, ctx.settings.thresholds.trend_change),
+        )
+
+    def _usage_by_group(self, conn: Connection, group_ids: Sequence[Any], as_of: datetime,
+                        login_event: str) -> dict[Any, tuple]:
+        """Per group: (active users in 30 days, active users in 7 days, events in the last 7 days,
+        events in the 7 before, newest update in 30 days, last login, event names of 30 days),
+        raw values — aggregated by the warehouse over the events of the group's users (a
+        group's events are never loaded into Python), for many groups in one query."""
+        groups, events = self.mapping.entity("group").part, self.mapping.entity("event").part
+        src = events.fields["timestamp"].to_source
+        times = {f"d{d}": src(as_of - timedelta(days=d)) for d in (0, 7, 14, 30)}
+        out: dict[Any, tuple] = {g: (0, 0, 0, 0, None, None, set()) for g in group_ids}
+        key = groups.fields["group_id"].to_source
+        for i in range(0, len(group_ids), IN_CHUNK):
+            chunk = group_ids[i:i + IN_CHUNK]
+            mine = {str(key(g)): g for g in chunk}  # raw group id → as asked for
+            values = {**times, "login": events.fields["event"].to_source(login_event),
+                      **{f"g{j}": key(g) for j, g in enumerate(chunk)}}
+            for what in ("stats", "names"):
+                sql, bind = prepared(conn, ("usage by group", id(self.mapping), what, len(chunk)),
+                                     partial(self._usage_statement, what, len(chunk)))
+                for raw, *figures in conn.exec_driver_sql(sql, bind(values)):
+                    if (g := mine.get(str(raw))) is None:
+                        continue
+                    if what == "stats":
+                        out[g] = (*figures, set())
+                    else:
+                        out[g][6].add(figures[0])
+        return out
+
+    def _usage_statement(self, what: str, n: int) -> Select[Any]:
+        """The per-group usage aggregates (``stats``) or event names (``names``) of ``n`` groups,
+        with bind parameters g0..g<n-1>, d0 (as of), d7, d14, d30 and login."""
+        groups, events = self.mapping.entity("group").part, self.mapping.entity("event").part
+        ts, user = events.col("timestamp"), events.col("user_id")
+        now, d7, d14, d30 = (bindparam(f"d{d}", type_=ts.type) for d in (0, 7, 14, 30))
+        members = (select(groups.col("group_id").label("gid"), groups.col("user_id").label("uid"))
+                   .select_from(groups.from_clause)
+                   .where(groups.col("group_id").in_([bindparam(f"g{j}") for j in range(n)]))
+                   .distinct().subquery("g"))
+        joined = events.from_clause.join(members, user == members.c.uid)
+        in30 = (ts > d30) & (ts <= now)
+        if what == "names":
+            return select(members.c.gid, events.col("event")).distinct().select_from(joined).where(in30)
+        return select(
+            members.c.gid,
+            func.count(distinct(case((in30, user)))),
+            func.count(distinct(case((ts > d7, user)))),
+            func.sum(case((ts > d7, 1), else_=0)),
+            func.sum(case((ts <= d7, case((ts > d14, 1), else_=0)), else_=0)),
+            func.max(case((in30, events.col("updated_at")))),
+            func.max(case((events.col("event") == bindparam("login"), ts))),
+        ).select_from(joined).where(ts <= now).group_by(members.c.gid)
+
+    @staticmethod
+    def trend(last7: int, prior7: int, change: float) -> str:
+        """Week-over-week event trend: ±``change`` counts as movement."""
+        if last7 == 0 and prior7 == 0:
+            return "no_activity"
+        if prior7 == 0 or last7 >= prior7 * (1 + change):
+            return "increasing"
+        if last7 <= prior7 * (1 - change):
+            return "declining"
+        return "stable"
+
