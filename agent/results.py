@@ -6,9 +6,10 @@ decides, the team follows the category and the SLA follows the priority.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
 Category = Literal["billing", "bug", "how_to", "account_access", "feature_request", "security", "cancellation"]
 Priority = Literal["P1", "P2", "P3", "P4"]
@@ -59,3 +60,54 @@ class TriageDecision(BaseModel):
                                      "each with its slice and record ids.")
     rationale: str = Field(description="One or two short sentences grounded in the ticket text and the "
                            "evidence; names any context that was missing.")
+
+
+# ------------------------------------------------------------ graph results
+class AnswerResult(TypedDict, total=False):
+    """One assistant turn: the answer, what it cites, and what it was written from."""
+
+    question: str | None
+    answer: str
+    citations: list[dict[str, Any]]  # {"slice", "source", "system", "record_ids"} per cited slice
+    slices_used: list[str]
+    gaps: list[dict[str, Any]]  # SourceGap as JSON
+    plan: list[dict[str, Any]]  # this turn's plan steps
+    customer: dict[str, Any]  # customer_id, name, matched_by, as_of
+    model: str
+    turn: int
+    tokens_shown: int  # approximate tokens of the answer prompt
+
+
+class TriageResult(TypedDict, total=False):
+    """A TriageDecision as JSON plus what it rests on."""
+
+    ticket_id: str | None
+    category: Category
+    priority: Priority
+    sentiment: Sentiment
+    team: Team
+    sla_hours: int
+    confidence: float
+    suspected_injection: bool
+    injection_signals: list[str]
+    evidence: list[dict[str, Any]]
+    rationale: str
+    customer: dict[str, Any]
+    slices_used: list[str]
+    gaps: list[dict[str, Any]]
+    plan: list[dict[str, Any]]
+    model: str
+    tokens_shown: int
+
+
+class ReviewResult(TypedDict, total=False):
+    """One account review: markdown in the skill's structure and the same as JSON."""
+
+    markdown: str
+    summary: str
+    review: dict[str, Any]  # the reference view of the account's context
+    plan: list[dict[str, Any]]
+    slices_used: list[str]
+    gaps: list[dict[str, Any]]
+    model: str
+    tokens_shown: int

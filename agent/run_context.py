@@ -1,65 +1,82 @@
-"""Run settings of the graphs: LangGraph's ``context_schema``.
+"""Run settings of the graphs (LangGraph's ``context_schema``) and the live objects of a run.
 
-Nodes read them through ``runtime: Runtime[RunContext]``. Precedence: a value passed for
-the run > the environment (``Settings``, ``CUSTCTX_*``) > the default. Heavy per-process
-objects (identity index, read context, guard) are built once per distinct settings and
-shared by every run of the process; nothing here holds customer data.
+:class:`RunContext` is plain, frozen and serialisable — what a LangGraph client or Studio
+sees and may send. Precedence: a value passed for the run > the environment
+(``Settings``, ``CUSTCTX_*``) > the default.
+
+The live objects a run reads with — the request's :class:`~tools.context.scope.ReadScope`
+(access gate, memory, guard, clock, identity index), the chat model, the slices its
+fetches admitted — are :class:`RunServices`, never part of the context. An application
+(``agent.runs.Runner``) builds them once per request and binds them to the run's context
+object for the run's duration (:func:`bound`); a graph served by LangGraph's server gets
+them built on first use from the context and the graph's store. Nodes reach them through
+:func:`run_services`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
-
-from langchain_core.language_models import BaseChatModel
-from langgraph.store.base import BaseStore
-from langgraph.store.memory import InMemoryStore
+from typing import TYPE_CHECKING
 
 from agent.bootstrap import Ready, ready
-from tools.access.gate import Access
-from tools.access.principal import as_principal
-from tools.guard import SourceGuard
+from tools.access.principal import Principal, as_principal
+from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
 from tools.settings import Settings
+from tools.slices import Slice
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+    from langgraph.runtime import Runtime
+    from langgraph.store.base import BaseStore
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, frozen=True, eq=False)
 class RunContext:
-    """What one run of a graph is configured with."""
+    """What one run of a graph is configured with (every field plain and serialisable)."""
 
-    settings: Settings | dict[str, Any] | None = field(default=None, metadata={
+    settings: Settings | None = field(default=None, metadata={
         "description": "Product settings for this run; unset: from the environment (CUSTCTX_*)."})
     model: str | None = field(default=None, metadata={
         "description": 'Chat model: "offline" or an OpenAI-compatible model name; unset: settings.model.'})
-    chat_model: BaseChatModel | None = field(default=None, metadata={
-        "description": "A chat-model object to use instead of `model` (embedding applications, tests)."})
     max_plan_steps: int | None = field(default=None, metadata={
         "description": "Tool-call planning rounds allowed per question; unset: settings.max_plan_steps."})
     fresh: bool = field(default=False, metadata={
         "description": "Read every slice from its source, not from long-term memory."})
-    guard: SourceGuard | None = field(default=None, metadata={
-        "description": "The source guard (breakers, retries); unset: the process-wide guard."})
-    principal: Any = field(default=None, metadata={
-        "description": "Who is asking (a tools.access.principal.Principal, set by the application); every read "
-        "applies its role's access policy and is audited. Unset: CUSTCTX_ROLE, else support_agent."})
-    access: Any = field(default=None, metadata={
-        "description": "The principal's access gate, built on first use and shared by the run's nodes."})
+    principal: Principal | None = field(default=None, metadata={
+        "description": "Who is asking, set by the application (never from a run's input); every read applies "
+        "its role's access policy and is audited. Unset: CUSTCTX_ROLE, else support_agent."})
 
     def resolved_settings(self) -> Settings:
-        if isinstance(self.settings, Settings):
-            return self.settings
-        return Settings(**(self.settings or {}))
+        return self.settings if self.settings is not None else Settings()
+
+
+@dataclass
+class RunServices:
+    """The live objects of one run: built once per request, shared by the run's nodes."""
+
+    scope: ReadScope
+    chat_model: BaseChatModel | None = None
+    # The slices this run's fetches admitted (masked for the principal, audited), by (customer
+    # id, slice name): the answer is written from them without reading memory again. A run
+    # resumed in another process finds none and reads its references back from memory.
+    admitted: dict[tuple[str, str], Slice] = field(default_factory=dict)
 
 
 _ready: dict[str, Ready] = {}
 _ready_lock = threading.Lock()
-_fallback_store = InMemoryStore()
+_runs: weakref.WeakKeyDictionary[RunContext, RunServices] = weakref.WeakKeyDictionary()
+_runs_lock = threading.Lock()
+_fallback_store: BaseStore | None = None
 
 
 def services(settings: Settings) -> Ready:
-    """The process's warehouse / identity index / read context for these settings (built once)."""
+    """The process's warehouse / identity index / read clock for these settings (built once)."""
     key = json.dumps(settings.model_dump(mode="json"), sort_keys=True)
     with _ready_lock:
         if key not in _ready:
@@ -73,15 +90,48 @@ def remember(r: Ready) -> None:
         _ready.setdefault(json.dumps(r.settings.model_dump(mode="json"), sort_keys=True), r)
 
 
-def run_access(rc: RunContext, settings: Settings) -> Access:
-    """The run's access gate: built once from its principal (no principal: the default of a
-    graph served by LangGraph, ``CUSTCTX_ROLE`` else support_agent) and kept on the run context
-    so its nodes share one row-filter verdict per customer."""
-    if rc.access is None:
-        rc.access = Access.for_principal(settings, as_principal(rc.principal, settings, "langgraph"))
-    return rc.access
+@contextmanager
+def bound(rc: RunContext, run: RunServices) -> Iterator[RunContext]:
+    """Bind ``run``'s live objects to the context object ``rc`` while a graph runs with it."""
+    with _runs_lock:
+        _runs[rc] = run
+    try:
+        yield rc
+    finally:
+        with _runs_lock:
+            _runs.pop(rc, None)
+
+
+def run_services(runtime: Runtime[RunContext]) -> RunServices:
+    """The live objects of the run ``runtime`` belongs to: the ones the application bound, else
+    (a graph served by LangGraph's server) built once from the run's context and store."""
+    rc = runtime.context if isinstance(runtime.context, RunContext) else None
+    if rc is None:  # no context object to share them through: this node's own
+        return _build(RunContext(), runtime.store)
+    with _runs_lock:
+        run = _runs.get(rc)
+        if run is None:
+            run = _runs[rc] = _build(rc, runtime.store)
+        return run
+
+
+def _build(rc: RunContext, store: BaseStore | None) -> RunServices:
+    settings = rc.resolved_settings()
+    svc = services(settings)
+    principal = as_principal(rc.principal, settings, "langgraph")
+    scope = ReadScope.build(settings, svc.ctx, principal=principal, memory=context_memory(store, settings),
+                            index=svc.index, prefer_memory=not rc.fresh)
+    return RunServices(scope=scope)
 
 
 def context_memory(store: BaseStore | None, settings: Settings) -> ContextMemory:
     """Long-term memory on the graph's store (an in-process store when the graph has none)."""
-    return ContextMemory(store if store is not None else _fallback_store, settings.tenant, settings.ttls)
+    global _fallback_store
+    if store is None:
+        with _ready_lock:
+            if _fallback_store is None:
+                from langgraph.store.memory import InMemoryStore
+
+                _fallback_store = InMemoryStore()
+            store = _fallback_store
+    return ContextMemory(store, settings.tenant, settings.ttls)

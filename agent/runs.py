@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -14,14 +14,18 @@ from langgraph.store.base import BaseStore
 
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
-from agent.run_context import RunContext, services
-from tools.access.gate import Access, read_customer_context, resolve_visible
+from agent.run_context import RunContext, RunServices, bound, services
 from tools.access.principal import Principal, default_principal
-from tools.context.assembly import CustomerContext, expand_slices
+from tools.context.assembly import CustomerContext, assemble_context, expand_slices
+from tools.context.read import resolve
+from tools.context.scope import ReadScope
 from tools.identity import IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
 from tools.sources.base import CustomerRef, ReadContext
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
 
 
 def new_thread_id() -> str:
@@ -55,21 +59,38 @@ class Runner:
     def close(self) -> None:
         self._stack.close()
 
-    def context(self, **kw: Any) -> RunContext:
-        kw["principal"] = kw.get("principal") or self.principal
-        return RunContext(settings=self.settings, **kw)
+    def request(self, principal: Principal | None = None, *, fresh: bool = False) -> ReadScope:
+        """The read scope of one request by ``principal`` (default: the runner's): its access gate,
+        this tenant's memory, the process's guard and clock. Build one per request and pass it
+        to every call of that request, so the customer is resolved and judged once.
 
-    def access(self, principal: Principal | None = None) -> Access:
-        """The access gate of ``principal`` (default: the runner's); raises UnknownRole."""
-        return Access.for_principal(self.settings, principal or self.principal)
+        Raises:
+            UnknownRole: the policy does not define the principal's role.
+        """
+        return ReadScope.build(self.settings, self.read_context, principal=principal or self.principal,
+                               memory=self.memory(), index=self.index, prefer_memory=not fresh)
 
-    def ask(self, question: str, customer: str | None = None, thread_id: str | None = None, **kw: Any) -> dict:
+    def _run(self, graph: Any, inp: dict[str, Any], config: dict[str, Any] | None, scope: ReadScope | None,
+             principal: Principal | None, fresh: bool, model: str | None, chat_model: BaseChatModel | None,
+             max_plan_steps: int | None) -> dict[str, Any]:
+        scope = scope or self.request(principal, fresh=fresh)
+        rc = RunContext(settings=self.settings, model=model, max_plan_steps=max_plan_steps, fresh=fresh,
+                        principal=scope.principal)
+        with bound(rc, RunServices(scope=scope, chat_model=chat_model)):
+            out: dict[str, Any] = graph.invoke(inp, config, context=rc)
+        return out
+
+    def ask(self, question: str, customer: str | None = None, thread_id: str | None = None, *,
+            scope: ReadScope | None = None, principal: Principal | None = None, fresh: bool = False,
+            model: str | None = None, chat_model: BaseChatModel | None = None,
+            max_plan_steps: int | None = None) -> dict[str, Any]:
         """One assistant turn. A thread keeps its customer: later turns need no ``customer``."""
         thread_id = thread_id or new_thread_id()
         inp: dict[str, Any] = {"messages": [HumanMessage(question)]}
         if customer:
             inp["customer"] = customer
-        out = self.assistant.invoke(inp, {"configurable": {"thread_id": thread_id}}, context=self.context(**kw))
+        out = self._run(self.assistant, inp, {"configurable": {"thread_id": thread_id}}, scope, principal, fresh,
+                        model, chat_model, max_plan_steps)
         return {**(out.get("result") or {}), "thread_id": thread_id, "error": out.get("error")}
 
     def thread_customer(self, thread_id: str) -> str | None:
@@ -77,20 +98,29 @@ class Runner:
         snap = self.assistant.get_state({"configurable": {"thread_id": thread_id}})
         return snap.values.get("customer_name") if snap and snap.values else None
 
-    def triage(self, ticket: dict[str, Any], customer: str | None = None, **kw: Any) -> dict:
+    def triage(self, ticket: dict[str, Any], customer: str | None = None, *, scope: ReadScope | None = None,
+               principal: Principal | None = None, model: str | None = None,
+               chat_model: BaseChatModel | None = None) -> dict[str, Any]:
         inp: dict[str, Any] = {"ticket": ticket}
         if customer:
             inp["customer"] = customer
-        out = self.triage_graph.invoke(inp, context=self.context(**kw))
+        out = self._run(self.triage_graph, inp, None, scope, principal, False, model, chat_model, None)
+        return {**(out.get("result") or {}), "error": out.get("error")}
+
+    def review(self, customer: str, *, scope: ReadScope | None = None, principal: Principal | None = None,
+               model: str | None = None, chat_model: BaseChatModel | None = None) -> dict[str, Any]:
+        out = self._run(self.review_graph, {"customer": customer}, None, scope, principal, False, model,
+                        chat_model, None)
         return {**(out.get("result") or {}), "error": out.get("error")}
 
     def customer_context(self, ref: str, slices: list[str] | None = None, *, fresh: bool = False,
-                         principal: Any = None) -> CustomerContext:
+                         principal: Principal | None = None, scope: ReadScope | None = None) -> CustomerContext:
         """One customer's unified context (the ``get_customer_context`` read) for ``principal``:
         resolve as it may see customers, then read the slices through long-term memory, the
         guard and its access policy. Raises the identity errors (a hidden customer is not found)."""
-        return read_customer_context(self.settings, self.index, self.read_context, ref, expand_slices(slices),
-                                     self.access(principal), memory=self.memory(), prefer_memory=not fresh)
+        scope = scope or self.request(principal, fresh=fresh)
+        customer, matched_by = resolve(scope, ref)
+        return assemble_context(scope, customer, expand_slices(slices), matched_by=matched_by)
 
     @property
     def index(self) -> IdentityIndex:
@@ -99,18 +129,13 @@ class Runner:
 
     @property
     def read_context(self) -> ReadContext:
-        """The read context (as-of clock) every read of this runner uses."""
+        """The read clock every read of this runner uses."""
         return services(self.settings).ctx
 
     def memory(self) -> ContextMemory:
         return ContextMemory(self.store, self.settings.tenant, self.settings.ttls)
 
     def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
-        """Resolve a customer reference as ``principal`` may: a customer its row filter hides
-        raises the same CustomerNotFound as a missing one."""
-        return resolve_visible(self.index, ref, self.settings, self.read_context, self.access(principal),
-                               memory=self.memory())
-
-    def review(self, customer: str, **kw: Any) -> dict:
-        out = self.review_graph.invoke({"customer": customer}, context=self.context(**kw))
-        return {**(out.get("result") or {}), "error": out.get("error")}
+        """Resolve a customer reference as ``principal`` may, in a request of its own: a customer
+        its row filter hides raises the same CustomerNotFound as a missing one."""
+        return resolve(self.request(principal), ref)

@@ -4,15 +4,22 @@ Slices live in long-term memory (the Store); the state keeps *references* to the
 each turn used (name, source, record ids, when fetched, or the gap), the resolved
 customer and the plan. Lists that grow over turns use an explicit ``operator.add``
 reducer; everything else is last-write-wins.
+
+Each graph publishes its own input and output schema (``AssistantInput`` …), so LangGraph
+Studio and clients see what it takes and returns. ``typing_extensions.TypedDict``: LangGraph
+cannot build schemas from ``typing.TypedDict`` on Python < 3.12.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
+from typing_extensions import TypedDict
+
+from agent.results import AnswerResult, ReviewResult, TriageResult
 
 
 class SliceRef(TypedDict, total=False):
@@ -43,30 +50,76 @@ class PlanStep(TypedDict):
     planned_by: str
 
 
-class InputState(TypedDict, total=False):
-    """What a caller sends."""
+class FetchJob(TypedDict):
+    """One slice to fetch for the current step (the payload of a ``Send``)."""
 
-    messages: Annotated[list[AnyMessage], add_messages]  # assistant: the user's question
-    customer: str  # email, domain, id or name; kept for follow-ups
-    ticket: dict[str, Any]  # triage: a TicketInput as JSON
+    customer_id: str
+    slice: str
+    turn: int
+    step: int
+    tool_call_id: str | None
 
 
-class OutputState(TypedDict, total=False):
-    """What a caller gets back."""
+# ------------------------------------------------------------------ inputs
+class AssistantInput(TypedDict, total=False):
+    """A question about a customer."""
 
+    messages: Annotated[list[AnyMessage], add_messages]  # the user's question (a human message)
+    customer: str  # email, domain, id or name; optional on a thread that already has one
+
+
+class TriageInput(TypedDict, total=False):
+    """A ticket to triage."""
+
+    ticket: dict[str, Any]  # a TicketInput as JSON: subject, description, requester_email, organization_id, …
+    customer: str  # optional: the customer, when the ticket's requester is not enough
+
+
+class ReviewInput(TypedDict):
+    """An account to review."""
+
+    customer: str  # email, domain, id or name
+
+
+# ------------------------------------------------------------------ outputs
+class _Outcome(TypedDict, total=False):
     customer_id: str | None
     customer_name: str | None
-    result: dict[str, Any] | None  # the turn's answer / decision / review
+    error: str | None  # why the run could not start (unknown customer, …); result is None then
+
+
+class AssistantOutput(_Outcome, total=False):
+    """The turn's answer with its citations, slices, gaps and plan."""
+
+    result: AnswerResult | None
+
+
+class TriageOutput(_Outcome, total=False):
+    """The triage decision with its evidence."""
+
+    result: TriageResult | None
+
+
+class ReviewOutput(_Outcome, total=False):
+    """The account review as markdown and JSON."""
+
+    result: ReviewResult | None
+
+
+class State(TypedDict, total=False):
+    """Everything a graph keeps per thread."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    customer: str
+    ticket: dict[str, Any]
+    customer_id: str | None
+    customer_name: str | None
+    result: dict[str, Any] | None
     error: str | None
-
-
-class State(InputState, OutputState, total=False):
-    """Everything the graph keeps per thread."""
-
     matched_by: str | None
     resolved_ref: str | None  # the reference `customer_id` was resolved from
     turn: int
     step: int  # planning steps taken in this turn
     plan: Annotated[list[PlanStep], operator.add]
     refs: Annotated[list[SliceRef], operator.add]
-    pending: list[dict[str, Any]]  # fetch jobs of the current step
+    pending: list[FetchJob]  # fetch jobs of the current step

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class EvalReport:
         return [s["score"] for r in self.results if suite in (None, r.suite) for s in r.scores if s["key"] == key]
 
     def gate(self) -> list[tuple[str, str, float, float | None, bool]]:
-        rows = []
+        rows: list[tuple[str, str, float, float | None, bool]] = []
         for key, kind, threshold in GATE:
             values = self.metric(key)
             if not values:
@@ -169,8 +170,8 @@ class Suites:
             thread = f"eval-{case['id']}-{trial}-{time.time_ns()}"
             for i, turn in enumerate(case["turns"]):
                 ref = case["customer"] if i == 0 else None
-                res, ms, q = _timed(lambda q=turn["question"], ref=ref, thread=thread: self.runner.ask(
-                    q, ref, thread, model=self.model), self.counter)
+                res, ms, q = _timed(partial(self.runner.ask, turn["question"], ref, thread, model=self.model),
+                                    self.counter)
                 if res.get("error"):
                     yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, False, [], ms, q, note=res["error"])
                     continue
@@ -251,9 +252,9 @@ class Suites:
         path: zero leaks, the policy's slices and masks exactly, every read audited."""
         from agent.brief import render_brief
         from evals import access_probes as ap
-        from tools.access.gate import read_customer_context
+        from tools.context.assembly import read_customer_context
         from tools.access.principal import Principal
-        from tools.context.assembly import reference_view
+        from tools.context.view import reference_view
         from tools.identity import CustomerNotFound
         from tools.slices import SLICE_NAMES
         from tools.sources.base import utcnow
@@ -269,8 +270,7 @@ class Suites:
                     base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
                     problems: list[str] = []
                     try:
-                        c = read_customer_context(runner.settings, runner.index, runner.read_context, ref, list(SLICE_NAMES),
-                                                  runner.access(exp.principal("cli")), memory=runner.memory())
+                        c = read_customer_context(runner.request(exp.principal("cli")), ref, list(SLICE_NAMES))
                         found = True
                         block = context_block({"name": c.name}, c.slices, c.gaps, c.traits.model_dump(mode="json"))
                         problems += ap.check_view(reference_view(c), base, exp, [render_brief(c), block])

@@ -35,10 +35,10 @@ from evals.access_probes import (  # noqa: F401
     strings,
     value_needles,
 )
-from tools.access.gate import read_customer_context
 from tools.access.policy import marker
 from tools.access.principal import Principal
-from tools.context.assembly import reference_view
+from tools.context.assembly import read_customer_context
+from tools.context.view import reference_view
 from tools.identity import CustomerNotFound
 from tools.slices import SLICE_NAMES
 from tools.sources.base import utcnow
@@ -86,11 +86,9 @@ def test_every_role_every_story_customer_every_slice_zero_leaks(probe):
         for ref in REFS:
             base, since = baseline[ref], utcnow()
             visible = ref in exp.visible
-            access = runner.access(exp.principal("cli"))
             where = f"{exp.label} × {ref}"
             try:
-                c = read_customer_context(settings, runner.index, runner.read_context, ref,
-                                          list(SLICE_NAMES), access, memory=runner.memory())
+                c = read_customer_context(runner.request(exp.principal("cli")), ref, list(SLICE_NAMES))
             except CustomerNotFound as exc:
                 found = False
                 message = str(exc)

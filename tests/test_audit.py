@@ -12,9 +12,11 @@ from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.exc import DBAPIError
 
 from tools.access.audit import AuditLog, AuditRecord, audit_log, audit_log_table, parse_since
-from tools.access.gate import Access, resolve_visible
+from tools.access.gate import Access
 from tools.access.principal import Principal
 from tools.context.assembly import assemble_context
+from tools.context.read import resolve
+from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
 from tools.slices import SLICE_NAMES
 
@@ -78,10 +80,10 @@ def test_every_read_has_its_record(sqlite_ready):
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     principal = Principal(tenant, "dana.scully", "account_exec", interface="mcp")
     access = Access.for_principal(r.settings, principal)
-    acme, _ = resolve_visible(r.index, "acme.com", r.settings, r.ctx, access)
+    acme, _ = resolve(ReadScope.build(r.settings, r.ctx, access=access, index=r.index), "acme.com")
     memory = ContextMemory(InMemoryStore(), tenant, r.settings.ttls)
-    assemble_context(r.settings, acme, r.ctx, None, memory=memory, access=access)  # from the sources
-    assemble_context(r.settings, acme, r.ctx, None, memory=memory, access=access)  # from memory
+    assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=access), acme, None)  # from the sources
+    assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=access), acme, None)  # from memory
     recs = audit_log(r.settings.state_db_url).query(tenant, limit=None)
     assert len(recs) == 1 + 2 * len(SLICE_NAMES)  # one row check (judged once per gate) + every slice, twice
     assert {(x.tenant, x.user_name, x.role, x.scope, x.interface) for x in recs} == {

@@ -15,7 +15,9 @@ from sqlalchemy.engine import make_url
 
 from agent.bootstrap import Ready, ready
 from evals.bench.sql import REFERENCE_SQL, query_params, reference_row
-from tools.context.assembly import assemble_context, reference_view
+from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
+from tools.context.view import reference_view
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
 from tools.sources.base import CustomerRef
@@ -44,7 +46,7 @@ def _assert_matches_product(r: Ready, conn: Any) -> None:
     assert len(customers) > 50
     present = dict.fromkeys(SECTIONS, 0)
     for c in customers:
-        view = reference_view(assemble_context(r.settings, c, r.ctx, slices=SLICES), include_slices=False)
+        view = reference_view(assemble_context(ReadScope.build(r.settings, r.ctx), c, SLICES), include_slices=False)
         mine = reference_row(conn, c, r.ctx.as_of, r.settings.thresholds)
         expected = {k: view[k] for k in SECTIONS}
         assert _typed(mine) == _typed(expected), c.name

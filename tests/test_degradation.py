@@ -9,7 +9,9 @@ from functools import cache
 import pytest
 
 from agent.brief import render_brief
-from tools.context.assembly import assemble_context, reference_view
+from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
+from tools.context.view import reference_view
 from tools.guard import SourceGuard
 from tools.settings import SOURCE_NAMES, GuardSettings, SourceConfig
 from tools.slices import SLICE_MODELS
@@ -33,7 +35,7 @@ def run(settings, ref, resolve):
     customer, _ = resolve(ref)
     # One read at a time on a fake clock: injected slowness advances time without sleeping.
     g = SourceGuard(settings.guard, FakeClock())
-    return assemble_context(settings, customer, ctxs[0], guard=g)
+    return assemble_context(ReadScope.build(settings, ctxs[0], guard=g), customer)
 
 
 ctxs: list = []
@@ -109,7 +111,7 @@ def test_with_a_single_source_configured(sqlite_warehouse, tmp_path, source, ref
 
     r = ready(only(sqlite_warehouse, tmp_path, source))
     customer, _ = r.index.resolve(ref)
-    c = assemble_context(r.settings, customer, r.ctx)
+    c = assemble_context(ReadScope.build(r.settings, r.ctx), customer)
     assert {s.source for s in c.slices.values()} == {source}
     missing = {g.source for g in c.gaps if g.kind == "not_connected"}
     assert missing == set(SOURCE_NAMES) - {source}
@@ -128,7 +130,7 @@ def test_a_source_that_cannot_be_opened_is_a_gap_not_a_crash(sqlite_ready):
     settings = sqlite_ready.settings.model_copy(deep=True)
     settings.sources["billing"] = SourceConfig(url=settings.source("billing").url, mapping="no_such_mapping")
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(settings, acme, sqlite_ready.ctx)
+    c = assemble_context(ReadScope.build(settings, sqlite_ready.ctx), acme)
     billing = [g for g in c.gaps if g.source == "billing"]
     assert {g.kind for g in billing} == {"unavailable"} and len(billing) == 2
     assert "no mapping 'no_such_mapping'" in billing[0].message

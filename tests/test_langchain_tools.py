@@ -5,24 +5,25 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from tools.context.scope import ReadScope
 from tools.langchain_tools import (
-    RUNTIME_ARG,
+    BINDING_ARG,
     SOURCE_TOOLS,
-    SourceToolRuntime,
-    inject_runtime,
+    ToolBinding,
+    bind_call,
     make_source_tools,
 )
 from tools.settings import SOURCE_NAMES, SourceConfig
 from tools.slices import slices_of
 
 
-def runtime(r, ref: str, settings=None) -> SourceToolRuntime:
+def runtime(r, ref: str, settings=None) -> ToolBinding:
     customer, _ = r.index.resolve(ref)
-    return SourceToolRuntime(settings=settings or r.settings, customer=customer, ctx=r.ctx)
+    return ToolBinding(scope=ReadScope.build(settings or r.settings, r.ctx), customer=customer)
 
 
-def call(source: str, rt: SourceToolRuntime, **args) -> dict:
-    out = SOURCE_TOOLS[source].invoke({**args, RUNTIME_ARG: rt})
+def call(source: str, rt: ToolBinding, **args) -> dict:
+    out = SOURCE_TOOLS[source].invoke({**args, BINDING_ARG: rt})
     json.dumps(out)  # JSON-serialisable as returned
     return out
 
@@ -40,7 +41,7 @@ def test_model_sees_only_slices_restricted_to_the_source():
         assert slices["default"] == slices_of(source)
         assert schema.get("required", []) == []
         text = json.dumps(schema)
-        for hidden in (RUNTIME_ARG, "customer", "settings", "principal", "store", "guard"):
+        for hidden in (BINDING_ARG, "customer", "settings", "principal", "store", "guard"):
             assert hidden not in schema["properties"] and f'"{hidden}"' not in text, (source, hidden)
         assert "untrusted" in tool.description and "gap" in tool.description
 
@@ -98,8 +99,8 @@ def test_invalid_slice_name_is_rejected(sqlite_ready):
 def test_tool_call_gets_trusted_runtime_and_returns_json_message(sqlite_ready):
     rt = runtime(sqlite_ready, "acme.com")
     model_call = {"type": "tool_call", "id": "call_1", "name": "read_billing",
-                  "args": {"slices": ["billing.status"], RUNTIME_ARG: "forged by the model"}}
-    msg = SOURCE_TOOLS["billing"].invoke(inject_runtime(model_call, rt))
+                  "args": {"slices": ["billing.status"], BINDING_ARG: "forged by the model"}}
+    msg = SOURCE_TOOLS["billing"].invoke(bind_call(model_call, rt))
     assert msg.tool_call_id == "call_1"
     body = json.loads(msg.content)
     assert body["customer_id"] == rt.customer.customer_id
@@ -112,7 +113,7 @@ def test_tools_read_through_long_term_memory(sqlite_ready, tmp_path):
     acme, _ = sqlite_ready.index.resolve("acme.com")
     with open_store(f"sqlite:///{tmp_path / 'mem.sqlite'}") as store:
         memory = ContextMemory(store, "t", sqlite_ready.settings.ttls)
-        rt = SourceToolRuntime(settings=sqlite_ready.settings, customer=acme, ctx=sqlite_ready.ctx, store=memory)
-        SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], RUNTIME_ARG: rt})
-        again = SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], RUNTIME_ARG: rt})
+        rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, memory=memory), customer=acme)
+        SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], BINDING_ARG: rt})
+        again = SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], BINDING_ARG: rt})
     assert again["slices"]["billing.status"]["provenance"]["served_from"] == "memory"

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory, open_store
 from tools.sources.base import ReadContext
@@ -49,11 +50,11 @@ def setup(sqlite_ready, store, tenant="acme-support", faults=None):
 def test_fresh_snapshots_are_served_without_touching_the_source(sqlite_ready, store, counted):
     settings, ctx, memory, wall = setup(sqlite_ready, store)
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    first = assemble_context(settings, acme, ctx, ["billing", "crm.account"], memory=memory)
+    first = assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["billing", "crm.account"])
     assert counted and all(s.provenance.served_from == "source" for s in first.slices.values())
     counted.clear()
     wall.now += timedelta(minutes=10)
-    second = assemble_context(settings, acme, ctx, ["billing", "crm.account"], memory=memory)
+    second = assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["billing", "crm.account"])
     assert counted == []  # nothing read from the warehouse
     assert {n: s.provenance.served_from for n, s in second.slices.items()} == {
         "crm.account": "memory", "billing.status": "memory", "billing.invoices": "memory"}
@@ -65,31 +66,31 @@ def test_fresh_snapshots_are_served_without_touching_the_source(sqlite_ready, st
 def test_expired_snapshots_are_read_again(sqlite_ready, store, counted):
     settings, ctx, memory, wall = setup(sqlite_ready, store)
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+    assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["crm.account"])
     wall.now += timedelta(seconds=settings.ttls["crm.account"] + 1)
     counted.clear()
-    c = assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+    c = assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["crm.account"])
     assert counted and c.get("crm.account").provenance.served_from == "source"
 
 
 def test_ttl_zero_slices_are_always_live(sqlite_ready, store, counted):
     settings, ctx, memory, _ = setup(sqlite_ready, store)
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    assemble_context(settings, acme, ctx, ["support.summary"], memory=memory)
+    assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["support.summary"])
     counted.clear()
-    c = assemble_context(settings, acme, ctx, ["support.summary"], memory=memory)
+    c = assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["support.summary"])
     assert counted and c.get("support.summary").provenance.served_from == "source"
 
 
 def test_failing_source_is_answered_with_the_stale_snapshot_and_its_age(sqlite_ready, store):
     settings, ctx, memory, wall = setup(sqlite_ready, store)
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    assemble_context(settings, acme, ctx, ["billing"], memory=memory)
+    assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["billing"])
     wall.now += timedelta(days=2)  # past the 24 h TTL
     down, dctx, dmemory, _ = setup(sqlite_ready, store, faults="billing=down")
     dmemory.clock = wall
     dctx = ReadContext(as_of=dctx.as_of, settings=down, now=wall)
-    c = assemble_context(down, acme, dctx, ["billing"], memory=dmemory, guard=SourceGuard(down.guard, FakeClock()))
+    c = assemble_context(ReadScope.build(down, dctx, guard=SourceGuard(down.guard, FakeClock()), memory=dmemory), acme, ["billing"])
     assert c.gaps == []
     status = c.get("billing.status")
     assert status.status == "past_due" and status.provenance.stale
@@ -101,8 +102,7 @@ def test_failing_source_is_answered_with_the_stale_snapshot_and_its_age(sqlite_r
 def test_without_a_snapshot_a_failing_source_is_a_gap(sqlite_ready, store):
     settings, ctx, memory, _ = setup(sqlite_ready, store, faults="billing=down")
     globex, _ = sqlite_ready.index.resolve("globex.com")
-    c = assemble_context(settings, globex, ctx, ["billing.status"], memory=memory,
-                         guard=SourceGuard(settings.guard, FakeClock()))
+    c = assemble_context(ReadScope.build(settings, ctx, guard=SourceGuard(settings.guard, FakeClock()), memory=memory), globex, ["billing.status"])
     assert [(g.slice, g.kind) for g in c.gaps] == [("billing.status", "unavailable")]
 
 
@@ -110,7 +110,7 @@ def test_tenants_never_read_each_others_snapshots(sqlite_ready, store):
     settings, ctx, mem_a, _ = setup(sqlite_ready, store, tenant="tenant-a")
     mem_b = ContextMemory(store, "tenant-b", settings.ttls, clock=mem_a.clock)
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    assemble_context(settings, acme, ctx, ["billing.status"], memory=mem_a)
+    assemble_context(ReadScope.build(settings, ctx, memory=mem_a), acme, ["billing.status"])
     assert mem_a.get(acme.customer_id, "billing.status") is not None
     assert mem_b.get(acme.customer_id, "billing.status") is None
     assert mem_a.namespace(acme.customer_id) == ("customers", "tenant-a", acme.customer_id)
@@ -123,7 +123,7 @@ def test_postgres_store(sqlite_ready, pg_url):
     acme, _ = sqlite_ready.index.resolve("acme.com")
     with open_store(pg_url) as pg:
         memory = ContextMemory(pg, "t", settings.ttls, clock=wall)
-        assemble_context(settings, acme, ctx, ["crm.account"], memory=memory)
+        assemble_context(ReadScope.build(settings, ctx, memory=memory), acme, ["crm.account"])
         cached = memory.get(acme.customer_id, "crm.account")
         assert cached.fresh and cached.slice.company_name == "Acme Corp"
 
@@ -141,8 +141,8 @@ def test_get_many_reads_what_get_reads_in_one_query(sqlite_ready, store):
     for mem in memories:
         for who in (acme, globex):
             ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=sqlite_ready.settings, now=clock)
-            assemble_context(sqlite_ready.settings, who, ctx, memory=mem, guard=SourceGuard(
-                sqlite_ready.settings.guard, FakeClock()))
+            assemble_context(ReadScope.build(sqlite_ready.settings, ctx, guard=SourceGuard(
+                sqlite_ready.settings.guard, FakeClock()), memory=mem), who)
         ContextMemory(mem.store, "t2", mem.ttls, clock).put(acme.customer_id, mem.get(globex.customer_id,
                                                                                      "crm.account").slice)
     fast, generic = (m.get_many(acme.customer_id, SLICE_NAMES) for m in memories)

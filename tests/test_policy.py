@@ -16,7 +16,7 @@ from agent.offline.answers import billing_lines
 from agent.prompting import context_block, parse_context_block, section
 from agent.runs import Runner
 from tools.access.audit import audit_log
-from tools.access.gate import Access, read_customer_context, resolve_visible
+from tools.access.gate import Access
 from tools.access.policy import (
     PolicyError,
     UnknownRole,
@@ -26,9 +26,13 @@ from tools.access.policy import (
     parse_policy,
 )
 from tools.access.principal import BadPrincipal, Principal, default_principal, parse_as
-from tools.context.assembly import assemble_context, read_slices, reference_view, slice_view
+from tools.context.assembly import assemble_context, read_customer_context
+from tools.context.read import read_slices
+from tools.context.read import resolve as resolve_in
+from tools.context.scope import ReadScope
+from tools.context.view import reference_view, slice_view
 from tools.identity import AmbiguousCustomer, CustomerNotFound
-from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime, inject_runtime
+from tools.langchain_tools import BINDING_ARG, SOURCE_TOOLS, ToolBinding, bind_call
 from tools.memory import ContextMemory
 from tools.slices import SLICE_NAMES, BillingStatus, CrmContacts, PaymentMethod
 
@@ -103,7 +107,7 @@ def test_a_policy_file_from_the_settings(sqlite_ready, tmp_path):
     settings = sqlite_ready.settings.model_copy(update={"policy": path})
     access = Access.for_principal(settings, Principal("t-file", "bo", "billing_clerk"))
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(settings, acme, sqlite_ready.ctx, ["billing", "crm.account"], access=access)
+    c = assemble_context(ReadScope.build(settings, sqlite_ready.ctx, access=access), acme, ["billing", "crm.account"])
     assert list(c.slices) == ["billing.status"]
     assert {g.slice: g.kind for g in c.gaps} == {"crm.account": "forbidden", "billing.invoices": "forbidden"}
     assert c.slices["billing.status"].provenance.masked_fields == ["payment_method", "billing_email"]
@@ -131,8 +135,7 @@ def test_principals_from_the_cli_and_the_defaults(sqlite_ready):
 # ------------------------------------------------------------------------ masking
 def test_masked_values_are_withheld_and_visibly_masked(sqlite_ready):
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(sqlite_ready.settings, acme, sqlite_ready.ctx, ["crm.account", "crm.contacts", "billing"],
-                         access=gate(sqlite_ready, "support_agent"))
+    c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, access=gate(sqlite_ready, "support_agent")), acme, ["crm.account", "crm.contacts", "billing"])
     bil, contacts, acc = c.slices["billing.status"], c.slices["crm.contacts"], c.slices["crm.account"]
     mark = marker("support_agent")
     assert bil.payment_method is None and bil.provenance.masked_fields == ["payment_method"]
@@ -184,8 +187,7 @@ def test_a_forbidden_slice_is_never_read_from_the_source_or_memory(sqlite_ready)
     access = gate(sqlite_ready, "finance")
     memory = ContextMemory(store, access.tenant, sqlite_ready.settings.ttls)
     with statements_on(sqlite_ready.settings.source("support").url) as seen:
-        _, out = read_slices(sqlite_ready.settings, acme, sqlite_ready.ctx,
-                             ["support.tickets", "email.threads", "chat.mentions"], memory=memory, access=access)
+        _, out = read_slices(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, memory=memory, access=access), acme, ["support.tickets", "email.threads", "chat.mentions"])
     assert [(r.slice, r.kind) for r, _ in out] == [("support.tickets", "forbidden"), ("email.threads", "forbidden"),
                                                   ("chat.mentions", "forbidden")]
     assert "finance role may not read support.tickets" in out[0][0].message
@@ -204,7 +206,7 @@ def test_an_account_exec_sees_only_the_accounts_they_own(sqlite_ready):
     dana = gate(r, "account_exec", "dana.scully")
 
     def resolve(ref: str, access: Access = dana):
-        return resolve_visible(r.index, ref, r.settings, r.ctx, access)
+        return resolve_in(ReadScope.build(r.settings, r.ctx, access=access, index=r.index), ref)
 
     assert resolve("acme.com")[0].name == "Acme Corp"
     assert resolve("umbrella-health.com")[0].name == "Umbrella Health"
@@ -248,7 +250,7 @@ def test_a_hidden_customer_read_directly_looks_like_no_source_knows_it(sqlite_re
     r = sqlite_ready
     massive, _ = r.index.resolve("massivedynamic.com")
     access = gate(r, "account_exec", "dana.scully")
-    c = assemble_context(r.settings, massive, r.ctx, None, access=access)
+    c = assemble_context(ReadScope.build(r.settings, r.ctx, access=access), massive, None)
     assert c.slices == {} and {g.kind for g in c.gaps} == {"not_found"} and len(c.gaps) == len(SLICE_NAMES)
     text = json.dumps(reference_view(c))
     assert "walter.bishop" not in text and "30000" not in text
@@ -263,12 +265,10 @@ def test_a_slice_cached_by_finance_reaches_a_support_agent_masked(sqlite_ready):
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     memory = ContextMemory(InMemoryStore(), tenant, r.settings.ttls)
     acme, _ = r.index.resolve("acme.com")
-    finance = assemble_context(r.settings, acme, r.ctx, ["billing.status"], memory=memory,
-                               access=gate(r, "finance", "fin", tenant))
+    finance = assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=gate(r, "finance", "fin", tenant)), acme, ["billing.status"])
     f = finance.slices["billing.status"]
     assert f.provenance.served_from == "source" and str(f.payment_method) == "visa •4242"
-    agent = assemble_context(r.settings, acme, r.ctx, ["billing.status"], memory=memory,
-                             access=gate(r, "support_agent", "sam", tenant))
+    agent = assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
     a = agent.slices["billing.status"]
     assert a.provenance.served_from == "memory" and a.payment_method is None
     assert reference_view(agent)["billing"]["method"] == marker("support_agent")
@@ -276,8 +276,7 @@ def test_a_slice_cached_by_finance_reaches_a_support_agent_masked(sqlite_ready):
     assert str(memory.get(acme.customer_id, "billing.status").slice.payment_method) == "visa •4242"  # full fidelity
     # a stale snapshot (billing down) is masked too
     down = r.settings.model_copy(update={"faults": "billing=down"})
-    stale = assemble_context(down, acme, r.ctx, ["billing.status"], memory=memory, prefer_memory=False,
-                             access=gate(r, "support_agent", "sam", tenant))
+    stale = assemble_context(ReadScope.build(down, r.ctx, memory=memory, prefer_memory=False, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
     s = stale.slices["billing.status"]
     assert s.provenance.stale and s.payment_method is None and s.provenance.masked_fields == ["payment_method"]
     outcomes = [(x.role, x.slice, x.decision, x.outcome) for x in reversed(records(r, tenant))]
@@ -296,17 +295,15 @@ def test_tenants_never_read_each_others_memory(sqlite_ready):
     a = gate(r, "finance", "fin", "tenant-a")
     b = gate(r, "finance", "fin", "tenant-b")
     # tenant A caches every slice
-    assemble_context(r.settings, acme, r.ctx, None, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=a)
+    assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=a), acme, None)
     assert {ns[1] for _, ns in store.touched} == {"tenant-a"}
     store.touched.clear()
     # tenant B, even through a memory handle opened for tenant A (a misconfigured process), reads
     # only its own namespace: nothing is served from A's snapshots
-    c = assemble_context(r.settings, acme, r.ctx, None, memory=ContextMemory(store, "tenant-a", r.settings.ttls),
-                         access=b)
+    c = assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=b), acme, None)
     assert {ns[1] for _, ns in store.touched} == {"tenant-b"}
     assert {s.provenance.served_from for s in c.slices.values()} == {"source"}
-    again = assemble_context(r.settings, acme, r.ctx, ["billing"],
-                             memory=ContextMemory(store, "tenant-b", r.settings.ttls), access=b)
+    again = assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-b", r.settings.ttls), access=b), acme, ["billing"])
     assert {s.provenance.served_from for s in again.slices.values()} == {"memory"}  # B's own snapshots
     assert {x.tenant for x in records(r, "tenant-a")} == {"tenant-a"}
     assert {x.tenant for x in records(r, "tenant-b")} == {"tenant-b"}
@@ -322,7 +319,7 @@ def _billing_then_answer(messages, tools):
             {"id": "c1", "name": "read_billing", "args": {"slices": ["billing.status"]}},
             {"id": "c2", "name": "read_crm", "args": {"slices": ["crm.account"], "customer": "massivedynamic.com"}},
             {"id": "c3", "name": "read_crm", "args": {"slices": ["crm.account"],
-                                                      RUNTIME_ARG: {"customer": "massivedynamic.com"}}},
+                                                      BINDING_ARG: {"customer": "massivedynamic.com"}}},
         ])
     return AIMessage(content="Billing is past due [billing.status].")
 
@@ -343,30 +340,30 @@ def test_the_model_sees_masked_context_and_tools_stay_on_the_runs_customer(sqlit
     errors = [m for c in model.calls for m in c["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
     assert [e.tool_call_id for e in errors] == ["c2", "c3"]
     assert "read_crm takes only `slices`, not customer" in errors[0].content
-    assert f"not {RUNTIME_ARG}" in errors[1].content
+    assert f"not {BINDING_ARG}" in errors[1].content
     massive, _ = sqlite_ready.index.resolve("massivedynamic.com")
     recs = audit_log(settings.state_db_url).query(tenant, limit=None)
     assert {x.customer_id for x in recs} == {res["customer"]["customer_id"]}  # nothing about Massive Dynamic
     assert massive.customer_id not in {x.customer_id for x in recs}
-    # every read has its record: the row check, the fetch and the read-back for the answer
+    # one record per read: the row check and the fetch (the answer is written from what the
+    # fetch admitted, not read from memory again)
     assert [(x.slice, x.decision, x.detail) for x in reversed(recs)] == [
         ("crm.account", "allowed", "row check: row filter passed (status not churned; no CRM record: allow)"),
-        ("billing.status", "masked", "masked: payment_method"),
-        ("billing.status", "masked", "read back for the answer; masked: payment_method")]
+        ("billing.status", "masked", "masked: payment_method")]
     assert {(x.interface, x.role, x.user_name) for x in recs} == {("runner", "support_agent", "sam")}
 
 
 def test_source_tools_take_the_customer_from_the_injected_runtime_only(sqlite_ready):
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    rt = SourceToolRuntime(settings=sqlite_ready.settings, customer=acme, ctx=sqlite_ready.ctx,
-                           principal=Principal("t-tools", "sam", "support_agent"))
+    rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx,
+                                           principal=Principal("t-tools", "sam", "support_agent")), customer=acme)
     for tool in SOURCE_TOOLS.values():
         assert set(tool.tool_call_schema.model_json_schema()["properties"]) == {"slices"}
         with pytest.raises(ValidationError):
-            tool.invoke({"customer": "massivedynamic.com", RUNTIME_ARG: rt})
+            tool.invoke({"customer": "massivedynamic.com", BINDING_ARG: rt})
     call = {"id": "x", "name": "read_billing", "type": "tool_call",
-            "args": {"slices": ["billing.status"], RUNTIME_ARG: {"customer": "massivedynamic.com"}}}
-    msg = SOURCE_TOOLS["billing"].invoke(inject_runtime(call, rt))
+            "args": {"slices": ["billing.status"], BINDING_ARG: {"customer": "massivedynamic.com"}}}
+    msg = SOURCE_TOOLS["billing"].invoke(bind_call(call, rt))
     out = json.loads(msg.content)
     assert out["customer_id"] == acme.customer_id
     assert out["slices"]["billing.status"]["payment_method"] == marker("support_agent")
@@ -375,9 +372,8 @@ def test_source_tools_take_the_customer_from_the_injected_runtime_only(sqlite_re
 def test_customer_context_reads_for_the_principal(sqlite_ready):
     r = sqlite_ready
     with pytest.raises(CustomerNotFound):
-        read_customer_context(r.settings, r.index, r.ctx, "massivedynamic.com", list(SLICE_NAMES),
-                              gate(r, "account_exec", "dana.scully"))
-    c = read_customer_context(r.settings, r.index, r.ctx, "acme.com", ["billing"], gate(r, "account_exec", "dana.scully"))
+        read_customer_context(ReadScope.build(r.settings, r.ctx, access=gate(r, "account_exec", "dana.scully"), index=r.index), "massivedynamic.com", list(SLICE_NAMES))
+    c = read_customer_context(ReadScope.build(r.settings, r.ctx, access=gate(r, "account_exec", "dana.scully"), index=r.index), "acme.com", ["billing"])
     assert list(c.slices) == ["billing.status"] and c.gaps[0].kind == "forbidden"
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, func, insert, select, table, text, update
 from agent.bootstrap import ready
 from tools.access.audit import audit_log
 from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
 from tools.embedded.generate import seed
 from tools.guard import SourceGuard
 from tools.identity import source_fingerprint
@@ -255,7 +256,7 @@ def test_event_refresh_makes_a_new_ticket_visible_at_once(world, warehouse, tmp_
         subject="Invoice PDF shows the wrong VAT number", description="Please fix the VAT number.",
         status="new", priority="normal", type="problem", custom_issue_type="billing", via_channel="email",
         created_at=r.ctx.as_of - timedelta(minutes=30), updated_at=r.ctx.as_of - timedelta(minutes=30))
-    stale = assemble_context(settings, acme, r.ctx, ["support"], memory=memory)  # served from memory
+    stale = assemble_context(ReadScope.build(settings, r.ctx, memory=memory), acme, ["support"])  # served from memory
     assert stale.get("support.summary").open_tickets == 3
     assert stale.get("support.tickets").provenance.served_from == "memory"
 

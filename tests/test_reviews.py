@@ -14,7 +14,9 @@ import pytest
 from agent.bootstrap import ready
 from agent.brief import render_brief
 from agent.reviews import FAILURES, INDEX_DB, INDEX_MD, review_paths, run_reviews, slugify
-from tools.context.assembly import assemble_context, reference_view
+from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
+from tools.context.view import reference_view
 from tools.embedded.generate import seed_salesforce
 from tools.identity import normalize_name
 from tools.settings import SourceConfig
@@ -46,7 +48,7 @@ class CountingReview:
             raise RuntimeError(f"review graph failed for {entry.name}\nsecond line of detail")
         if entry.name == self.crash_for:
             raise self.crash()
-        c = assemble_context(self.r.settings, self.r.index.get(entry.customer_id), self.r.ctx)
+        c = assemble_context(ReadScope.build(self.r.settings, self.r.ctx), self.r.index.get(entry.customer_id))
         return render_brief(c), reference_view(c)
 
 
@@ -82,8 +84,7 @@ def test_all_lists_every_customer_in_name_order_and_leaves_churned_out(sqlite_re
 def test_book_agrees_with_the_per_customer_context(sqlite_ready):
     """Owner, tier and churn status from the bulk queries equal what the readers derive."""
     for e in list_accounts(sqlite_ready.settings, include_churned=True):
-        c = assemble_context(sqlite_ready.settings, sqlite_ready.index.get(e.customer_id), sqlite_ready.ctx,
-                             ["crm.account", "billing.status"])
+        c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx), sqlite_ready.index.get(e.customer_id), ["crm.account", "billing.status"])
         account, billing = c.get("crm.account"), c.get("billing.status")
         assert e.segment == c.traits.tier, e
         assert e.owner == (account.owner if account else None), e

@@ -8,6 +8,7 @@ import pytest
 
 from agent.bootstrap import ready
 from tools.context.assembly import assemble_context
+from tools.context.scope import ReadScope
 from tools.embedded.generate import seed_salesforce
 from tools.settings import SourceConfig
 
@@ -27,8 +28,8 @@ def sf_ready(sqlite_warehouse, tmp_path_factory):
 def test_salesforce_account_facts_match_hubspot(sf_ready, sqlite_ready):
     sf_acme, _ = sf_ready.index.resolve("acme.com")
     hs_acme, _ = sqlite_ready.index.resolve("acme.com")
-    sf = assemble_context(sf_ready.settings, sf_acme, sf_ready.ctx, ["crm"])
-    hs = assemble_context(sqlite_ready.settings, hs_acme, sqlite_ready.ctx, ["crm"])
+    sf = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.ctx), sf_acme, ["crm"])
+    hs = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx), hs_acme, ["crm"])
     a, b = sf.get("crm.account"), hs.get("crm.account")
     assert a.provenance.system == "salesforce" and b.provenance.system == "hubspot"
     keys = ("company_name", "domain", "segment", "owner", "plan", "mrr", "contract_value", "renewal_date", "status")
@@ -45,7 +46,7 @@ def test_salesforce_account_facts_match_hubspot(sf_ready, sqlite_ready):
 def test_salesforce_crm_still_stitches_billing_and_support(sf_ready):
     acme, _ = sf_ready.index.resolve("acme.com")
     assert {"crm", "billing", "support", "product"} <= set(acme.anchors)
-    c = assemble_context(sf_ready.settings, acme, sf_ready.ctx)
+    c = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.ctx), acme)
     assert c.traits.risk_indicators == ["billing_issue", "declining_usage"]
     tyrell, _ = sf_ready.index.resolve("rachael+support@tyrell.fr")
     assert tyrell.name == "Société Tyrell"

@@ -7,12 +7,14 @@ from datetime import date, datetime
 
 import pytest
 
-from tools.context.assembly import CustomerContext, assemble_context, reference_view
+from tools.context.assembly import CustomerContext, assemble_context
+from tools.context.scope import ReadScope
+from tools.context.view import reference_view
 
 
 def context_of(r, ref: str, slices=None) -> CustomerContext:
     customer, matched_by = r.index.resolve(ref)
-    return assemble_context(r.settings, customer, r.ctx, slices, matched_by=matched_by)
+    return assemble_context(ReadScope.build(r.settings, r.ctx), customer, slices, matched_by=matched_by)
 
 
 def test_acme_corp(backend):

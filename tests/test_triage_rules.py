@@ -17,6 +17,7 @@ from agent.offline.triage import decide
 from agent.results import SLA_HOURS, TEAM_FOR, Evidence, TriageDecision
 from agent.steps import TRIAGE_SLICES, TRIAGE_STEPS
 from tools.context.assembly import CustomerContext, assemble_context
+from tools.context.scope import ReadScope
 from tools.embedded.triage import load_triage_tickets
 from tools.guard import SourceGuard
 from tools.settings import GuardSettings, Thresholds
@@ -33,8 +34,7 @@ def _context(ready, ticket: TicketInput, settings=None, guard=None) -> CustomerC
     settings = settings or ready.settings
     customer, matched_by = ready.index.resolve(ticket.requester_email)
     # A guard of its own: breakers opened by fault-injection tests elsewhere must not leak in.
-    return assemble_context(settings, customer, ready.ctx, TRIAGE_SLICES, matched_by=matched_by,
-                            guard=guard or SourceGuard(settings.guard))
+    return assemble_context(ReadScope.build(settings, ready.ctx, guard=guard or SourceGuard(settings.guard)), customer, TRIAGE_SLICES, matched_by=matched_by)
 
 
 @pytest.fixture(scope="module")

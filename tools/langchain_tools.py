@@ -5,16 +5,16 @@ in :data:`tools.settings.SOURCE_NAMES` priority order (CRM first, external resea
 last); ``SOURCE_TOOLS`` holds the same tools by source name.
 
 The model chooses exactly one argument, ``slices``: a list restricted to that source's
-slice names (defaulting to all of them). Everything else — settings, the resolved
-customer, the read context, the guard, the principal (the access policy and audit
-apply to every read) and the long-term memory store — travels in one
-:class:`SourceToolRuntime` passed as the ``source_runtime`` argument, annotated ``InjectedToolArg``: it is absent from
-``tool.tool_call_schema`` (what a model is shown) and from callback/tracing inputs, but
-must be supplied by the caller on every call::
+slice names (defaulting to all of them). Everything else — the request's read scope
+(settings, clock, guard, long-term memory, the principal's access gate: the policy and
+audit apply to every read) and the resolved customer — travels in one
+:class:`ToolBinding` passed as the ``binding`` argument, annotated ``InjectedToolArg``: it
+is absent from ``tool.tool_call_schema`` (what a model is shown) and from
+callback/tracing inputs, but must be supplied by the caller on every call::
 
-    rt = SourceToolRuntime(settings=r.settings, customer=customer, ctx=r.ctx)
-    SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], "source_runtime": rt})
-    SOURCE_TOOLS["billing"].invoke(inject_runtime(model_tool_call, rt))  # -> ToolMessage
+    binding = ToolBinding(scope=ReadScope.build(settings, clock, principal=p), customer=customer)
+    SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], "binding": binding})
+    SOURCE_TOOLS["billing"].invoke(bind_call(model_tool_call, binding))  # -> ToolMessage
 
 Return value: a JSON-serialisable dict ``{"customer_id", "source", "slices": {name:
 slice JSON}, "gaps": [gap JSON]}`` (``response_format="content"``); when the tool is
@@ -29,14 +29,15 @@ name (or any extra argument) is a pydantic ``ValidationError`` from the args sch
 #   keeps only args-schema fields whose annotation is not `InjectedToolArg`;
 #   `StructuredTool._injected_args_keys` reads the wrapped function's signature, and
 #   `_parse_input` copies those keys from the input dict into the call untouched. The
-#   runtime field is `SkipValidation` so the caller's object arrives as is (no pydantic
-#   copy of Settings / CustomerRef / the clock callable).
+#   binding field is `SkipValidation` so the caller's object arrives as is (no pydantic
+#   copy of the scope's live objects).
 # - The argument is deliberately NOT called `runtime`: langgraph's ToolNode treats a
 #   parameter named `runtime` as its own `ToolRuntime` and would overwrite it.
 # - langgraph's ToolNode strips every InjectedToolArg value from a model's ToolCall and
-#   refills only state / store / ToolRuntime, so it cannot supply `source_runtime`: the
-#   agent graph calls these tools itself, passing calls through `inject_runtime`, which
-#   likewise drops anything the model put under that key.
+#   refills only state / store / ToolRuntime, so it cannot supply `binding`: a caller
+#   passes model calls through `bind_call`, which likewise drops anything the model put
+#   under that key. The agent graph does not call these tools at all: its fetch step reads
+#   through the same read path (`tools.context.read`) and keeps only a reference.
 # - The descriptions are prompts (shared/STYLE.md "Prompts and tools"): the per-source
 #   text is below in _SOURCE_TEXT, the per-slice field lists are generated from the
 #   slice models' field descriptions so they follow the models.
@@ -53,37 +54,24 @@ from langchain_core.messages import ToolCall
 from langchain_core.tools import BaseTool, InjectedToolArg, StructuredTool
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, WithJsonSchema, create_model
 
-from tools.access.gate import Access
-from tools.access.principal import Principal
-from tools.context.assembly import read_slices, slice_view
-from tools.guard import SourceGuard
-from tools.memory import ContextMemory
-from tools.settings import SOURCE_NAMES, Settings
+from tools.context.read import read_slices
+from tools.context.scope import ReadScope
+from tools.context.view import slice_view
+from tools.settings import SOURCE_NAMES
 from tools.slices import SLICE_MODELS, SourceGap, slices_of
-from tools.sources.base import CustomerRef, ReadContext
+from tools.sources.base import CustomerRef
 
-RUNTIME_ARG = "source_runtime"
+BINDING_ARG = "binding"
 """Name of the injected argument every source tool takes."""
 
 
 @dataclass(frozen=True)
-class SourceToolRuntime:
-    """What a source tool reads with; supplied by the application, never by the model."""
+class ToolBinding:
+    """What a source tool call is bound to, supplied by the application, never by the model:
+    the request's read scope and the customer resolved for it."""
 
-    settings: Settings
+    scope: ReadScope
     customer: CustomerRef
-    ctx: ReadContext
-    guard: SourceGuard | None = None  # None: the process-wide guard for these settings
-    principal: Principal | None = None  # who is asking: the access policy and audit apply to every read
-    store: ContextMemory | None = None  # long-term memory: fresh snapshots, stale fallback
-    prefer_memory: bool = True  # False: read live even when memory holds a fresh snapshot
-    access: Access | None = None  # the principal's gate, when the caller already built one (shared by a run)
-
-    def gate(self) -> Access | None:
-        """The access gate reads go through (None only when no principal was given)."""
-        if self.access is not None or self.principal is None:
-            return self.access
-        return Access.for_principal(self.settings, self.principal)
 
 
 # ------------------------------------------------------------------ descriptions
@@ -222,22 +210,19 @@ Args:
 
 
 # ------------------------------------------------------------------------ reading
-def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRuntime) -> dict[str, Any]:
+def read_source(source: str, slices: Sequence[str] | None, binding: ToolBinding) -> dict[str, Any]:
     """Read the requested slices of one source (all when none): the tools' result dict."""
-    if not isinstance(runtime, SourceToolRuntime):
-        raise TypeError(f"{RUNTIME_ARG} must be a SourceToolRuntime, got {type(runtime).__name__}")
+    if not isinstance(binding, ToolBinding):
+        raise TypeError(f"{BINDING_ARG} must be a ToolBinding, got {type(binding).__name__}")
     known = slices_of(source)
     unknown = [n for n in slices or () if n not in known]
     if unknown:  # the args schema already rejects these; this guards direct callers
         raise ValueError(f"{source} has no slice {unknown[0]!r}; its slices: {', '.join(known)}")
     names = [n for n in known if not slices or n in slices]  # priority order, no duplicates
-    customer = runtime.customer
-    _, read = read_slices(runtime.settings, customer, runtime.ctx, names, runtime.guard, runtime.store,
-                          runtime.prefer_memory, runtime.gate())
+    _, read = read_slices(binding.scope, binding.customer, names)
     results = [r for r, _ in read]
-
     return {
-        "customer_id": customer.customer_id,
+        "customer_id": binding.customer.customer_id,
         "source": source,
         "slices": {r.name: slice_view(r) for r in results if not isinstance(r, SourceGap)},
         "gaps": [r.model_dump(mode="json") for r in results if isinstance(r, SourceGap)],
@@ -245,7 +230,7 @@ def read_source(source: str, slices: Sequence[str] | None, runtime: SourceToolRu
 
 
 # -------------------------------------------------------------------------- tools
-_RUNTIME_JSON_SCHEMA = WithJsonSchema({"type": "object", "description": "Injected by the application."})
+_BINDING_JSON_SCHEMA = WithJsonSchema({"type": "object", "description": "Injected by the application."})
 
 
 def _args_schema(source: str) -> type[BaseModel]:
@@ -260,17 +245,17 @@ def _args_schema(source: str) -> type[BaseModel]:
             description=f"Slices of the {source} source to read; omit or leave empty for all of them.",
         )),
         # Injected: excluded from tool_call_schema, supplied by the application. The JSON
-        # schema stand-in keeps get_input_jsonschema() working (the runtime holds a callable).
-        **{RUNTIME_ARG: (Annotated[SourceToolRuntime, InjectedToolArg, SkipValidation, _RUNTIME_JSON_SCHEMA], ...)},
+        # schema stand-in keeps get_input_jsonschema() working (the binding holds live objects).
+        **{BINDING_ARG: (Annotated[ToolBinding, InjectedToolArg, SkipValidation, _BINDING_JSON_SCHEMA], ...)},
     )
 
 
 def _make_tool(source: str) -> BaseTool:
     def read(slices: list[str] | None = None, *,
-             source_runtime: Annotated[SourceToolRuntime, InjectedToolArg]) -> dict[str, Any]:
+             binding: Annotated[ToolBinding, InjectedToolArg]) -> dict[str, Any]:
         # The signature names the injected argument so StructuredTool passes it through;
         # the schema above is what validates `slices`.
-        return read_source(source, slices, source_runtime)
+        return read_source(source, slices, binding)
 
     read.__name__ = f"read_{source}"
     return StructuredTool.from_function(
@@ -291,7 +276,7 @@ TOOL_SOURCES: dict[str, str] = {t.name: s for s, t in SOURCE_TOOLS.items()}
 """Source name by tool name (``read_billing`` → ``billing``)."""
 
 
-def inject_runtime(call: ToolCall, runtime: SourceToolRuntime) -> ToolCall:
-    """A model's tool call with the trusted runtime added (anything the model sent under that key is dropped)."""
-    args = {k: v for k, v in (call.get("args") or {}).items() if k != RUNTIME_ARG}
-    return {**call, "args": {**args, RUNTIME_ARG: runtime}}  # type: ignore[typeddict-item]
+def bind_call(call: ToolCall, binding: ToolBinding) -> ToolCall:
+    """A model's tool call with the trusted binding added (anything the model sent under that key is dropped)."""
+    args = {k: v for k, v in (call.get("args") or {}).items() if k != BINDING_ARG}
+    return {**call, "args": {**args, BINDING_ARG: binding}}

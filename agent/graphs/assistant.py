@@ -36,8 +36,8 @@ from agent.graphs.nodes import (
     turn_refs,
 )
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
-from agent.run_context import RunContext, services
-from agent.state import InputState, OutputState, State
+from agent.run_context import RunContext, run_services
+from agent.state import AssistantInput, AssistantOutput, FetchJob, State
 from tools.context.assembly import find_conflicts
 from tools.langchain_tools import SOURCE_TOOLS, TOOL_SOURCES
 from tools.settings import Settings
@@ -53,8 +53,8 @@ def _conversation(state: State) -> list:
 
 def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Ask the model which slices to read next (tool calls), within the step budget."""
-    rc = runtime.context or RunContext()
-    max_steps = rc.max_plan_steps or settings_of(runtime).max_plan_steps
+    asked = runtime.context.max_plan_steps if isinstance(runtime.context, RunContext) else None
+    max_steps = asked or settings_of(runtime).max_plan_steps
     taken = state.get("step") or 0
     if taken >= max_steps:
         return {"pending": []}
@@ -66,7 +66,7 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     if not isinstance(ai, AIMessage) or not ai.tool_calls:
         return {"pending": []}
     step = taken + 1
-    jobs: list[dict[str, Any]] = []
+    jobs: list[FetchJob] = []
     errors: list[ToolMessage] = []
     for call in ai.tool_calls:
         source = TOOL_SOURCES.get(call["name"])
@@ -132,7 +132,7 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Answer from this turn's slices only, citing them; name the gaps."""
     settings = settings_of(runtime)
     slices, gaps = turn_context(state, runtime)
-    as_of = services(settings).ctx.as_of
+    as_of = run_services(runtime).scope.clock.as_of
     customer = {"customer_id": state["customer_id"], "name": state["customer_name"],
                 "matched_by": state.get("matched_by"), "as_of": as_of.isoformat()}
     system = render("assistant_answer", customer=state["customer_name"], untrusted_note=UNTRUSTED_NOTE,
@@ -159,8 +159,8 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     return {"messages": [AIMessage(content=answer)], "result": result}
 
 
-def builder() -> StateGraph:
-    g = StateGraph(State, context_schema=RunContext, input_schema=InputState, output_schema=OutputState)
+def builder() -> StateGraph[State, RunContext, AssistantInput, AssistantOutput]:
+    g = StateGraph(State, context_schema=RunContext, input_schema=AssistantInput, output_schema=AssistantOutput)
     g.add_node("resolve_customer", resolve_customer)
     g.add_node("plan", plan)
     g.add_node(FETCH, fetch_slice)

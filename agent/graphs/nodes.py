@@ -8,17 +8,15 @@ from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
-from langgraph.graph import StateGraph
+from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from agent.models import chat_model
-from agent.run_context import RunContext, context_memory, run_access, services
-from agent.state import PlanStep, SliceRef, State
-from tools.access.gate import resolve_visible
-from tools.context.assembly import customer_visible, default_guard, recall_slices
+from agent.run_context import RunContext, RunServices, run_services
+from agent.state import FetchJob, PlanStep, SliceRef, State
+from tools.context.read import read_slices, recall_slices, resolve, visible
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
-from tools.langchain_tools import RUNTIME_ARG, SOURCE_TOOLS, SourceToolRuntime
 from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
 
@@ -26,12 +24,13 @@ FETCH = "fetch_slice"
 
 
 def settings_of(runtime: Runtime[RunContext]) -> Settings:
-    return (runtime.context or RunContext()).resolved_settings()
+    return run_services(runtime).scope.settings
 
 
 def model_of(runtime: Runtime[RunContext]) -> BaseChatModel:
-    rc = runtime.context or RunContext()
-    return rc.chat_model or chat_model(settings_of(runtime), rc.model)
+    run = run_services(runtime)
+    name = runtime.context.model if isinstance(runtime.context, RunContext) else None
+    return run.chat_model or chat_model(run.scope.settings, name)
 
 
 def model_name(model: BaseChatModel) -> str:
@@ -44,20 +43,17 @@ def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, An
     turn = (state.get("turn") or 0) + 1
     base: dict[str, Any] = {"turn": turn, "step": 0, "error": None, "result": None, "pending": []}
     ref = (state.get("customer") or "").strip()
-    rc = runtime.context or RunContext()
-    settings = settings_of(runtime)
-    svc = services(settings)
-    access = run_access(rc, settings)
-    memory = context_memory(runtime.store, settings)
+    scope = run_services(runtime).scope
+    assert scope.index is not None  # run services are built with the process's identity index
     if (kept_id := state.get("customer_id")) and (not ref or ref == state.get("resolved_ref")):
-        kept = svc.index.get(kept_id)  # whoever continues a thread must still see its customer
-        if kept is not None and not customer_visible(settings, kept, svc.ctx, access, rc.guard, memory):
+        kept = scope.index.get(kept_id)  # whoever continues a thread must still see its customer
+        if kept is not None and not visible(scope, kept):
             return {**base, "error": str(CustomerNotFound(state.get("resolved_ref") or kept.name, []))}
         return base
     if not ref:
         return {**base, "error": "No customer given: name one by email, domain, id or name."}
     try:
-        customer, matched_by = resolve_visible(svc.index, ref, settings, svc.ctx, access, rc.guard, memory)
+        customer, matched_by = resolve(scope, ref)
     except AmbiguousCustomer as exc:
         names = "; ".join(f"{c.name} ({c.domain or c.customer_id})" for c in exc.candidates)
         return {**base, "error": f"{exc} Candidates: {names}."}
@@ -67,41 +63,40 @@ def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, An
             "matched_by": matched_by, "resolved_ref": ref}
 
 
-def fetch_jobs(state: State, slices: list[str], step: int, tool_call_id: str | None = None) -> list[dict[str, Any]]:
-    return [{"customer_id": state["customer_id"], "slice": n, "turn": state["turn"], "step": step,
-             "tool_call_id": tool_call_id} for n in slices]
+def fetch_jobs(state: State, slices: list[str], step: int, tool_call_id: str | None = None) -> list[FetchJob]:
+    customer_id, turn = state.get("customer_id"), state.get("turn")
+    assert customer_id is not None and turn is not None  # fetches follow a resolved customer
+    return [{"customer_id": customer_id, "slice": n, "turn": turn, "step": step, "tool_call_id": tool_call_id}
+            for n in slices]
 
 
 def send_pending(state: State) -> list[Send]:
     return [Send(FETCH, job) for job in state.get("pending") or []]
 
 
-def fetch_slice(job: dict[str, Any], runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Read one slice through its source tool (memory first when fresh); keep only a reference."""
-    rc = runtime.context or RunContext()
-    settings = settings_of(runtime)
-    svc = services(settings)
+def fetch_slice(job: FetchJob, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Read one slice through the request's read path (memory first when fresh); the state keeps
+    only a reference, the admitted slice stays with the run for its answer."""
+    run = run_services(runtime)
+    scope = run.scope
     name = job["slice"]
     source = SLICE_MODELS[name].source
-    customer = svc.index.get(job["customer_id"])
+    customer = scope.index.get(job["customer_id"]) if scope.index is not None else None
     base: SliceRef = {"turn": job["turn"], "step": job["step"], "slice": name, "source": source,
                       "tool_call_id": job.get("tool_call_id")}
     if customer is None:  # the identity index was rebuilt under us
         gap = SourceGap(slice=name, source=source, kind="not_found", message="customer is no longer in the index")
         return {"refs": [{**base, "status": "gap", "gap": gap.model_dump()}]}
-    access = run_access(rc, settings)
-    rt = SourceToolRuntime(settings=settings, customer=customer, ctx=svc.ctx, guard=rc.guard or default_guard(settings),
-                           principal=access.principal, access=access, store=context_memory(runtime.store, settings),
-                           prefer_memory=not rc.fresh)
-    out = SOURCE_TOOLS[source].invoke({"slices": [name], RUNTIME_ARG: rt})
-    if name in out["slices"]:
-        p = out["slices"][name]["provenance"]
-        ref: SliceRef = {**base, "status": "stale" if p["stale"] else "ok", "system": p["system"],
-                         "served_from": p["served_from"], "record_ids": p["record_ids"],
-                         "fetched_at": p["fetched_at"], "source_updated_at": p["source_updated_at"],
-                         "age_seconds": p["age_seconds"]}
-    else:
-        ref = {**base, "status": "gap", "gap": out["gaps"][0]}
+    _, [(got, _)] = read_slices(scope, customer, [name])
+    if isinstance(got, SourceGap):
+        return {"refs": [{**base, "status": "gap", "gap": got.model_dump(mode="json")}]}
+    run.admitted[(customer.customer_id, name)] = got
+    p = got.provenance
+    ref: SliceRef = {**base, "status": "stale" if p.stale else "ok", "system": p.system,
+                     "served_from": p.served_from, "record_ids": list(p.record_ids),
+                     "fetched_at": p.fetched_at.isoformat() if p.fetched_at else None,
+                     "source_updated_at": p.source_updated_at.isoformat() if p.source_updated_at else None,
+                     "age_seconds": p.age_seconds}
     return {"refs": [ref]}
 
 
@@ -111,19 +106,17 @@ def turn_refs(state: State) -> dict[str, SliceRef]:
 
 
 def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, Slice], list[SourceGap]]:
-    """The slices this turn fetched, read back from long-term memory by reference through the
-    run's access gate (masked for its role, audited), and its gaps."""
-    settings = settings_of(runtime)
-    svc = services(settings)
+    """The slices this turn fetched — as the run's fetches admitted them (masked for its role,
+    audited), else read back from long-term memory by reference through the same gate — and
+    its gaps."""
+    run = run_services(runtime)
     refs = turn_refs(state)
-    wanted = [n for n, r in refs.items() if r["status"] != "gap"]
-    customer = svc.index.get(state.get("customer_id") or "")
-    back = recall_slices(settings, svc.ctx, context_memory(runtime.store, settings), customer, wanted,
-                         run_access(runtime.context or RunContext(), settings)) if customer and wanted else {}
+    customer_id = state.get("customer_id") or ""
+    back = _read_back(run, customer_id, [n for n, r in refs.items() if r["status"] != "gap"])
     slices: dict[str, Slice] = {}
     gaps: list[SourceGap] = []
     for name, ref in refs.items():
-        got = SourceGap(**ref["gap"]) if ref["status"] == "gap" else back.get(name)
+        got = SourceGap(**ref["gap"]) if ref["status"] == "gap" and ref.get("gap") else back.get(name)
         if got is None:
             got = SourceGap(slice=name, source=ref["source"], kind="unavailable",
                             message="the snapshot read in this turn is no longer in long-term memory")
@@ -131,12 +124,29 @@ def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, 
             gaps.append(got)
             continue
         p = got.provenance
-        p.served_from, p.stale, p.age_seconds = ref.get("served_from") or "source", ref["status"] == "stale", \
-            ref.get("age_seconds")
+        p.served_from = "memory" if ref.get("served_from") == "memory" else "source"
+        p.stale, p.age_seconds = ref["status"] == "stale", ref.get("age_seconds")
         slices[name] = got
     order = list(SLICE_MODELS)
     return dict(sorted(slices.items(), key=lambda kv: order.index(kv[0]))), \
         sorted(gaps, key=lambda g: order.index(g.slice))
+
+
+def _read_back(run: RunServices, customer_id: str, names: list[str]) -> dict[str, Slice | SourceGap | None]:
+    """The turn's slices: the ones this run admitted, the rest (a run resumed in another
+    process) recalled from memory through the gate."""
+    out: dict[str, Slice | SourceGap | None] = {}
+    missing = []
+    for name in names:
+        if (got := run.admitted.get((customer_id, name))) is not None:
+            out[name] = got
+        else:
+            missing.append(name)
+    scope = run.scope
+    customer = scope.index.get(customer_id) if missing and scope.index is not None else None
+    if customer is not None:
+        out.update(recall_slices(scope, customer, missing))
+    return out
 
 
 def citations(text: str, refs: dict[str, SliceRef], used: dict[str, Slice]) -> list[dict[str, Any]]:
@@ -196,14 +206,11 @@ def this_turn_plan(state: State) -> list[PlanStep]:
 
 
 def fixed_steps_graph(resolve: Callable[..., dict[str, Any]], steps: list[tuple[str, list[str]]],
-                      respond: Callable[..., dict[str, Any]]) -> StateGraph:
+                      respond: Callable[..., dict[str, Any]], input_schema: type[Any],
+                      output_schema: type[Any]) -> StateGraph[State, RunContext, Any, Any]:
     """``resolve_customer → plan → fetch_slice × N → advance … → respond`` for a workflow whose
     steps are fixed (triage, review); a customer that cannot be resolved ends in ``explain_error``."""
-    from langgraph.graph import END, START
-
-    from agent.state import InputState, OutputState
-
-    g = StateGraph(State, context_schema=RunContext, input_schema=InputState, output_schema=OutputState)
+    g = StateGraph(State, context_schema=RunContext, input_schema=input_schema, output_schema=output_schema)
     g.add_node("resolve_customer", resolve)
     g.add_node("plan", fixed_plan(steps))
     g.add_node(FETCH, fetch_slice)

@@ -28,10 +28,11 @@ from agent.graphs.nodes import (
     turn_refs,
 )
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
-from agent.run_context import RunContext, services
-from agent.state import SliceRef, State
+from agent.run_context import RunContext, run_services
+from agent.state import ReviewInput, ReviewOutput, SliceRef, State
 from agent.steps import REVIEW_STEPS
-from tools.context.assembly import CustomerContext, SourceStatus, find_conflicts, reference_view
+from tools.context.assembly import CustomerContext, SourceStatus, find_conflicts
+from tools.context.view import reference_view
 from tools.slices import SLICE_MODELS
 from tools.traits import derive_traits
 
@@ -68,11 +69,11 @@ def sources_from_refs(refs: dict[str, SliceRef]) -> list[SourceStatus]:
 def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     settings = settings_of(runtime)
     slices, gaps = turn_context(state, runtime)
-    svc = services(settings)
-    ref = svc.index.get(state["customer_id"])
+    scope = run_services(runtime).scope
+    ref = scope.index.get(state["customer_id"]) if scope.index is not None else None
     ctx = CustomerContext(
         customer_id=state["customer_id"], name=state["customer_name"], matched_by=state.get("matched_by"),
-        anchors=dict(ref.anchors) if ref else {}, domains=list(ref.domains) if ref else [], as_of=svc.ctx.as_of,
+        anchors=dict(ref.anchors) if ref else {}, domains=list(ref.domains) if ref else [], as_of=scope.clock.as_of,
         slices=slices, gaps=gaps, conflicts=find_conflicts(slices, settings),
         traits=derive_traits(slices, settings.thresholds, settings.churn_weights),
         sources=sources_from_refs(turn_refs(state)))
@@ -93,8 +94,8 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     return {"result": result}
 
 
-def builder() -> StateGraph:
-    return fixed_steps_graph(resolve_customer, REVIEW_STEPS, respond)
+def builder() -> StateGraph[State, RunContext, ReviewInput, ReviewOutput]:
+    return fixed_steps_graph(resolve_customer, REVIEW_STEPS, respond, ReviewInput, ReviewOutput)
 
 
 graph = builder().compile()

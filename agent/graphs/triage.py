@@ -29,8 +29,8 @@ from agent.graphs.nodes import (
 from agent.injection import injection_signals
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.results import SLA_HOURS, TEAM_FOR, TriageDecision
-from agent.run_context import RunContext, services
-from agent.state import State
+from agent.run_context import RunContext, run_services
+from agent.state import State, TriageInput, TriageOutput
 from agent.steps import TRIAGE_STEPS
 from tools.sources.tickets import TicketInput
 from tools.traits import derive_traits
@@ -58,7 +58,7 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ticket = TicketInput.model_validate(state["ticket"])
     slices, gaps = turn_context(state, runtime)
     traits = derive_traits(slices, settings.thresholds, settings.churn_weights)
-    as_of = services(settings).ctx.as_of
+    as_of = run_services(runtime).scope.clock.as_of
     customer = {"customer_id": state["customer_id"], "name": state["customer_name"],
                 "matched_by": state.get("matched_by"), "as_of": as_of.isoformat()}
     t = settings.thresholds
@@ -95,8 +95,8 @@ def enforce(decision: TriageDecision, ticket: TicketInput, fetched: set[str]) ->
     return decision.model_copy(update=update)
 
 
-def builder() -> StateGraph:
-    return fixed_steps_graph(resolve_ticket_customer, TRIAGE_STEPS, respond)
+def builder() -> StateGraph[State, RunContext, TriageInput, TriageOutput]:
+    return fixed_steps_graph(resolve_ticket_customer, TRIAGE_STEPS, respond, TriageInput, TriageOutput)
 
 
 graph = builder().compile()

@@ -37,7 +37,8 @@ from agent.interfaces.service import (
     policy_errors,
     ticket_input,
 )
-from tools.context.assembly import CustomerContext, UnknownSlice, reference_view
+from tools.context.assembly import CustomerContext, UnknownSlice
+from tools.context.view import reference_view
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, is_email
 from tools.settings import Settings
 from tools.slices import SLICE_NAMES
@@ -149,11 +150,12 @@ def build_server(service: ContextService) -> MCPServer:
             if customer_email and not is_email(customer_email):
                 raise InvalidRequest(f"customer_email {customer_email!r} is not an email address; pass ids, "
                                      "domains or names as customer_id")
-            if customer_email and customer_id and (service.resolve(customer_email, principal)[0].customer_id
-                                                   != service.resolve(customer_id, principal)[0].customer_id):
+            scope = service.request(principal)
+            if customer_email and customer_id and (service.resolve(customer_email, scope=scope)[0].customer_id
+                                                   != service.resolve(customer_id, scope=scope)[0].customer_id):
                 raise InvalidRequest("customer_email and customer_id name different customers; give one")
             slices = None if include_history else list(QUICK_SLICES)
-            ctx = service.context(customer_email or customer_id or "", slices, principal=principal)
+            ctx = service.context(customer_email or customer_id or "", slices, scope=scope)
             return context_reference(ctx)
 
     @tool

@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from agent.runs import Runner
 from tools.access.principal import Principal
-from tools.context.assembly import CustomerContext, default_guard
+from tools.context.assembly import CustomerContext
+from tools.context.read import resolve
+from tools.context.scope import ReadScope, default_guard
 from tools.identity import is_email
 from tools.memory import ContextMemory
 from tools.settings import Settings
@@ -140,20 +142,27 @@ class ContextService:
             return fn()
 
     # ----------------------------------------------------------------- reads
-    def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
-        """Resolve a customer reference as ``principal`` may see customers; raises the identity
-        errors (not found — also for a customer its row filter hides —, ambiguous, bad)."""
+    def resolve(self, ref: str, principal: Principal | None = None,
+                scope: ReadScope | None = None) -> tuple[CustomerRef, str]:
+        """Resolve a customer reference as ``principal`` may see customers (in ``scope``, the
+        request's, when given); raises the identity errors (not found — also for a customer
+        its row filter hides —, ambiguous, bad)."""
         ref = (ref or "").strip()
         if not ref:
             raise InvalidRequest("name a customer: an email, a domain, an id (e.g. crm:1001) or a name")
-        return self.runner.resolve(ref, principal)
+        return resolve(scope or self.runner.request(principal), ref)
+
+    def request(self, principal: Principal | None = None, *, fresh: bool = False) -> ReadScope:
+        """The read scope of one request by ``principal`` (raises ``UnknownRole``)."""
+        return self.runner.request(principal, fresh=fresh)
 
     def context(self, ref: str, slices: list[str] | None = None, *, fresh: bool = False,
-                principal: Principal | None = None) -> CustomerContext:
+                principal: Principal | None = None, scope: ReadScope | None = None) -> CustomerContext:
         """One customer's unified context (raises identity errors and ``UnknownSlice``)."""
         if not (ref or "").strip():
             raise InvalidRequest("name a customer: an email, a domain, an id (e.g. crm:1001) or a name")
-        return self._run(lambda: self.runner.customer_context(ref, slices, fresh=fresh, principal=principal))
+        return self._run(lambda: self.runner.customer_context(ref, slices, fresh=fresh, principal=principal,
+                                                              scope=scope))
 
     def sources(self) -> list[dict[str, Any]]:
         """Health of every source (connected, reachable, latency, newest row, breaker)."""
@@ -164,17 +173,19 @@ class ContextService:
     def triage(self, ticket: TicketInput, customer: str | None = None, *,
                principal: Principal | None = None) -> dict[str, Any]:
         """Triage one ticket; the customer is the one given, else the requester's."""
-        customer_id = self.resolve(customer, principal)[0].customer_id if customer else None
-        result = self._run(lambda: self.runner.triage(ticket.model_dump(mode="json"), customer_id,
-                                                      principal=principal))
+        scope = self.runner.request(principal)
+        if customer:
+            self.resolve(customer, scope=scope)  # the graph's resolution is this one (same request)
+        result = self._run(lambda: self.runner.triage(ticket.model_dump(mode="json"), customer, scope=scope))
         if result.get("error"):
             raise WorkflowFailed(result["error"])
         return {k: v for k, v in result.items() if k != "error"}
 
     def review(self, ref: str, *, principal: Principal | None = None) -> dict[str, Any]:
         """One account review: markdown in the skill's structure plus the same as JSON."""
-        customer, _ = self.resolve(ref, principal)
-        result = self._run(lambda: self.runner.review(customer.customer_id, principal=principal))
+        scope = self.runner.request(principal)
+        customer, _ = self.resolve(ref, scope=scope)
+        result = self._run(lambda: self.runner.review(ref.strip(), scope=scope))
         if result.get("error"):
             raise WorkflowFailed(result["error"])
         return {"customer_id": customer.customer_id, "name": customer.name,

@@ -1,35 +1,27 @@
 """The access gate: the policy applied to one principal's reads, each read audited.
 
-``Access`` is what the read path (``tools.context.assembly.read_slice`` / ``read_slices`` /
-``recall_slice``) is given: it decides whether a slice may be read (else a ``forbidden``
-gap, without touching the source or memory), masks the fields the role may not see on
-whatever comes back (from the source, fresh memory, a stale snapshot or a graph's
-read-back), judges the row filter on the customer's CRM account, and appends one audit
-record per read. ``resolve_visible`` resolves a customer reference the way the
-principal may: a customer the row filter hides raises the same ``CustomerNotFound`` as
-one that does not exist (docs/ACCESS.md explains why).
+``Access`` decides, masks and records; it reads nothing. The read path
+(``tools.context.read``) asks it whether a slice may be read (else a ``forbidden`` gap,
+without touching the source or memory), has it mask the fields the role may not see on
+whatever comes back (from the source, fresh memory, a stale snapshot), has it judge the
+row filter on the customer's CRM account (once per request: the verdict is kept), and
+it appends one audit record per read. A customer the row filter hides is reported
+exactly like one that does not exist (docs/ACCESS.md explains why).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from tools.access.audit import AuditLog, AuditRecord, Decision, audit_log
 from tools.access.policy import RolePolicy, load_policy, mask_slice
 from tools.access.principal import Principal
-from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
 from tools.settings import Settings
 from tools.slices import SLICE_MODELS, CrmAccount, Slice, SourceGap
-from tools.sources.base import CustomerRef, ReadContext, utcnow
-
-if TYPE_CHECKING:
-    from tools.context.assembly import CustomerContext
-    from tools.guard import SourceGuard
-    from tools.memory import ContextMemory
+from tools.sources.base import utcnow
 
 FORBIDDEN_TEMPLATE = "The {role} role may not read {slice} (access policy)."
 HIDDEN_TEMPLATE = "{source} has no record of this customer."
@@ -156,77 +148,3 @@ class Access:
                 done, self._pending = (self._pending, []) if not self._batches else ([], self._pending)
             if done and self.audit is not None:
                 self.audit.append(done)
-
-
-# ------------------------------------------------------------------ resolving
-def resolve_visible(index: IdentityIndex, ref: str, settings: Settings, ctx: ReadContext, access: Access,
-                    guard: SourceGuard | None = None, memory: ContextMemory | None = None,
-                    ) -> tuple[CustomerRef, str]:
-    """Resolve ``ref`` as ``access``'s principal may: hidden customers do not exist for it.
-
-    Candidates of an ambiguous reference are narrowed to visible ones (one left: it is
-    the answer); a hidden match raises ``CustomerNotFound`` with the suggestions a
-    missing name would get, limited to visible customers.
-    """
-
-    if not access.filters_rows:
-        return index.resolve(ref)
-    with access.batch():
-        return _resolve_visible(index, ref, settings, ctx, access, guard, memory)
-
-
-def _resolve_visible(index: IdentityIndex, ref: str, settings: Settings, ctx: ReadContext, access: Access,
-                     guard: SourceGuard | None, memory: ContextMemory | None) -> tuple[CustomerRef, str]:
-    from tools.context.assembly import customer_visible
-
-    def visible(customer: CustomerRef | None) -> bool:
-        return customer is not None and customer_visible(settings, customer, ctx, access, guard, memory)
-
-    try:
-        customer, matched_by = index.resolve(ref)
-    except AmbiguousCustomer as exc:
-        seen = [c for c in exc.candidates if visible(index.get(c.customer_id))]
-        if len(seen) == 1:
-            found = index.get(seen[0].customer_id)
-            assert found is not None
-            return found, seen[0].matched_by
-        if seen:
-            raise AmbiguousCustomer(ref, seen) from None
-        raise CustomerNotFound(ref, _visible_names(index, ref, visible)) from None
-    except CustomerNotFound as exc:
-        raise CustomerNotFound(ref, _visible_names(index, ref, visible, exc.suggestions)) from None
-    if not visible(customer):
-        raise CustomerNotFound(ref, _visible_names(index, ref, visible))
-    return customer, matched_by
-
-
-def _visible_names(index: IdentityIndex, ref: str, visible: Callable[[CustomerRef | None], bool],
-                   names: Iterable[str] | None = None) -> list[str]:
-    """Closest-name suggestions, only of customers the principal may see. A reference that
-    is not a name (an email, an id) gets none, as a missing one would."""
-    if names is None:
-        q = ref.strip()
-        if "@" in q or ":" in q or not normalize_name(q):
-            return []
-        names = index.closest_names(normalize_name(q))
-    out = []
-    for name in names:
-        try:
-            customer, _ = index.resolve(name)
-        except (AmbiguousCustomer, CustomerNotFound, ValueError):
-            continue
-        if visible(customer):
-            out.append(name)
-    return out
-
-
-def read_customer_context(settings: Settings, index: IdentityIndex, ctx: ReadContext, ref: str,
-                          slices: list[str], access: Access, memory: ContextMemory | None = None,
-                          prefer_memory: bool = True, guard: SourceGuard | None = None) -> CustomerContext:
-    """One customer's unified context for a principal: resolve as it may, then read through
-    memory, the guard and the policy. What ``custctx context``, MCP and HTTP serve."""
-    from tools.context.assembly import assemble_context
-
-    customer, matched_by = resolve_visible(index, ref, settings, ctx, access, guard, memory)
-    return assemble_context(settings, customer, ctx, slices, matched_by=matched_by, guard=guard, memory=memory,
-                            prefer_memory=prefer_memory, access=access)

@@ -29,7 +29,8 @@ from sqlalchemy import select
 
 from tools.access.gate import Access
 from tools.access.principal import Principal
-from tools.context.assembly import default_guard, read_slices
+from tools.context.read import read_slices
+from tools.context.scope import ReadScope, default_guard
 from tools.guard import CallOutcome, SourceGuard
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
@@ -226,6 +227,9 @@ class _Chunks:
         self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock)
         self.bulk = None if slice_parallel else _Bulk(settings, self.ctx, self.guard, self.buffered, self.buffer,
                                                       self.access)
+        # Refresh reads live, through the buffered memory (its writes land in one transaction per chunk).
+        self.scope = ReadScope.build(settings, self.ctx, access=self.access, memory=self.buffered, guard=self.guard,
+                                     prefer_memory=False)
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
 
     def close(self) -> None:
@@ -233,12 +237,10 @@ class _Chunks:
 
     def one(self, ref: CustomerRef, names: Sequence[str]) -> list[tuple[str, Slice | SourceGap, Any]]:
         """One customer's slices read alone (``read_slices``: guard, stale fallback, provenance)."""
-        s, ctx, guard, mem, access = self.settings, self.ctx, self.guard, self.buffered, self.access
         if self.slice_parallel:
-            _, pairs = read_slices(s, ref, ctx, list(names), guard, mem, prefer_memory=False, access=access)
+            _, pairs = read_slices(self.scope, ref, list(names))
         else:  # one slice per call: read_slices reads it inline, and this pool is the only one
-            pairs = [read_slices(s, ref, ctx, [n], guard, mem, prefer_memory=False, access=access)[1][0]
-                     for n in names]
+            pairs = [read_slices(self.scope, ref, [n])[1][0] for n in names]
         results = []
         for name, (got, outcome) in zip(names, pairs, strict=True):
             if outcome is not None and outcome.status == "not_found":

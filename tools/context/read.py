@@ -1,0 +1,275 @@
+"""The one read path: resolve a reference, judge the row filter, read slices, read them back.
+
+Every function takes the request's :class:`~tools.context.scope.ReadScope`. A read first
+looks in long-term memory (a fresh snapshot is served without touching the source), else
+goes through the guard; whatever comes back is masked for the principal's role and
+audited once, and a slice the role may not read is a ``forbidden`` gap without any read.
+A customer the principal's row filter hides looks exactly like one that does not exist:
+it does not resolve, and its slices are ``not_found`` gaps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+
+from sqlalchemy.exc import ArgumentError
+
+from tools.context.scope import ReadScope, _guards_lock
+from tools.guard import CallOutcome, summarize
+from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
+from tools.mapping.engine import MappingError
+from tools.memory import CachedSlice, ContextMemory
+from tools.slices import SLICE_MODELS, Slice, SourceGap
+from tools.sources.base import CustomerRef, SliceNotFound, SourceReader
+from tools.sources.registry import REMEDIES, reader
+
+GAP_FOR_OUTCOME = {"unavailable": "unavailable", "timeout": "timeout", "circuit_open": "unavailable"}
+
+Read = tuple[Slice | SourceGap, CallOutcome | None]
+"""A slice or the gap naming why it is missing, and the source call's outcome (None: no call)."""
+
+
+# ------------------------------------------------------------------ resolving
+def resolve(scope: ReadScope, ref: str) -> tuple[CustomerRef, str]:
+    """Resolve ``ref`` as the scope's principal may: hidden customers do not exist for it.
+
+    Once per request: a reference resolved before in this scope is answered from it.
+    Candidates of an ambiguous reference are narrowed to visible ones (one left: it is
+    the answer); a hidden match raises ``CustomerNotFound`` with the suggestions a
+    missing name would get, limited to visible customers.
+
+    Raises:
+        AmbiguousCustomer, CustomerNotFound, BadReference: as ``IdentityIndex.resolve``.
+    """
+    if scope.index is None:
+        raise ValueError("this read scope has no identity index to resolve references with")
+    key = ref.strip()
+    if key in scope.resolved:
+        return scope.resolved[key]
+    if scope.access is None or not scope.access.filters_rows:
+        found = scope.index.resolve(ref)
+    else:
+        with scope.access.batch():
+            found = _resolve_visible(scope, scope.index, ref)
+    scope.resolved[key] = found
+    return found
+
+
+def _resolve_visible(scope: ReadScope, index: IdentityIndex, ref: str) -> tuple[CustomerRef, str]:
+    def seen(customer: CustomerRef | None) -> bool:
+        return customer is not None and visible(scope, customer)
+
+    try:
+        customer, matched_by = index.resolve(ref)
+    except AmbiguousCustomer as exc:
+        shown = [c for c in exc.candidates if seen(index.get(c.customer_id))]
+        if len(shown) == 1 and (found := index.get(shown[0].customer_id)) is not None:
+            return found, shown[0].matched_by
+        if shown:
+            raise AmbiguousCustomer(ref, shown) from None
+        raise CustomerNotFound(ref, _visible_names(index, ref, seen)) from None
+    except CustomerNotFound as exc:
+        raise CustomerNotFound(ref, _visible_names(index, ref, seen, exc.suggestions)) from None
+    if not seen(customer):
+        raise CustomerNotFound(ref, _visible_names(index, ref, seen))
+    return customer, matched_by
+
+
+def _visible_names(index: IdentityIndex, ref: str, seen: Callable[[CustomerRef | None], bool],
+                   names: Iterable[str] | None = None) -> list[str]:
+    """Closest-name suggestions, only of customers the principal may see. A reference that
+    is not a name (an email, an id) gets none, as a missing one would."""
+    if names is None:
+        q = ref.strip()
+        if "@" in q or ":" in q or not normalize_name(q):
+            return []
+        names = index.closest_names(normalize_name(q))
+    out = []
+    for name in names:
+        try:
+            customer, _ = index.resolve(name)
+        except (AmbiguousCustomer, CustomerNotFound, ValueError):
+            continue
+        if seen(customer):
+            out.append(name)
+    return out
+
+
+def visible(scope: ReadScope, customer: CustomerRef) -> bool:
+    """Whether the principal's row filter lets it see ``customer`` (judged once per request).
+
+    The filter is judged on the customer's ``crm.account``, read like any slice (memory
+    first, then the guard) but never returned; the judgement is audited as a row check.
+    """
+    access = scope.access
+    if access is None:
+        return True
+    known = access.verdict(customer.customer_id)
+    if known is not None:
+        return known
+    started = time.perf_counter()
+    try:
+        rdr = reader(scope.settings, "crm")
+    except (MappingError, ArgumentError, ValueError) as exc:
+        account: Slice | SourceGap = SourceGap(slice="crm.account", source="crm", kind="unavailable",
+                                               message=summarize(exc))
+    else:
+        account, _ = _read(scope, rdr, "crm.account", customer, prefer_memory=True)
+    return access.judge(customer.customer_id, account, (time.perf_counter() - started) * 1000)
+
+
+# ------------------------------------------------------------------- reading
+def read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
+                ) -> tuple[dict[str, SourceReader | None], list[Read]]:
+    """Read ``names`` in parallel (bounded pool), each through memory, the guard and the gate.
+
+    Returns the readers used (None: not connected) and one (slice or gap, outcome) per
+    name, in the order given. A source whose reader cannot even be built (a bad mapping
+    file, a malformed URL) yields ``unavailable`` gaps, not an exception. A customer the
+    principal's row filter hides yields ``not_found`` gaps only, as a customer no source
+    knows would.
+    """
+    access = scope.access
+    if access is None:
+        return _read_slices(scope, customer, names)
+    with access.batch():
+        if not visible(scope, customer):
+            return {}, [(access.hidden(customer.customer_id, n), None) for n in names]
+        return _read_slices(scope, customer, names)
+
+
+def _read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
+                 ) -> tuple[dict[str, SourceReader | None], list[Read]]:
+    readers: dict[str, SourceReader | None] = {}
+    broken: dict[str, str] = {}
+    for source in dict.fromkeys(SLICE_MODELS[n].source for n in names):
+        try:
+            readers[source] = reader(scope.settings, source)
+        except (MappingError, ArgumentError, ValueError) as exc:
+            readers[source], broken[source] = None, f"{source} source could not be opened: {summarize(exc)}"
+
+    # A warm read: every snapshot memory holds for these slices in one query.
+    mem = scope.memory
+    prefetched = mem.get_many(customer.customer_id, [n for n in names if scope.allows(n)]) \
+        if mem is not None and scope.prefer_memory and len(names) > 1 else None
+
+    def one(name: str) -> Read:
+        source = SLICE_MODELS[name].source
+        if source in broken:
+            return SourceGap(slice=name, source=source, kind="unavailable", message=broken[source]), None
+        return read_slice(scope, readers[source], name, customer, prefetched)
+
+    live = [n for n in names if not (prefetched and n in prefetched and prefetched[n].fresh) and scope.allows(n)]
+    if len(live) <= 1:  # served from memory (and at most one source read): no thread pool
+        return readers, [one(n) for n in names]
+    pool = _read_pool()
+    width = max(1, scope.settings.guard.max_concurrency)  # at most this many of the call's reads at once
+    results: list[Read] = []
+    for i in range(0, len(names), width):
+        futures = [pool.submit(copy_context().run, one, n) for n in names[i:i + width]]
+        results.extend(f.result() for f in futures)
+    return readers, results
+
+
+def read_slice(scope: ReadScope, rdr: SourceReader | None, name: str, customer: CustomerRef,
+               prefetched: dict[str, CachedSlice] | None = None) -> Read:
+    """One slice, or the gap that names why it is missing, as the scope's principal may see it.
+
+    With long-term memory: a fresh snapshot is served without touching the source; a live
+    read is written through; when the source fails, the last snapshot is served marked
+    stale with its age instead of a gap. Memory always holds the full-fidelity slice:
+    masking happens on the way out. ``prefetched``: the customer's snapshots already read
+    from that memory (``get_many``).
+    """
+    access = scope.access
+    if access is None:
+        return _read(scope, rdr, name, customer, scope.prefer_memory, prefetched)
+    if not access.allows(name):
+        return access.forbidden(customer.customer_id, name), None
+    started = time.perf_counter()
+    result, outcome = _read(scope, rdr, name, customer, scope.prefer_memory, prefetched)
+    return access.admit(customer.customer_id, result, (time.perf_counter() - started) * 1000), outcome
+
+
+def _read(scope: ReadScope, rdr: SourceReader | None, name: str, customer: CustomerRef, prefer_memory: bool,
+          prefetched: dict[str, CachedSlice] | None = None) -> Read:
+    source = SLICE_MODELS[name].source
+    memory = scope.memory
+    if memory is not None and prefer_memory and rdr is not None:
+        cached = prefetched.get(name) if prefetched is not None else memory.get(customer.customer_id, name)
+        if cached is not None and cached.fresh:
+            prov = cached.slice.provenance
+            prov.served_from, prov.age_seconds = "memory", round(cached.age_seconds, 1)
+            return cached.slice, CallOutcome(source, name, "memory", 0.0)
+    if rdr is None:
+        return SourceGap(slice=name, source=source, kind="not_connected",
+                         message=f"No {source} source is connected.", remedy=REMEDIES[source]), None
+    clock = scope.clock
+    result, outcome, _exc = scope.guard.call(source, name, lambda: rdr.read(name, customer, clock),
+                                             scope.settings.source(source).timeout_s, not_found=(SliceNotFound,))
+    if outcome.status == "ok":
+        if memory is not None:
+            memory.put(customer.customer_id, result)
+        return result, outcome
+    if outcome.status == "not_found":
+        return SourceGap(slice=name, source=source, kind="not_found", message=outcome.error or "not found"), outcome
+    return _stale_or_gap(memory, customer, name, outcome), outcome
+
+
+def _stale_or_gap(memory: ContextMemory | None, customer: CustomerRef, name: str,
+                  outcome: CallOutcome) -> Slice | SourceGap:
+    """A failed read: the last snapshot marked stale with its age, else the gap naming the failure."""
+    if memory is not None and (cached := memory.get(customer.customer_id, name)) is not None:
+        prov = cached.slice.provenance
+        prov.served_from, prov.stale, prov.age_seconds = "memory", True, round(cached.age_seconds, 1)
+        return cached.slice
+    source = SLICE_MODELS[name].source
+    what = {"timeout": f"{source} source timed out: {outcome.error}",
+            "circuit_open": f"{source} source skipped: {outcome.error}"}.get(
+        outcome.status, f"{source} source failed after {outcome.attempts} attempt(s): {outcome.error}")
+    return SourceGap(slice=name, source=source, kind=GAP_FOR_OUTCOME[outcome.status], message=what)
+
+
+def recall_slices(scope: ReadScope, customer: CustomerRef, names: Iterable[str]
+                  ) -> dict[str, Slice | SourceGap | None]:
+    """Slices read back from long-term memory by reference (a graph resumed in another
+    process answers from what its fetches stored) through the same policy as every read:
+    row filter, forbidden slices, masking, audit. None for a slice memory no longer holds."""
+    memory = scope.memory
+    if memory is None:
+        return dict.fromkeys(names)
+    access = scope.access
+    if access is None:
+        return {n: (c.slice if (c := memory.get(customer.customer_id, n)) else None) for n in names}
+    with access.batch():
+        if not visible(scope, customer):
+            return {n: access.hidden(customer.customer_id, n) for n in names}
+        out: dict[str, Slice | SourceGap | None] = {}
+        for name in names:
+            if not access.allows(name):
+                out[name] = access.forbidden(customer.customer_id, name)
+                continue
+            started = time.perf_counter()
+            cached = memory.get(customer.customer_id, name)
+            out[name] = None if cached is None else access.admit(
+                customer.customer_id, cached.slice, (time.perf_counter() - started) * 1000, "read back for the answer")
+        return out
+
+
+_pool: ThreadPoolExecutor | None = None
+
+#: Threads of the process-wide read pool (callers beyond it wait their turn).
+READ_THREADS = 32
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """One pool of reader threads for the process (starting threads per read costs more than
+    a point lookup). Its tasks never wait on it themselves, so it cannot deadlock."""
+    global _pool
+    with _guards_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="custctx-read")
+        return _pool
