@@ -64,7 +64,7 @@ def test_langgraph_dev_lists_the_three_graphs_with_their_schemas_and_runs_one(tm
     env = {**os.environ, "CUSTCTX_HOME": str(tmp_path / "home"), "LANGGRAPH_CLI_NO_ANALYTICS": "1",
            "LANGSMITH_TRACING": "false"}
     proc = subprocess.Popen([shutil.which("langgraph") or "langgraph", "dev", "--no-browser", "--no-reload",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             "--port", str(port), "--config", str(ROOT / "langgraph.json")], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -96,10 +96,19 @@ def test_langgraph_dev_lists_the_three_graphs_with_their_schemas_and_runs_one(tm
         assert out["result"]["slices_used"] == ["billing.status", "billing.invoices"]
         assert "masked (role support_agent)" in out["result"]["answer"]  # served graphs default to support_agent
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the server and its workers (its own process group)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
+            os.killpg(proc.pid, sig)
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:  # already gone
             proc.wait()
+            return
+        except subprocess.TimeoutExpired:
+            continue
 

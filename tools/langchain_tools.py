@@ -168,9 +168,8 @@ def _fields_text(model: type[BaseModel], skip: Sequence[str] = ()) -> str:
         if fname in skip:
             continue
         values, nested = _type_note(info.annotation)
-        notes = [values, _fields_text(nested) if nested else None,
-                 _note(info.description) if info.description else None]
-        notes = [n for n in notes if n]
+        notes = [n for n in (values, _fields_text(nested) if nested else None,
+                             _note(info.description) if info.description else None) if n]
         parts.append(fname + (" (" + "; ".join(notes) + ")" if notes else ""))
     return ", ".join(parts)
 
@@ -236,18 +235,17 @@ _BINDING_JSON_SCHEMA = WithJsonSchema({"type": "object", "description": "Injecte
 def _args_schema(source: str) -> type[BaseModel]:
     names = tuple(slices_of(source))
     slice_name = Literal[names]  # type: ignore[valid-type]
-    return create_model(
-        f"Read{source.capitalize()}Args",
-        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-        __doc__=f"Arguments of read_{source}.",
-        slices=(list[slice_name], Field(
+    fields: dict[str, Any] = {
+        "slices": (list[slice_name], Field(
             default=list(names),
             description=f"Slices of the {source} source to read; omit or leave empty for all of them.",
         )),
         # Injected: excluded from tool_call_schema, supplied by the application. The JSON
         # schema stand-in keeps get_input_jsonschema() working (the binding holds live objects).
-        **{BINDING_ARG: (Annotated[ToolBinding, InjectedToolArg, SkipValidation, _BINDING_JSON_SCHEMA], ...)},
-    )
+        BINDING_ARG: (Annotated[ToolBinding, InjectedToolArg, SkipValidation, _BINDING_JSON_SCHEMA], ...),
+    }
+    return create_model(f"Read{source.capitalize()}Args", __config__=ConfigDict(extra="forbid",
+                        arbitrary_types_allowed=True), __doc__=f"Arguments of read_{source}.", **fields)
 
 
 def _make_tool(source: str) -> BaseTool:

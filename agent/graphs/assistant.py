@@ -17,7 +17,7 @@ from langchain_core.messages.utils import count_tokens_approximately
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from agent.graphs.nodes import (
     FETCH,
@@ -75,6 +75,7 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
                                       f"{', '.join(TOOL_SOURCES)}.", tool_call_id=call["id"], status="error"))
             continue
         schema = SOURCE_TOOLS[source].tool_call_schema
+        assert isinstance(schema, type) and issubclass(schema, BaseModel)  # the source tools' pydantic args
         extra = sorted(set(call["args"] or {}) - set(schema.model_fields))
         if extra:  # e.g. a `customer` a ticket talked the model into: the run's customer is fixed
             errors.append(ToolMessage(f"{call['name']} takes only `slices`, not {', '.join(extra)}: the customer "
@@ -86,7 +87,8 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             errors.append(ToolMessage(f"Invalid arguments for {call['name']}: {exc.errors()[0]['msg']}",
                                       tool_call_id=call["id"], status="error"))
             continue
-        names = [n for n in slices_of(source) if not args.slices or n in args.slices]
+        wanted = args.model_dump().get("slices")
+        names = [n for n in slices_of(source) if not wanted or n in wanted]
         jobs += fetch_jobs(state, names, step, call["id"])
     recorded = {"turn": state["turn"], "step": step, "name": f"tool calls, round {step}",
                 "slices": [j["slice"] for j in jobs], "planned_by": model_name(model)}
@@ -96,7 +98,8 @@ def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
 def route_plan(state: State) -> list[Send] | str:
     if sends := send_pending(state):
         return sends
-    last = (state.get("messages") or [None])[-1]
+    messages = state.get("messages") or []
+    last = messages[-1] if messages else None
     if isinstance(last, ToolMessage) and last.status == "error":
         return "plan"  # every call was invalid: let the model try again (bounded by the step budget)
     return "respond"

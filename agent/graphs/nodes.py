@@ -4,7 +4,7 @@ turn's slices back from long-term memory by reference."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
@@ -21,6 +21,18 @@ from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
 
 FETCH = "fetch_slice"
+
+
+class RuntimeNode(Protocol):
+    """A node of the workflows' state that reads the run's services."""
+
+    def __call__(self, state: State, runtime: Runtime[RunContext]) -> dict[str, Any]: ...
+
+
+class StateNode(Protocol):
+    """A node of the workflows' state that needs nothing else."""
+
+    def __call__(self, state: State) -> dict[str, Any]: ...
 
 
 def settings_of(runtime: Runtime[RunContext]) -> Settings:
@@ -74,16 +86,17 @@ def send_pending(state: State) -> list[Send]:
     return [Send(FETCH, job) for job in state.get("pending") or []]
 
 
-def fetch_slice(job: FetchJob, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Read one slice through the request's read path (memory first when fresh); the state keeps
-    only a reference, the admitted slice stays with the run for its answer."""
+def fetch_slice(state: FetchJob, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Read one slice (``state``: the fetch job a ``Send`` carries) through the request's read
+    path (memory first when fresh); the graph state keeps only a reference, the admitted slice
+    stays with the run for its answer."""
     run = run_services(runtime)
     scope = run.scope
-    name = job["slice"]
+    name = state["slice"]
     source = SLICE_MODELS[name].source
-    customer = scope.index.get(job["customer_id"]) if scope.index is not None else None
-    base: SliceRef = {"turn": job["turn"], "step": job["step"], "slice": name, "source": source,
-                      "tool_call_id": job.get("tool_call_id")}
+    customer = scope.index.get(state["customer_id"]) if scope.index is not None else None
+    base: SliceRef = {"turn": state["turn"], "step": state["step"], "slice": name, "source": source,
+                      "tool_call_id": state.get("tool_call_id")}
     if customer is None:  # the identity index was rebuilt under us
         gap = SourceGap(slice=name, source=source, kind="not_found", message="customer is no longer in the index")
         return {"refs": [{**base, "status": "gap", "gap": gap.model_dump()}]}
@@ -116,7 +129,8 @@ def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, 
     slices: dict[str, Slice] = {}
     gaps: list[SourceGap] = []
     for name, ref in refs.items():
-        got = SourceGap(**ref["gap"]) if ref["status"] == "gap" and ref.get("gap") else back.get(name)
+        gap = ref.get("gap")
+        got = SourceGap(**gap) if ref["status"] == "gap" and gap else back.get(name)
         if got is None:
             got = SourceGap(slice=name, source=ref["source"], kind="unavailable",
                             message="the snapshot read in this turn is no longer in long-term memory")
@@ -158,7 +172,7 @@ def citations(text: str, refs: dict[str, SliceRef], used: dict[str, Slice]) -> l
              "record_ids": refs[n].get("record_ids") or []} for n in cited]
 
 
-def fixed_plan(steps: list[tuple[str, list[str]]]) -> Callable[[State, Runtime[RunContext]], dict[str, Any]]:
+def fixed_plan(steps: list[tuple[str, list[str]]]) -> RuntimeNode:
     """A plan node for a workflow whose steps are fixed: record them, queue the first step."""
 
     def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
@@ -169,7 +183,7 @@ def fixed_plan(steps: list[tuple[str, list[str]]]) -> Callable[[State, Runtime[R
     return plan
 
 
-def next_step(steps: list[tuple[str, list[str]]]) -> Callable[[State], dict[str, Any]]:
+def next_step(steps: list[tuple[str, list[str]]]) -> StateNode:
     """After a fixed step's fetches: queue the next step, or nothing when all are done."""
 
     def advance(state: State) -> dict[str, Any]:
@@ -205,8 +219,8 @@ def this_turn_plan(state: State) -> list[PlanStep]:
     return [p for p in state.get("plan") or [] if p["turn"] == state.get("turn")]
 
 
-def fixed_steps_graph(resolve: Callable[..., dict[str, Any]], steps: list[tuple[str, list[str]]],
-                      respond: Callable[..., dict[str, Any]], input_schema: type[Any],
+def fixed_steps_graph(resolve: RuntimeNode, steps: list[tuple[str, list[str]]],
+                      respond: RuntimeNode, input_schema: type[Any],
                       output_schema: type[Any]) -> StateGraph[State, RunContext, Any, Any]:
     """``resolve_customer → plan → fetch_slice × N → advance … → respond`` for a workflow whose
     steps are fixed (triage, review); a customer that cannot be resolved ends in ``explain_error``."""

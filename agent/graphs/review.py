@@ -60,8 +60,8 @@ def sources_from_refs(refs: dict[str, SliceRef]) -> list[SourceStatus]:
                 st.status = "stale"
             elif st.status == "failed":
                 st.status = "degraded"
-            if r.get("source_updated_at"):
-                updated = datetime.fromisoformat(r["source_updated_at"])
+            if at := r.get("source_updated_at"):
+                updated = datetime.fromisoformat(at)
                 st.freshness = max(st.freshness or updated, updated)
     return list(out.values())
 
@@ -70,9 +70,10 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     settings = settings_of(runtime)
     slices, gaps = turn_context(state, runtime)
     scope = run_services(runtime).scope
-    ref = scope.index.get(state["customer_id"]) if scope.index is not None else None
+    customer_id, name = state.get("customer_id") or "", state.get("customer_name") or ""
+    ref = scope.index.get(customer_id) if scope.index is not None else None
     ctx = CustomerContext(
-        customer_id=state["customer_id"], name=state["customer_name"], matched_by=state.get("matched_by"),
+        customer_id=customer_id, name=name, matched_by=state.get("matched_by"),
         anchors=dict(ref.anchors) if ref else {}, domains=list(ref.domains) if ref else [], as_of=scope.clock.as_of,
         slices=slices, gaps=gaps, conflicts=find_conflicts(slices, settings),
         traits=derive_traits(slices, settings.thresholds, settings.churn_weights),

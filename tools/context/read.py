@@ -22,11 +22,11 @@ from tools.guard import CallOutcome, summarize
 from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
 from tools.mapping.engine import MappingError
 from tools.memory import CachedSlice, ContextMemory
-from tools.slices import SLICE_MODELS, Slice, SourceGap
+from tools.slices import SLICE_MODELS, GapKind, Slice, SourceGap
 from tools.sources.base import CustomerRef, SliceNotFound, SourceReader
 from tools.sources.registry import REMEDIES, reader
 
-GAP_FOR_OUTCOME = {"unavailable": "unavailable", "timeout": "timeout", "circuit_open": "unavailable"}
+GAP_FOR_OUTCOME: dict[str, GapKind] = {"unavailable": "unavailable", "timeout": "timeout", "circuit_open": "unavailable"}
 
 Read = tuple[Slice | SourceGap, CallOutcome | None]
 """A slice or the gap naming why it is missing, and the source call's outcome (None: no call)."""
