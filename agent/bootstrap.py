@@ -8,13 +8,16 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tools.faults import parse_faults
 from tools.identity import IdentityIndex, ensure_index
-from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
 from tools.sources.base import ReadContext
+from tools.sources.faults import parse_faults
 from tools.sources.registry import fixture_meta, resolve_as_of, uses_embedded
+
+if TYPE_CHECKING:
+    from tools.memory import ContextMemory
 
 Progress = Callable[[str, int, int], None]
 
@@ -48,6 +51,9 @@ atexit.register(_open_stores.close)
 
 def open_memory(settings: Settings) -> ContextMemory:
     """Long-term memory on the state database, open for the life of the process."""
+    # LangGraph's store (and LangChain under it): imported only by the commands that read memory
+    from tools.memory import ContextMemory, open_store
+
     store = _open_stores.enter_context(open_store(settings.state_db_url))
     return ContextMemory(store, settings.tenant, settings.ttls)
 

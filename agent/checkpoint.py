@@ -33,6 +33,6 @@ def open_checkpointer(url: str) -> Iterator[BaseCheckpointSaver]:
     else:
         from langgraph.checkpoint.postgres import PostgresSaver
 
-        with PostgresSaver.from_conn_string(target) as saver:
-            saver.setup()
-            yield saver
+        with PostgresSaver.from_conn_string(target) as pg_saver:
+            pg_saver.setup()
+            yield pg_saver

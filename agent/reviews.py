@@ -39,7 +39,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TextIO
 
-from tools.sources.book import AccountEntry
+from tools.book import AccountEntry
 
 ReviewFn = Callable[[AccountEntry], tuple[str, dict]]
 """Reviews one account: its markdown and a JSON-able dict. May raise."""
@@ -165,7 +165,7 @@ def run_reviews(
     """Review every account of ``entries`` into ``out_dir``; see the module docstring.
 
     Args:
-        entries: The accounts, consumed lazily (e.g. ``tools.sources.book.list_accounts(...)``).
+        entries: The accounts, consumed lazily (e.g. ``tools.book.list_accounts(...)``).
         review: Reviews one account; an exception fails that account only.
         out_dir: Where the reviews, ``index.md``, ``index.jsonl`` and ``failures.jsonl`` go.
         concurrency: Reviews running at once (threads).

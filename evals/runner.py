@@ -252,8 +252,8 @@ class Suites:
         path: zero leaks, the policy's slices and masks exactly, every read audited."""
         from agent.brief import render_brief
         from evals import access_probes as ap
-        from tools.context.assembly import read_customer_context
         from tools.access.principal import Principal
+        from tools.context.assembly import read_customer_context
         from tools.context.view import reference_view
         from tools.identity import CustomerNotFound
         from tools.slices import SLICE_NAMES

@@ -58,12 +58,13 @@ def _get(url: str, body: dict | None = None) -> object:
         return json.loads(resp.read())
 
 
-@pytest.mark.skipif(shutil.which("langgraph") is None, reason="langgraph-cli[inmem] is not installed")
 def test_langgraph_dev_lists_the_three_graphs_with_their_schemas_and_runs_one(tmp_path):
     port = _free_port()
     env = {**os.environ, "CUSTCTX_HOME": str(tmp_path / "home"), "LANGGRAPH_CLI_NO_ANALYTICS": "1",
            "LANGSMITH_TRACING": "false"}
-    proc = subprocess.Popen([shutil.which("langgraph") or "langgraph", "dev", "--no-browser", "--no-reload",
+    langgraph = shutil.which("langgraph")
+    assert langgraph, "langgraph-cli[inmem] is part of the test extra: pip install -e '.[test]'"
+    proc = subprocess.Popen([langgraph, "dev", "--no-browser", "--no-reload",
                              "--port", str(port), "--config", str(ROOT / "langgraph.json")], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     base = f"http://127.0.0.1:{port}"

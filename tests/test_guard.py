@@ -8,10 +8,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from tools.faults import Fault, FaultSpecError, parse_faults
 from tools.guard import SourceGuard, SourceTimeout, TransientSourceError, guarded_sleep
 from tools.settings import GuardSettings
 from tools.sources.base import SliceNotFound
+from tools.sources.faults import Fault, FaultSpecError, parse_faults
 from tools.sources.registry import engine_for
 
 

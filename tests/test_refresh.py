@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, func, insert, select, table, text, update
 
 from agent.bootstrap import ready
 from tools.access.audit import audit_log
+from tools.book import count_accounts, list_accounts
 from tools.context.assembly import assemble_context
 from tools.context.scope import ReadScope
 from tools.embedded.generate import seed
@@ -33,7 +34,6 @@ from tools.refresh.jobs import (
 )
 from tools.settings import GuardSettings
 from tools.slices import SLICE_NAMES
-from tools.sources.book import count_accounts, list_accounts
 from tools.sources.registry import dispose_engines, engine_for
 
 from .conftest import settings_for, statements_on

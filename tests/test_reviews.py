@@ -14,13 +14,13 @@ import pytest
 from agent.bootstrap import ready
 from agent.brief import render_brief
 from agent.reviews import FAILURES, INDEX_DB, INDEX_MD, review_paths, run_reviews, slugify
+from tools.book import AccountEntry, BookError, count_accounts, list_accounts
 from tools.context.assembly import assemble_context
 from tools.context.scope import ReadScope
 from tools.context.view import reference_view
 from tools.embedded.generate import seed_salesforce
 from tools.identity import normalize_name
 from tools.settings import SourceConfig
-from tools.sources.book import AccountEntry, BookError, count_accounts, list_accounts
 
 from .conftest import settings_for
 

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, insert, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
 from tools.mapping.engine import Mapping, load_mapping
 from tools.settings import Settings
-from tools.sources.base import CustomerRef
+from tools.sources.base import CustomerRef, is_email
 from tools.sources.registry import engine_for
 
 #: Sources whose records are customers; their priority decides the canonical record.
@@ -35,7 +35,6 @@ FREEMAIL = frozenset({
     "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.com", "gmx.de", "mail.com", "yandex.ru",
     "qq.com", "163.com",
 })
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DOMAIN = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)/?$", re.IGNORECASE)
 _BATCH = 20_000
 
@@ -105,10 +104,6 @@ def normalize_email(email: str) -> str:
     """Lower-case, with plus-addressing removed: rachael+support@tyrell.fr → rachael@tyrell.fr."""
     local, _, domain = email.strip().lower().partition("@")
     return f"{local.split('+', 1)[0]}@{domain}"
-
-
-def is_email(text: str) -> bool:
-    return bool(_EMAIL.match(text.strip()))
 
 
 def _key_values(kind: str, value: str, derive_domain: bool) -> Iterable[tuple[str, str]]:
@@ -224,7 +219,8 @@ def build_index(settings: Settings, progress: Callable[[str, int, int], None] | 
     """(Re)build the identity index from every connected source. Returns the customer count."""
     nodes = _collect(settings)
     comps = _components(nodes)
-    customers, keys = [], set()
+    customers: list[dict] = []
+    keys: set[tuple[str, str, str]] = set()
     for comp in comps:
         row = _customer_row(comp, nodes)
         customers.append(row)
@@ -393,7 +389,7 @@ class IdentityIndex:
         return [by_norm[m] for m in difflib.get_close_matches(norm, list(by_norm), n=n, cutoff=0.5)]
 
 
-def _ref(row: dict) -> CustomerRef:
+def _ref(row: RowMapping) -> CustomerRef:
     return CustomerRef(
         customer_id=row["customer_id"], name=row["name"], anchors=json.loads(row["anchors"]),
         domains=tuple(json.loads(row["domains"])), emails=tuple(json.loads(row["emails"])),

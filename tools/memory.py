@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
-from langgraph.store.base import BaseStore, GetOp
+from langgraph.store.base import BaseStore, GetOp, Item
 from sqlalchemy.engine import make_url
 
 from tools.slices import Slice, parse_slice
@@ -74,7 +74,9 @@ class ContextMemory:
             wanted = set(names)
             return {k: self._cached(k, orjson.loads(v)) for k, v in rows if k in wanted}
         items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
-        return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True) if item is not None}
+        # a GetOp's result is the Item, or None when memory has no such key
+        return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True)
+                if isinstance(item, Item)}
 
     def _cached(self, name: str, value: dict) -> CachedSlice:
         s = parse_slice(name, value["slice"])
@@ -125,6 +127,6 @@ def open_store(url: str) -> Iterator[BaseStore]:
     else:
         from langgraph.store.postgres import PostgresStore
 
-        with PostgresStore.from_conn_string(target) as store:
-            store.setup()
-            yield store
+        with PostgresStore.from_conn_string(target) as pg_store:
+            pg_store.setup()
+            yield pg_store

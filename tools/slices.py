@@ -137,13 +137,17 @@ class PaymentMethod(BaseModel):
         return f"{self.brand or 'card'} •{self.last4 or '????'}"
 
 
+#: A billing account's state, whatever the billing system calls it (a mapping's status_map).
+BillingState = Literal["current", "past_due", "canceled", "trialing", "none"]
+
+
 class BillingStatus(Slice):
     name: ClassVar[str] = "billing.status"
     source: ClassVar[str] = "billing"
 
     billing_id: str
     billing_email: str | None = None
-    status: Literal["current", "past_due", "canceled", "trialing", "none"]
+    status: BillingState
     plan: str | None = None
     mrr: float | None = None
     currency: str | None = None
@@ -186,6 +190,10 @@ class BillingInvoices(Slice):
 
 
 # ------------------------------------------------------------------------ Product
+#: Week-over-week event trend of a product account.
+UsageTrend = Literal["increasing", "stable", "declining", "no_activity"]
+
+
 class ProductUsage(Slice):
     name: ClassVar[str] = "product.usage"
     source: ClassVar[str] = "product"
@@ -199,7 +207,7 @@ class ProductUsage(Slice):
     feature_adoption: float = Field(default=0.0, description="Share of known features used in 30 days.")
     events_last_7d: int = 0
     events_prior_7d: int = 0
-    trend: Literal["increasing", "stable", "declining", "no_activity"] = "no_activity"
+    trend: UsageTrend = "no_activity"
 
 
 # ------------------------------------------------------------------------ Support

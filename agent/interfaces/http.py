@@ -44,7 +44,8 @@ from agent.interfaces.service import (
     ticket_input,
 )
 from tools.access.principal import Principal
-from tools.context.assembly import UnknownSlice, reference_view
+from tools.context.assembly import UnknownSlice
+from tools.context.view import reference_view
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.settings import Settings
 from tools.sources.tickets import TicketInput, TicketNotFound, TicketSourceUnavailable

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import yaml
 from sqlalchemy import (
@@ -163,7 +163,9 @@ class FieldSpec:
     type: str = "str"
     convert: str | None = None
     json_path: str | None = None  # for type json: key path inside the JSON text
-    values: dict[str, Any] | None = None  # value map applied after conversion
+    # value map applied after conversion: raw source value (any scalar YAML key, null
+    # included; "*" for every other value) -> Python value
+    values: dict[Hashable, Any] | None = None
     coalesce: tuple[str, ...] = ()  # several "alias.col" tried in order
     constant: Any = None
     required: bool = False
@@ -326,7 +328,9 @@ class Entity:
         """A Python value in the field's source representation (for filters)."""
         return self.spec(name).to_source(python_value)
 
-    def select(self, fields: Sequence[str] | None = None, part: EntityPart | None = None) -> Select[Any]:
+    def select(
+        self, fields: Sequence[str] | None = None, part: EntityPart | None = None
+    ) -> Select[*tuple[Any, ...]]:
         p = part or self.part
         names = list(fields or p.fields)
         # Raw values, converted in Python by FieldSpec.to_python: driver result
@@ -452,7 +456,7 @@ class Entity:
 
     def _statement(self, p: EntityPart, names: list[str], field: str, n: int, where: Sequence[tuple[str, Any]],
                    window: tuple[str, Any, Any] | None, order_by: str | None, descending: bool,
-                   limit: int | None) -> Select[Any]:
+                   limit: int | None) -> Select[*tuple[Any, ...]]:
         stmt = self.select(names, p).where(p.col(field).in_([bindparam(f"k{j}") for j in range(n)]))
         for j, (k, _) in enumerate(where):
             stmt = stmt.where(p.col(k) == bindparam(f"w{j}"))
@@ -629,7 +633,20 @@ def load_mapping(ref: str) -> Mapping:
         known = sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
         raise MappingError(f"no mapping {ref!r}; built-in mappings: {', '.join(known)}")
     with path.open(encoding="utf-8") as fh:
-        return parse_mapping(yaml.safe_load(fh), name=path.stem)
+        # libyaml's loader when PyYAML has it: ten times faster, and every command loads the mappings
+        return parse_mapping(yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), name=path.stem)
+
+
+@overload
+def days_between(earlier: date | datetime, later: datetime) -> int: ...
+
+
+@overload
+def days_between(earlier: None, later: datetime) -> None: ...
+
+
+@overload
+def days_between(earlier: date | datetime | None, later: datetime) -> int | None: ...
 
 
 def days_between(earlier: date | datetime | None, later: datetime) -> int | None:

@@ -1,7 +1,7 @@
 """Refreshing long-term memory: full, incremental (source watermarks) and event-driven.
 
 * :func:`refresh_full` reads every slice of every active customer (the book of
-  ``tools.sources.book.list_accounts``: churned accounts are left out) live and writes them to
+  ``tools.book.list_accounts``: churned accounts are left out) live and writes them to
   long-term memory, a chunk of customers at a time: each chunk is read in bulk, a few
   queries per source, by the readers' own slice code, and what a bulk read cannot
   answer is read one customer at a time through ``read_slices`` (guard, faults,
@@ -54,7 +54,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import NullType
 
-from tools.context.assembly import default_guard, expand_slices
+from tools.context.assembly import expand_slices
+from tools.context.scope import default_guard
 from tools.guard import SourceGuard, summarize
 from tools.identity import (
     IdentityIndex,
@@ -273,7 +274,10 @@ def watermarks(settings: Settings) -> dict[str, str | None]:
     """Per source, the newest update timestamp the last successful refresh saw (None: none yet)."""
     out: dict[str, str | None] = {s: None for s in SOURCE_NAMES}
     for (source, _), (_, value) in _load(settings).items():
-        if source in out and value is not None and (out[source] is None or value > out[source]):
+        if source not in out or value is None:
+            continue
+        current = out[source]
+        if current is None or value > current:
             out[source] = value
     return out
 
@@ -347,9 +351,9 @@ def _changed_keys(conn: Connection, mapping: Mapping, m: _Mark, after: Any) -> t
     link: Entity = mapping.entity(w.via.entity)
     changed_ids = select(p.col(w.via.on)).select_from(p.from_clause).where(*changed)
     for lp in link.parts:
-        stmt = (select(_raw(lp.col(w.key))).distinct().select_from(lp.from_clause)
-                .where(lp.col(w.via.match).in_(changed_ids.scalar_subquery())))
-        for (raw_key,) in conn.execute(stmt):
+        link_stmt = (select(_raw(lp.col(w.key))).distinct().select_from(lp.from_clause)
+                     .where(lp.col(w.via.match).in_(changed_ids.scalar_subquery())))
+        for (raw_key,) in conn.execute(link_stmt):
             value = _py(lp.fields[w.key], raw_key)
             if value is not None and value != "":
                 keys.add((w.kind, _key_text(w.kind, value)))
@@ -392,13 +396,13 @@ def _workers(settings: Settings, memory: ContextMemory, guard: SourceGuard | Non
 
 
 def _book(settings: Settings) -> Iterator[str]:
-    from tools.sources.book import list_accounts  # the active book: churned accounts left out
+    from tools.book import list_accounts  # the active book: churned accounts left out
 
     return (a.customer_id for a in list_accounts(settings))
 
 
 def _book_size(settings: Settings) -> int:
-    from tools.sources.book import count_accounts
+    from tools.book import count_accounts
 
     return count_accounts(settings)
 
@@ -476,12 +480,11 @@ def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrenc
     report.full_sources = full_sources
     tally = _Tally(report, keep_customers=True, keep_writes=False)
     if full_sources:
-        marks = _capture(settings, full_sources, guard, report)
-        new_marks.update(marks)
-        names = [n for n in SLICE_NAMES if SLICE_MODELS[n].source in full_sources]
+        new_marks.update(_capture(settings, full_sources, guard, report))
+        full_names = [n for n in SLICE_NAMES if SLICE_MODELS[n].source in full_sources]
         total = _book_size(settings)
         before = report.customers
-        run_chunks(settings, memory, ((cid, names) for cid in _book(settings)), tally, concurrency=concurrency,
+        run_chunks(settings, memory, ((cid, full_names) for cid in _book(settings)), tally, concurrency=concurrency,
                    guard=guard, progress=progress, stage="refresh (no watermark yet)", total=total,
                    workers=_workers(settings, memory, user_guard, workers, total))
         for s in full_sources:

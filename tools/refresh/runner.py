@@ -110,9 +110,10 @@ class _WriteBuffer(BaseStore):
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         ops = list(ops)
-        if ops and all(isinstance(o, PutOp) for o in ops):
+        puts = [o for o in ops if isinstance(o, PutOp)]
+        if ops and len(puts) == len(ops):
             with self._lock:
-                self._ops.extend(ops)  # type: ignore[arg-type]
+                self._ops.extend(puts)
             return [None] * len(ops)
         return self.inner.batch(ops)
 

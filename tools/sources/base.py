@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from collections.abc import Mapping as MappingOf
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from tools.mapping.engine import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, order_r
 from tools.settings import Settings
 from tools.slices import Provenance, Slice
 from tools.sources.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,9 @@ class SourceReader:
     e.g. ``read_account`` for ``crm.account``.
     """
 
-    source: ClassVar[str]
+    #: The source read: set on each reader class; a reader with a fault in front
+    #: (``tools.sources.faults``) takes its inner reader's.
+    source: str
 
     def __init__(self, mapping: Mapping, engine: Engine) -> None:
         if mapping.source != self.source:
@@ -175,10 +180,10 @@ class SourceReader:
         m = self.mapping
         part = m.entity(m.anchor[0] or next(iter(m.entities))).parts[0]
         has_updated = "updated_at" in part.fields
-        cols = [func.count(), func.max(part.col("updated_at")) if has_updated else func.count()]
+        newest_col = func.max(part.col("updated_at")) if has_updated else func.count()
         with self.engine.connect() as conn:
             self._apply_deadline(conn)
-            count, newest = conn.execute(select(*cols).select_from(part.from_clause)).one()
+            count, newest = conn.execute(select(func.count(), newest_col).select_from(part.from_clause)).one()
         return int(count), part.fields["updated_at"].to_python(newest) if has_updated and newest is not None else None
 
     @staticmethod
@@ -221,6 +226,11 @@ class SourceReader:
 
 def first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return rows[0] if rows else None
+
+
+def is_email(text: str) -> bool:
+    """Whether ``text`` looks like one email address (something@domain.tld)."""
+    return bool(_EMAIL.match(text.strip()))
 
 
 def require_domains(customer: CustomerRef, source: str) -> tuple[str, ...]:

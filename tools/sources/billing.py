@@ -8,7 +8,14 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from tools.mapping.engine import days_between
-from tools.slices import BillingInvoices, BillingStatus, FailedCharge, Invoice, PaymentMethod
+from tools.slices import (
+    BillingInvoices,
+    BillingState,
+    BillingStatus,
+    FailedCharge,
+    Invoice,
+    PaymentMethod,
+)
 from tools.sources.base import CustomerRef, ReadContext, SourceReader, first
 
 FAILED_CHARGE_WINDOW_DAYS = 90
@@ -38,7 +45,8 @@ class BillingReader(SourceReader):
 
         c = first(cust.rows) or {}
         sub = first(subs.rows)
-        status_map: dict[str, str] = self.mapping.settings.get("status_map", {})
+        # the mapping's values are BillingStatus states (checked when the slice is built)
+        status_map: dict[str, BillingState] = self.mapping.settings.get("status_map", {})
         status = status_map.get(sub["status"], "past_due") if sub else "none"
         if status == "current" and c.get("delinquent"):
             status = "past_due"
@@ -49,7 +57,7 @@ class BillingReader(SourceReader):
             provenance=self.provenance(ctx, used, skipped=sum(f.skipped for f in (cust, subs, charges, methods, invoices))),
             billing_id=billing_id,
             billing_email=c.get("email"),
-            status=status,  # type: ignore[arg-type]
+            status=status,
             plan=sub.get("plan") if sub else None,
             mrr=self.monthly_amount(sub) if sub and status != "canceled" else None,
             currency=(c.get("currency") or "usd").upper(),

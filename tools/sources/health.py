@@ -8,9 +8,9 @@ from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from tools.faults import parse_faults
 from tools.guard import SourceGuard
 from tools.settings import SOURCE_NAMES, Settings
+from tools.sources.faults import parse_faults
 from tools.sources.registry import REMEDIES, reader
 
 

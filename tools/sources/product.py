@@ -17,7 +17,7 @@ from sqlalchemy.sql import Select
 
 from tools.guard import MalformedSource
 from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, RowError, days_between, prepared
-from tools.slices import ProductUsage
+from tools.slices import ProductUsage, UsageTrend
 from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, SourceReader
 
 
@@ -34,7 +34,8 @@ class ProductReader(SourceReader):
         usage = self.batched(conn, ("usage by group", ctx.as_of, login_event), [group_id],
                              lambda c, keys: self._usage_by_group(c, keys, ctx.as_of, login_event))[group_id]
         events = self.mapping.entity("event").part
-        window, last_login = list(usage[:5]), usage[5]
+        window: Sequence[Any] = list(usage[:5])
+        last_login = usage[5]
         features_known: list[str] = self.mapping.settings.get("features", [])
         used = sorted(set(usage[6]) & set(features_known))
         tamper = ROW_TAMPER.get()
@@ -115,7 +116,7 @@ class ProductReader(SourceReader):
         ).select_from(joined).where(ts <= now).group_by(members.c.gid)
 
     @staticmethod
-    def trend(last7: int, prior7: int, change: float) -> str:
+    def trend(last7: int, prior7: int, change: float) -> UsageTrend:
         """Week-over-week event trend: ±``change`` counts as movement."""
         if last7 == 0 and prior7 == 0:
             return "no_activity"

@@ -9,7 +9,6 @@ from sqlalchemy import column, create_engine, event, inspect, select, table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from tools.faults import FaultyReader, parse_faults
 from tools.guard import deadline_passed
 from tools.mapping.engine import load_mapping
 from tools.settings import SOURCE_NAMES, Settings
@@ -21,6 +20,7 @@ from tools.sources.chat import ChatReader
 from tools.sources.crm import CrmReader
 from tools.sources.documents import DocumentsReader
 from tools.sources.email import EmailReader
+from tools.sources.faults import FaultyReader, parse_faults
 from tools.sources.product import ProductReader
 from tools.sources.research import ResearchReader
 from tools.sources.support import SupportReader

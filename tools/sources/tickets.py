@@ -24,9 +24,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tools.guard import summarize
-from tools.identity import is_email
 from tools.mapping.engine import Entity, EntityPart, MappingError, RowError
 from tools.settings import Settings
+from tools.sources.base import is_email
 from tools.sources.registry import reader
 
 TRIAGE_STATUSES: tuple[str, ...] = ("new", "open", "pending")

@@ -63,8 +63,10 @@ def parse_faults(spec: str | None) -> dict[str, Fault]:
             faults[source] = Fault("slow", seconds=float(m.group(2)) / (1000 if m.group(3) == "ms" else 1))
         elif what.startswith("flaky"):
             faults[source] = Fault("flaky", rate=float(m.group(4)))
+        elif what == "down":
+            faults[source] = Fault("down")
         else:
-            faults[source] = Fault(what)  # type: ignore[arg-type]
+            faults[source] = Fault("corrupt")
     return faults
 
 
@@ -75,7 +77,7 @@ class FaultyReader(SourceReader):
 
     def __init__(self, inner: SourceReader, fault: Fault, seed: int = 7):  # noqa: D107
         self.inner, self.fault, self.seed = inner, fault, seed
-        self.source = inner.source  # type: ignore[misc]
+        self.source = inner.source
         self.mapping, self.engine = inner.mapping, inner.engine
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()
