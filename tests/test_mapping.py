@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import create_engine, text
 
-from tools.mapping.engine import MappingError, RowError, load_mapping, parse_mapping
+from tools.mapping.conversions import MappingError, RowError
+from tools.mapping.loader import load_mapping, parse_mapping
 
 DOC = {
     "name": "toy", "source": "billing", "system": "toy",

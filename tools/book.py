@@ -33,7 +33,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tools.guard import summarize
 from tools.identity import identity_customer
-from tools.mapping.engine import Mapping, MappingError, load_mapping
+from tools.mapping.conversions import MappingError
+from tools.mapping.engine import Mapping
+from tools.mapping.loader import load_mapping
 from tools.settings import Settings, Thresholds
 from tools.sources.billing import BillingReader
 from tools.sources.registry import engine_for

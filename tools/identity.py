@@ -22,7 +22,8 @@ from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, inse
 from sqlalchemy.engine import Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
-from tools.mapping.engine import Mapping, load_mapping
+from tools.mapping.engine import Mapping
+from tools.mapping.loader import load_mapping
 from tools.settings import Settings
 from tools.sources.base import CustomerRef, is_email
 from tools.sources.registry import engine_for

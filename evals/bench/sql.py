@@ -25,7 +25,7 @@ import sqlite3
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from tools.mapping.engine import load_mapping
+from tools.mapping.loader import load_mapping
 from tools.settings import Thresholds
 from tools.sources.base import CustomerRef
 from tools.sources.product import ProductReader

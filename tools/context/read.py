@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from tools.context.scope import ReadScope, _guards_lock
 from tools.guard import CallOutcome, summarize
 from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
-from tools.mapping.engine import MappingError
+from tools.mapping.conversions import MappingError
 from tools.memory import CachedSlice, ContextMemory
 from tools.slices import SLICE_MODELS, GapKind, Slice, SourceGap
 from tools.sources.base import CustomerRef, SliceNotFound, SourceReader

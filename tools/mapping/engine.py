@@ -16,24 +16,13 @@ Source modules ask for entity fields by their mapped names only, so another sche
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from functools import cache, partial
-from pathlib import Path
-from typing import Any, overload
+from functools import partial
+from typing import Any
 
-import yaml
 from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Date,
-    DateTime,
-    Float,
-    Numeric,
-    String,
     and_,
     bindparam,
     false,
@@ -48,111 +37,20 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement, FromClause, Select
 from sqlalchemy.types import NullType
 
-MAPPINGS_DIR = Path(__file__).parent
+from tools.mapping.conversions import (
+    CONVERSIONS,
+    INTEGER_CONVERSIONS,
+    SQL_TYPES,
+    TYPE_CASTS,
+    MappingError,
+    RowError,
+)
 
 #: Set by fault injection (``corrupt``): rewrites raw rows before conversion.
 ROW_TAMPER: ContextVar[Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None] = \
     ContextVar("custctx_row_tamper", default=None)
 #: Set by the reader around one read: counts rows skipped as malformed.
 SKIP_TALLY: ContextVar[list[int] | None] = ContextVar("custctx_skip_tally", default=None)
-
-SQL_TYPES = {
-    "str": String, "int": BigInteger, "float": Float, "decimal": Numeric,
-    "bool": Boolean, "datetime": DateTime, "date": Date, "json": String,
-}
-
-
-class MappingError(ValueError):
-    """A mapping file is malformed or names something that does not exist."""
-
-
-class RowError(ValueError):
-    """A source row could not be converted (wrong type, missing required value)."""
-
-
-# ----------------------------------------------------------------- conversions
-def _epoch(scale: int) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    def to_py(v: Any) -> datetime:
-        return datetime.fromtimestamp(_to_int(v) / scale, UTC).replace(tzinfo=None)
-
-    def to_src(v: Any) -> int:
-        if isinstance(v, date) and not isinstance(v, datetime):
-            v = datetime(v.year, v.month, v.day)
-        return int(v.replace(tzinfo=UTC).timestamp() * scale)
-
-    return to_py, to_src
-
-
-def _domain(v: Any) -> str:
-    s = str(v).strip().lower()
-    s = re.sub(r"^[a-z][a-z0-9+.-]*://", "", s)
-    s = s.split("/", 1)[0].split("?", 1)[0].split(":", 1)[0]
-    return s[4:] if s.startswith("www.") else s
-
-
-def _to_date(v: Any) -> date:
-    if isinstance(v, datetime):
-        return v.date()
-    if isinstance(v, date):
-        return v
-    return date.fromisoformat(str(v)[:10])
-
-
-def _to_datetime(v: Any) -> datetime:
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
-    if isinstance(v, date):
-        return datetime(v.year, v.month, v.day)
-    return _to_datetime(datetime.fromisoformat(str(v)))
-
-
-def _identity(v: Any) -> Any:
-    return v
-
-
-def _to_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        t = v.strip().lower()
-        if t in ("true", "t", "yes", "y", "1"):
-            return True
-        if t in ("false", "f", "no", "n", "0", ""):
-            return False
-        raise ValueError(f"not a boolean: {v!r}")
-    return bool(v)
-
-
-def _to_float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("a boolean is not a number")
-    return float(v)
-
-
-def _to_int(v: Any) -> int:
-    f = _to_float(v)
-    if f != int(f):
-        raise ValueError(f"not an integer: {v!r}")
-    return int(f)
-
-
-CONVERSIONS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "cents": (lambda v: round(_to_int(v) / 100, 2), lambda v: int(round(float(v) * 100))),
-    "epoch_s": _epoch(1),
-    "epoch_ms": _epoch(1000),
-    "email_local_part": (lambda v: str(v).split("@", 1)[0].lower(), _identity),
-    "domain": (_domain, _identity),
-    "lower": (lambda v: str(v).strip().lower(), _identity),
-    "snake": (lambda v: re.sub(r"[\s/-]+", "_", str(v).strip().lower()), _identity),
-    "id_text": (lambda v: str(_to_int(v)), int),  # integer ids in the source, strings everywhere else
-}
-
-#: Conversions whose source representation is an integer column.
-INTEGER_CONVERSIONS = frozenset({"cents", "epoch_s", "epoch_ms", "id_text"})
-
-TYPE_CASTS: dict[str, Callable[[Any], Any]] = {
-    "str": str, "int": _to_int, "float": _to_float, "decimal": _to_float, "bool": _to_bool,
-    "datetime": _to_datetime, "date": _to_date, "json": _identity,
-}
-
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -561,97 +459,3 @@ class Mapping:
             return self.entities[name]
         except KeyError:
             raise MappingError(f"mapping {self.name!r} has no entity {name!r}") from None
-
-
-# ------------------------------------------------------------------------ loading
-def _field(name: str, spec: Any) -> FieldSpec:
-    if isinstance(spec, str):
-        return FieldSpec(name=name, column=spec)
-    if not isinstance(spec, dict):
-        raise MappingError(f"field {name!r}: expected a column name or a mapping, got {spec!r}")
-    unknown = set(spec) - {"column", "type", "convert", "path", "values", "coalesce", "constant", "required"}
-    if unknown:
-        raise MappingError(f"field {name!r}: unknown keys {sorted(unknown)}")
-    if spec.get("convert") and spec["convert"] not in CONVERSIONS:
-        raise MappingError(f"field {name!r}: unknown conversion {spec['convert']!r}; known: {sorted(CONVERSIONS)}")
-    ftype = spec.get("type", "str")
-    if ftype not in SQL_TYPES:
-        raise MappingError(f"field {name!r}: unknown type {ftype!r}; known: {sorted(SQL_TYPES)}")
-    return FieldSpec(
-        name=name, column=spec.get("column"), type=ftype, convert=spec.get("convert"),
-        json_path=spec.get("path"), values=spec.get("values"),
-        coalesce=tuple(spec.get("coalesce", ())), constant=spec.get("constant"),
-        required=bool(spec.get("required", False)),
-    )
-
-
-def _part(entity: str, spec: dict[str, Any]) -> EntityPart:
-    if "table" not in spec:
-        raise MappingError(f"entity {entity!r}: 'table' is required")
-    fields = {n: _field(n, s) for n, s in (spec.get("fields") or {}).items()}
-    # YAML 1.1 reads the bare key `on` as the boolean True; accept it as written.
-    joins = tuple({("on" if k is True else k): v for k, v in j.items()} for j in spec.get("joins") or ())
-    for j in joins:
-        if not {"table", "alias", "on"} <= set(j):
-            raise MappingError(f"entity {entity!r}: a join needs table, alias and on")
-    return EntityPart(table=spec["table"], fields=fields, joins=joins, where=dict(spec.get("where") or {}))
-
-
-def parse_mapping(doc: dict[str, Any], name: str = "<inline>") -> Mapping:
-    """Build a :class:`Mapping` from its YAML document."""
-    try:
-        entities: dict[str, Entity] = {}
-        for ename, espec in (doc.get("entities") or {}).items():
-            parts = espec.get("parts") or [espec]
-            entities[ename] = Entity(name=ename, parts=tuple(_part(ename, p) for p in parts),
-                                     key=espec.get("key", "id"))
-        ident = doc.get("identity") or {}
-        anchor_entity, _, anchor_field = str(ident.get("anchor", "")).partition(".")
-        keys = tuple(IdentityKey(**k) for k in ident.get("keys", ()))
-        mapping = Mapping(
-            name=doc.get("name", name), source=doc["source"], system=doc.get("system", name),
-            entities=entities, anchor=(anchor_entity, anchor_field), identity=keys,
-            settings=dict(doc.get("settings") or {}),
-        )
-    except (KeyError, TypeError) as exc:
-        raise MappingError(f"mapping {name!r} is malformed: {exc}") from exc
-    for k in mapping.identity:
-        ent = mapping.entity(k.entity)
-        for f in (k.anchor, k.field):
-            if not ent.has(f):
-                raise MappingError(f"mapping {name!r}: identity key names unmapped field {k.entity}.{f}")
-    return mapping
-
-
-@cache
-def load_mapping(ref: str) -> Mapping:
-    """Load a mapping by name (``hubspot``) or path (``./my_crm.yaml``)."""
-    path = Path(ref)
-    if not path.suffix:
-        path = MAPPINGS_DIR / f"{ref}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in MAPPINGS_DIR.glob("*.yaml"))
-        raise MappingError(f"no mapping {ref!r}; built-in mappings: {', '.join(known)}")
-    with path.open(encoding="utf-8") as fh:
-        # libyaml's loader when PyYAML has it: ten times faster, and every command loads the mappings
-        return parse_mapping(yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)), name=path.stem)
-
-
-@overload
-def days_between(earlier: date | datetime, later: datetime) -> int: ...
-
-
-@overload
-def days_between(earlier: None, later: datetime) -> None: ...
-
-
-@overload
-def days_between(earlier: date | datetime | None, later: datetime) -> int | None: ...
-
-
-def days_between(earlier: date | datetime | None, later: datetime) -> int | None:
-    """Whole days from ``earlier`` to ``later`` (None stays None)."""
-    if earlier is None:
-        return None
-    e = earlier if isinstance(earlier, datetime) else datetime(earlier.year, earlier.month, earlier.day)
-    return (later.date() - e.date()).days

@@ -63,16 +63,9 @@ from tools.identity import (
     identity_key,
     normalize_name,
 )
-from tools.mapping.engine import (
-    IN_CHUNK,
-    Entity,
-    EntityPart,
-    FieldSpec,
-    Mapping,
-    MappingError,
-    RowError,
-    load_mapping,
-)
+from tools.mapping.conversions import MappingError, RowError
+from tools.mapping.engine import IN_CHUNK, Entity, EntityPart, FieldSpec, Mapping
+from tools.mapping.loader import load_mapping
 from tools.memory import ContextMemory
 from tools.refresh.runner import (  # noqa: F401 - REFRESH_USER, refresh_access, RefreshReport: public here
     REFRESH_USER,

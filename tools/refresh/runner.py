@@ -34,7 +34,8 @@ from tools.context.scope import ReadScope, default_guard
 from tools.guard import CallOutcome, SourceGuard
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
-from tools.mapping.engine import IN_CHUNK, MappingError
+from tools.mapping.conversions import MappingError
+from tools.mapping.engine import IN_CHUNK
 from tools.memory import ContextMemory, open_store
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from tools.mapping.engine import days_between
+from tools.mapping.conversions import days_between
 from tools.slices import (
     BillingInvoices,
     BillingState,

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Connection
 
-from tools.mapping.engine import days_between
+from tools.mapping.conversions import days_between
 from tools.slices import (
     Activity,
     Contact,

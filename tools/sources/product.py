@@ -16,7 +16,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Select
 
 from tools.guard import MalformedSource
-from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, RowError, days_between, prepared
+from tools.mapping.conversions import RowError, days_between
+from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, prepared
 from tools.slices import ProductUsage, UsageTrend
 from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, SourceReader
 

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tools.guard import deadline_passed
-from tools.mapping.engine import load_mapping
+from tools.mapping.loader import load_mapping
 from tools.settings import SOURCE_NAMES, Settings
 from tools.sources.base import SourceReader, utcnow
 from tools.sources.billing import BillingReader

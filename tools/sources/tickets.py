@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tools.guard import summarize
-from tools.mapping.engine import Entity, EntityPart, MappingError, RowError
+from tools.mapping.conversions import MappingError, RowError
+from tools.mapping.engine import Entity, EntityPart
 from tools.settings import Settings
 from tools.sources.base import is_email
 from tools.sources.registry import reader
