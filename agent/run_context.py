@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from agent.bootstrap import Ready, ready
-from tools.access.principal import Principal, as_principal
+from tools.access.principal import default_principal
 from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
 from tools.settings import Settings
@@ -38,22 +38,20 @@ if TYPE_CHECKING:
 
 @dataclass(kw_only=True, frozen=True, eq=False)
 class RunContext:
-    """What one run of a graph is configured with (every field plain and serialisable)."""
+    """What one run of a graph is configured with: plain values a caller may choose.
 
-    settings: Settings | None = field(default=None, metadata={
-        "description": "Product settings for this run; unset: from the environment (CUSTCTX_*)."})
+    Nothing here says who is asking or which product settings apply — those come from the
+    application (the principal and settings of the request's read scope) or, for a graph
+    served by LangGraph's server, from the server's own environment: a client cannot raise
+    its own privileges through the run context.
+    """
+
     model: str | None = field(default=None, metadata={
-        "description": 'Chat model: "offline" or an OpenAI-compatible model name; unset: settings.model.'})
+        "description": 'Chat model: "offline" or an OpenAI-compatible model name; unset: CUSTCTX_MODEL.'})
     max_plan_steps: int | None = field(default=None, metadata={
-        "description": "Tool-call planning rounds allowed per question; unset: settings.max_plan_steps."})
+        "description": "Tool-call planning rounds allowed per question; unset: CUSTCTX_MAX_PLAN_STEPS."})
     fresh: bool = field(default=False, metadata={
         "description": "Read every slice from its source, not from long-term memory."})
-    principal: Principal | None = field(default=None, metadata={
-        "description": "Who is asking, set by the application (never from a run's input); every read applies "
-        "its role's access policy and is audited. Unset: CUSTCTX_ROLE, else support_agent."})
-
-    def resolved_settings(self) -> Settings:
-        return self.settings if self.settings is not None else Settings()
 
 
 @dataclass
@@ -116,9 +114,11 @@ def run_services(runtime: Runtime[RunContext]) -> RunServices:
 
 
 def _build(rc: RunContext, store: BaseStore | None) -> RunServices:
-    settings = rc.resolved_settings()
+    """A served graph's services: the server's settings (its environment) and the default
+    principal of the ``langgraph`` interface (CUSTCTX_ROLE / CUSTCTX_USER, else support_agent)."""
+    settings = Settings()
     svc = services(settings)
-    principal = as_principal(rc.principal, settings, "langgraph")
+    principal = default_principal(settings, "langgraph")
     scope = ReadScope.build(settings, svc.ctx, principal=principal, memory=context_memory(store, settings),
                             index=svc.index, prefer_memory=not rc.fresh)
     return RunServices(scope=scope)

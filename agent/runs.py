@@ -74,8 +74,7 @@ class Runner:
              principal: Principal | None, fresh: bool, model: str | None, chat_model: BaseChatModel | None,
              max_plan_steps: int | None) -> dict[str, Any]:
         scope = scope or self.request(principal, fresh=fresh)
-        rc = RunContext(settings=self.settings, model=model, max_plan_steps=max_plan_steps, fresh=fresh,
-                        principal=scope.principal)
+        rc = RunContext(model=model, max_plan_steps=max_plan_steps, fresh=fresh)
         with bound(rc, RunServices(scope=scope, chat_model=chat_model)):
             out: dict[str, Any] = graph.invoke(inp, config, context=rc)
         return out

@@ -23,7 +23,7 @@ ROOT = Path(__file__).parents[1]
 GRAPHS = {"assistant": assistant.graph, "triage": triage.graph, "review": review.graph}
 INPUTS = {"assistant": {"messages", "customer"}, "triage": {"ticket", "customer"}, "review": {"customer"}}
 OUTPUTS = {"customer_id", "customer_name", "result", "error"}
-CONTEXT = {"settings", "model", "max_plan_steps", "fresh", "principal"}
+CONTEXT = {"model", "max_plan_steps", "fresh"}  # nothing that says who asks or which settings apply
 
 
 @pytest.mark.parametrize("name", list(GRAPHS))
@@ -96,6 +96,13 @@ def test_langgraph_dev_lists_the_three_graphs_with_their_schemas_and_runs_one(tm
         assert isinstance(out, dict) and out["error"] is None
         assert out["result"]["slices_used"] == ["billing.status", "billing.invoices"]
         assert "masked (role support_agent)" in out["result"]["answer"]  # served graphs default to support_agent
+        # the run context cannot say who asks: a client's settings/principal are not run settings
+        escalate = _get(f"{base}/runs/wait", {"assistant_id": "assistant", "context": {
+            "settings": {"role": "admin", "user": "eve"}, "principal": {"role": "admin", "user": "eve"}},
+            "input": {"messages": [{"role": "human", "content": "What's their billing status?"}],
+                      "customer": "acme.com"}})
+        assert isinstance(escalate, dict)
+        assert "4242" not in json.dumps(escalate) and "masked (role support_agent)" in json.dumps(escalate)
     finally:
         _stop(proc)
 

@@ -86,7 +86,7 @@ def test_a_graph_resumed_elsewhere_reads_its_slices_back_through_the_gate(sqlite
     with Runner(settings, principal=sam) as runner:
         res = runner.ask("What's their billing status?", "acme.com", "t-resume")
         state = runner.assistant.get_state({"configurable": {"thread_id": "t-resume"}}).values
-        rc = RunContext(settings=settings, principal=sam)
+        rc = RunContext()
 
         class _Runtime:  # what LangGraph hands a node: the run's context and store
             context, store = rc, runner.store
