@@ -18,13 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
-from langgraph.store.base import BaseStore, GetOp, Item
 from sqlalchemy.engine import make_url
 
 from tools.slices import Slice, parse_slice
 from tools.sources.base import utcnow
+
+if TYPE_CHECKING:  # LangGraph (and LangChain under it) loads with the store, in open_store
+    from langgraph.store.base import BaseStore
 
 NAMESPACE_ROOT = "customers"
 
@@ -73,6 +76,8 @@ class ContextMemory:
         if rows is not None:  # the SQLite store: its rows read directly, without a transaction
             wanted = set(names)
             return {k: self._cached(k, orjson.loads(v)) for k, v in rows if k in wanted}
+        from langgraph.store.base import GetOp, Item
+
         items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
         # a GetOp's result is the Item, or None when memory has no such key
         return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True)

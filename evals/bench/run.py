@@ -20,6 +20,9 @@ process, one after the other:
    time minus the time its SQL statements spent in the warehouse).
 6. **Batch reviews** with the offline model: accounts per second and peak memory
    (resident set growth during the run) for two book sizes.
+7. **Start-up**: ``custctx --help`` and ``custctx context acme.com`` on the benchmark's warm
+   state, each a fresh process, vs. the floor of any Typer command line, a process that
+   only imports typer and rich; interleaved, several runs each, after an untimed round.
 
 Latencies are medians and 99th percentiles over many samples; the goals come from the
 issue that asked for the benchmark and are checked in the table (a missed goal is shown
@@ -34,14 +37,18 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -63,6 +70,13 @@ DEFAULT_REVIEWS = (1_000, 10_000)
 WARM_SAMPLES = 2_000
 COLD_SAMPLES = 300
 CHANGED_SHARE = 0.01
+STARTUP_RUNS = 7  # fresh processes per start-up command (3 on a test-sized book)
+STARTUP_FLOOR = (sys.executable, "-c", "import typer, rich")
+#: What Typer's rich help costs by itself: a two-command app's ``--help`` (for reference).
+BARE_TYPER_HELP = (sys.executable, "-c", "import typer\napp = typer.Typer(add_completion=False)\n"
+                   "@app.command()\ndef a() -> None:\n    'A.'\n@app.command()\ndef b() -> None:\n    'B.'\napp()",
+                   "--help")
+STARTUP_CUSTOMER = "acme.com"
 
 
 @dataclass
@@ -132,6 +146,15 @@ def bench_settings(out_dir: Path) -> Settings:
     return Settings(home=state, embedded=False, as_of=AS_OF, tenant="bench",
                     state_url=f"sqlite:///{state / 'state.sqlite'}",
                     sources={s: SourceConfig(url=url) for s in SOURCE_NAMES})
+
+
+def bench_env(out_dir: Path) -> dict[str, str]:
+    """The ``CUSTCTX_*`` variables under which a ``custctx`` process reads as ``bench_settings``."""
+    url = f"sqlite:///{out_dir / 'warehouse.sqlite'}"
+    state = out_dir / "state"
+    return {"CUSTCTX_HOME": str(state), "CUSTCTX_EMBEDDED": "false", "CUSTCTX_AS_OF": AS_OF.isoformat(),
+            "CUSTCTX_TENANT": "bench", "CUSTCTX_STATE_URL": f"sqlite:///{state / 'state.sqlite'}",
+            **{f"CUSTCTX_SOURCES__{s.upper()}__URL": url for s in SOURCE_NAMES}}
 
 
 def prepare(out_dir: Path, customers: int, progress: Progress | None) -> tuple[Settings, float | None]:
@@ -229,7 +252,7 @@ def paired(samples: Sequence[Any], ours: Callable[[Any], Any], floor: Callable[[
     for i, x in enumerate(samples):
         pair = [(mine, ours), (base, floor)]
         for into, fn in pair[::-1] if i % 2 else pair:
-            into.extend(timed(lambda fn=fn, x=x: fn(x), 1))
+            into.extend(timed(partial(fn, x), 1))
     return mine, base
 
 
@@ -240,14 +263,19 @@ def _figures(ours: list[float], floor: list[float]) -> tuple[float, float, float
 
 def measure_cold(settings: Settings, refs: Sequence[Any], as_of: datetime) -> Row:
     from evals.bench.sql import reference_row
-    from tools.context.assembly import assemble_context, reference_view
+    from tools.context.assembly import assemble_context
+    from tools.context.scope import ReadScope
+    from tools.context.view import reference_view
     from tools.sources.base import ReadContext
 
-    ctx = ReadContext(as_of=as_of, settings=settings)
-    con = sqlite3.connect(settings.source("crm").url.removeprefix("sqlite:///"))  # type: ignore[union-attr]
+    scope = ReadScope.build(settings, ReadContext(as_of=as_of, settings=settings))
+    crm_url = settings.source("crm").url
+    if crm_url is None:  # the bench seeds its own warehouse, so this is a setup mistake
+        raise RuntimeError("the cold-assembly bench needs the CRM source connected")
+    con = sqlite3.connect(crm_url.removeprefix("sqlite:///"))
 
     def ours(ref: Any) -> dict[str, Any]:
-        return reference_view(assemble_context(settings, ref, ctx, REFERENCE_VIEW_SLICES), include_slices=False)
+        return reference_view(assemble_context(scope, ref, REFERENCE_VIEW_SLICES), include_slices=False)
 
     try:
         for ref in refs[:20]:  # warm-up, and the two compute the same view
@@ -262,6 +290,64 @@ def measure_cold(settings: Settings, refs: Sequence[Any], as_of: datetime) -> Ro
                "≤ 1.5× the query, p50 ≤ 25 ms", ratio <= 1.5 and p50 <= 25,
                {"p50_ms": p50, "p99_ms": p99, "floor_p50_ms": f50, "floor_p99_ms": f99, "samples": len(mine),
                 "slices": list(REFERENCE_VIEW_SLICES)})
+
+
+def custctx_command() -> list[str]:
+    """How a user starts ``custctx`` with this interpreter: its console script, else ``-m``."""
+    script = Path(sys.executable).with_name("custctx")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "agent.interfaces.cli.app"]
+
+
+def run_processes(commands: dict[str, Sequence[str]], runs: int, env: dict[str, str],
+                  progress: Progress | None = None) -> dict[str, list[float]]:
+    """Milliseconds of ``runs`` fresh processes of every command, interleaved (the order turned
+    round every other run, so each sees the same caches and load), after one untimed round
+    (byte code compiled, files cached, the identity index current).
+
+    Raises:
+        RuntimeError: a command failed (its figures would time an error message).
+    """
+    names = list(commands)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs + 1):
+        for name in names[::-1] if i % 2 else names:
+            t0 = time.perf_counter()
+            proc = subprocess.run(commands[name], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True, check=False)
+            ms = (time.perf_counter() - t0) * 1000
+            if proc.returncode:
+                raise RuntimeError(f"{' '.join(commands[name])} exited {proc.returncode}: {proc.stderr.strip()}")
+            if i:
+                times[name].append(ms)
+        if progress:
+            progress("start-up runs", i, runs)
+    return times
+
+
+def measure_startup(out_dir: Path, runs: int, progress: Progress | None = None) -> list[Row]:
+    """``custctx --help`` and ``custctx context acme.com`` (warm state), each in fresh processes
+    beside the floor of a Typer command line (a process importing typer and rich), and for
+    reference a bare two-command Typer app's ``--help``."""
+    cli = custctx_command()
+    args = {"help": ["--help"], "context": ["context", STARTUP_CUSTOMER]}
+    times = run_processes({"floor": STARTUP_FLOOR, "bare_help": BARE_TYPER_HELP,
+                           **{name: [*cli, *a] for name, a in args.items()}}, runs,
+                          {**os.environ, **bench_env(out_dir)}, progress)
+    floor, bare = percentile(times["floor"], 50), percentile(times["bare_help"], 50)
+    baselines = {"help": f"python -c 'import typer, rich': p50 {floor:.0f} ms (a bare Typer app's --help: "
+                         f"p50 {bare:.0f} ms, {bare / floor:.2g}×)",
+                 "context": f"python -c 'import typer, rich': p50 {floor:.0f} ms"}
+    rows = []
+    for name, measure, goal, limit_ms in (
+            ("help", "Start-up: custctx --help", "≤ 2× the floor", 2 * floor),
+            ("context", f"Start-up: custctx context {STARTUP_CUSTOMER} (warm state)", "≤ 1 s", 1000.0)):
+        p50, fastest = percentile(times[name], 50), min(times[name])
+        rows.append(Row(measure, f"p50 {p50:.0f} ms (fastest {fastest:.0f} ms)", baselines[name],
+                        round(p50 / floor, 2) if floor else None, goal, p50 <= limit_ms,
+                        {"p50_ms": round(p50, 1), "min_ms": round(fastest, 1), "floor_p50_ms": round(floor, 1),
+                         "floor_min_ms": round(min(times["floor"]), 1), "bare_typer_help_p50_ms": round(bare, 1),
+                         "runs": runs, "command": shlex.join(["custctx", *args[name]])}))
+    return rows
 
 
 class SqlClock:
@@ -307,7 +393,10 @@ def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
     def tokens(customer: dict[str, Any], slices: dict[str, Any], gaps: list[SourceGap]) -> int:
         return count_tokens_approximately([SystemMessage(answer_context(customer, slices, gaps, settings))])
 
-    shown, full, turn_ms, outside_ms = [], [], [], []
+    shown: list[int] = []
+    full: list[int] = []
+    turn_ms: list[float] = []
+    outside_ms: list[float] = []
     cases = load("assistant")["cases"]
     with Runner(settings) as runner, SqlClock(settings).listening() as sql:
         mem = ContextMemory(runner.store, settings.tenant, settings.ttls)
@@ -350,7 +439,7 @@ def measure_reviews(settings: Settings, out_dir: Path, sizes: Sequence[int], act
                     progress: Progress | None) -> Row:
     from agent.reviews import run_reviews
     from agent.runs import Runner
-    from tools.sources.book import list_accounts
+    from tools.book import list_accounts
 
     figures: dict[str, Any] = {}
     with Runner(settings) as runner:
@@ -389,7 +478,7 @@ def measure_reviews(settings: Settings, out_dir: Path, sizes: Sequence[int], act
 
 # ------------------------------------------------------------------ the run
 def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequence[int] = DEFAULT_REVIEWS,
-              progress: Progress | None = None, seed: int = 7) -> BenchReport:
+              progress: Progress | None = None, seed: int = 7, startup_runs: int | None = None) -> BenchReport:
     from agent.bootstrap import ready
     from tools.identity import _ref, identity_customer
     from tools.memory import ContextMemory, open_store
@@ -414,6 +503,7 @@ def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequen
         held = [ns[2] for ns in store.list_namespaces(prefix=("customers", settings.tenant), limit=10**7)]
         warm_ids = [rng.choice(held) for _ in range(WARM_SAMPLES)]
         add(measure_warm(settings, memory, warm_ids))
+    add(*measure_startup(out_dir, startup_runs or (STARTUP_RUNS if customers >= DEFAULT_CUSTOMERS else 3), progress))
     cold = [rng.choice(refs) for _ in range(COLD_SAMPLES)]
     add(measure_cold(settings, cold, r.ctx.as_of))
     add(*measure_turns(settings, progress))

@@ -9,34 +9,37 @@ from typing import Annotated
 
 import typer
 
-from agent.bootstrap import ready
-from agent.interfaces.cli.app import (
+from agent.interfaces.cli.common import (
     AsOpt,
     Format,
+    FormatOpt,
     access_or_exit,
-    app,
     fail,
     out,
     progress_bar,
     resolve_or_exit,
 )
-from tools.access.audit import audit_log, parse_since
 
 _CUSTOMER_ID = re.compile(r"^c_[0-9a-f]{12}$")
 
+commands = typer.Typer()
 
-@app.command()
+
+@commands.command()
 def audit(
     customer: Annotated[str | None, typer.Option(
         "--customer", "-c", help="Only this customer's records (email, domain, id or name).")] = None,
     since: Annotated[str | None, typer.Option(
         help="Only records since an ISO date/time (UTC) or an age: 30m, 1h, 2d, 1w.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many records (newest first).")] = 50,
-    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.markdown,
+    format: FormatOpt = Format.markdown,
     as_: AsOpt = None,
 ) -> None:
     """Read the audit log of this tenant: who read which slice of which customer, the decision
     (allowed / masked / denied), the outcome and the latency. Needs a role with audit_log."""
+    from agent.bootstrap import ready
+    from tools.access.audit import audit_log, parse_since
+
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from agent.interfaces.cli.app import app, err, fail, out, progress_bar
+from agent.interfaces.cli.common import err, fail, out, progress_bar
+
+commands = typer.Typer()
 
 
 def _sizes(text: str) -> list[int]:
@@ -21,7 +22,7 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-@app.command()
+@commands.command()
 def bench(
     customers: Annotated[int, typer.Option(
         min=10, max=1_000_000, help="Background customers to seed (100000 for the headline run).")] = 1_000,
@@ -32,6 +33,8 @@ def bench(
 ) -> None:
     """Seed a warehouse and measure refresh, warm lookups, cold assembly, tokens, graph overhead
     and batch reviews, each beside its floor; print the table, write bench.md and bench.json."""
+    from rich.table import Table
+
     from evals.bench.run import run_bench, write_bench
 
     sizes = _sizes(reviews)

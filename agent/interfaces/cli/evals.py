@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from agent.bootstrap import ready
-from agent.interfaces.cli.app import app, err, fail, out, progress_bar
-from agent.run_context import remember
+from agent.interfaces.cli.common import err, fail, out, progress_bar
+
+commands = typer.Typer()
 
 
-@app.command("eval")
+@commands.command("eval")
 def eval_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for report.md and results.json.")],
     suite: Annotated[list[str] | None, typer.Option(
@@ -22,6 +22,8 @@ def eval_cmd(
     gate: Annotated[bool, typer.Option("--gate", help="Exit 1 when the offline thresholds are not met.")] = False,
 ) -> None:
     """Run the eval suites and write a markdown report and JSON with the full settings."""
+    from agent.bootstrap import ready
+    from agent.run_context import remember
     from evals.runner import SUITES, run_eval, write_report
 
     suites = [s for item in (suite or list(SUITES)) for s in item.split(",") if s.strip()]

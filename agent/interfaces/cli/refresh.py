@@ -8,26 +8,26 @@ last snapshot and their sources their watermarks; run again to retry them).
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from agent.bootstrap import ready
-from agent.interfaces.cli.app import Format, app, err, fail, out, progress_bar, resolve_or_exit
-from tools.context.assembly import UnknownSlice
-from tools.refresh.jobs import (
-    RefreshReport,
-    event_slices,
-    refresh_customer,
-    refresh_event,
-    refresh_full,
-    refresh_incremental,
+from agent.interfaces.cli.common import (
+    Format,
+    FormatOpt,
+    err,
+    fail,
+    out,
+    progress_bar,
+    resolve_or_exit,
 )
-from tools.sources.book import BookError
 
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+if TYPE_CHECKING:
+    from tools.refresh.jobs import RefreshReport
+
 INCOMPLETE = 4
+
+commands = typer.Typer()
 
 
 def _time(v: object) -> str:
@@ -45,6 +45,8 @@ def _print(r: RefreshReport, format: Format) -> None:
     if format is Format.json:
         print(json.dumps(r.as_dict(), indent=2, ensure_ascii=False))
     else:
+        from rich.table import Table
+
         out.print(_summary(r), markup=False)
         if r.written:
             table = Table("slice", "fetched at", "source updated at", "records", box=None, pad_edge=False)
@@ -73,7 +75,7 @@ def _finish(r: RefreshReport, format: Format) -> None:
         raise typer.Exit(INCOMPLETE)
 
 
-@app.command()
+@commands.command()
 def refresh(
     full: Annotated[bool, typer.Option("--full", help="Every slice of every active customer.")] = False,
     incremental: Annotated[bool, typer.Option(
@@ -88,6 +90,10 @@ def refresh(
     format: FormatOpt = Format.markdown,
 ) -> None:
     """Refresh long-term memory from the sources: --full, --incremental or --customer REF."""
+    from agent.bootstrap import ready
+    from tools.book import BookError
+    from tools.refresh.jobs import refresh_customer, refresh_full, refresh_incremental
+
     if sum((full, incremental, customer is not None)) != 1:
         raise fail("give exactly one of --full, --incremental or --customer REF", 2)
     with progress_bar() as update:
@@ -106,13 +112,17 @@ def refresh(
     _finish(report, format)
 
 
-@app.command()
+@commands.command()
 def event(
     kind: Annotated[str, typer.Argument(help="What happened, e.g. ticket.created, invoice.paid, deal.updated.")],
     customer: Annotated[str, typer.Option("--customer", "-c", help="The customer it happened to.")],
     format: FormatOpt = Format.markdown,
 ) -> None:
     """An event happened for a customer: refresh the slices it invalidates at once."""
+    from agent.bootstrap import ready
+    from tools.context.assembly import UnknownSlice
+    from tools.refresh.jobs import event_slices, refresh_event
+
     try:
         event_slices(kind)
     except ValueError as exc:

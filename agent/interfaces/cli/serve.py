@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from agent.interfaces.cli.app import app, err, fail
+from agent.interfaces.cli.common import err, fail
 
-serve_app = typer.Typer(help="Serve customer context to agents (MCP) and applications (HTTP API).",
-                        no_args_is_help=True)
-app.add_typer(serve_app, name="serve")
+commands = typer.Typer(help="Serve customer context to agents (MCP) and applications (HTTP API).",
+                       no_args_is_help=True)
+"""The ``serve`` group: ``serve mcp`` and ``serve api``."""
 
 HostOpt = Annotated[str, typer.Option(help="Interface to listen on (127.0.0.1: this machine only).")]
 
@@ -31,7 +31,7 @@ def _warn_if_exposed(host: str, what: str) -> None:
         err.print(f"warning: {what} listens on {host}, reachable from other machines", markup=False)
 
 
-@serve_app.command("mcp")
+@commands.command("mcp")
 def serve_mcp(
     transport: Annotated[Transport, typer.Option(
         help="stdio: for a client that launches the server (Claude Desktop, IDEs); http: streamable HTTP at "
@@ -51,7 +51,7 @@ def serve_mcp(
         raise fail(str(exc), 2) from None
 
 
-@serve_app.command("api")
+@commands.command("api")
 def serve_api(
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,

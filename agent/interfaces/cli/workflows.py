@@ -4,34 +4,39 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from agent.bootstrap import ready
-from agent.interfaces.cli.app import (
+from agent.interfaces.cli.common import (
     AsOpt,
     Format,
+    FormatOpt,
     access_or_exit,
-    app,
     err,
     fail,
     out,
     progress_bar,
     resolve_or_exit,
 )
-from agent.run_context import remember
-from agent.runs import Runner, new_thread_id
+
+if TYPE_CHECKING:
+    from agent.runs import Runner
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help='"offline" (default) or an OpenAI-compatible model name (needs OPENAI_API_KEY).')]
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
+
+commands = typer.Typer()
 
 
 def _runner(as_: str | None = None) -> Runner:
     """A Runner whose runs read as ``--as ROLE[:USER]`` (else the default principal)."""
+    from agent.bootstrap import ready
+    from agent.run_context import remember
+    from agent.runs import Runner
+
     with progress_bar() as update:
         r = ready(progress=update)
     remember(r)
@@ -54,7 +59,7 @@ def _print_turn(result: dict[str, Any], format: Format) -> None:
         out.print(_footer(result), markup=False)
 
 
-@app.command()
+@commands.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question, e.g. \"What's their billing status?\"")],
     customer: Annotated[str | None, typer.Option(
@@ -67,21 +72,25 @@ def ask(
     as_: AsOpt = None,
 ) -> None:
     """Ask the support assistant one question about a customer; answers cite their slices."""
+    from agent.runs import new_thread_id
+    from tools.context.read import resolve
+
     if not question.strip():
         raise fail("the question is empty", 2)
     with _runner(as_) as runner:
+        scope = runner.request(fresh=fresh)  # one request: resolved here, not again by the graph
         if customer:
-            resolve_or_exit(runner.resolve, customer, format)
+            resolve_or_exit(lambda q: resolve(scope, q), customer, format)
         elif not thread or runner.thread_customer(thread) is None:
             raise fail("give --customer (email, domain, id or name), or --thread of an existing conversation", 2)
-        result = runner.ask(question, customer, thread or new_thread_id(), model=model, fresh=fresh)
+        result = runner.ask(question, customer, thread or new_thread_id(), scope=scope, model=model, fresh=fresh)
     if result.get("error"):
         raise fail(result["error"], 1)
     _print_turn(result, format)
     err.print(f"thread {result['thread_id']} (continue with --thread {result['thread_id']})", markup=False)
 
 
-@app.command()
+@commands.command()
 def chat(
     customer: Annotated[str | None, typer.Option("--customer", "-c", help="Customer to talk about.")] = None,
     thread: Annotated[str | None, typer.Option("--thread", "-t", help="Thread to resume.")] = None,
@@ -90,6 +99,8 @@ def chat(
     as_: AsOpt = None,
 ) -> None:
     """Interactive chat about one customer; the thread persists (resume it with --thread)."""
+    from agent.runs import new_thread_id
+
     with _runner(as_) as runner:
         known = runner.thread_customer(thread) if thread else None
         if customer:
@@ -135,7 +146,7 @@ def _decision_markdown(d: dict[str, Any]) -> list[str]:
     return lines
 
 
-@app.command("triage")
+@commands.command("triage")
 def triage_cmd(
     ticket: Annotated[str | None, typer.Option("--ticket", help="A ticket id in the support source.")] = None,
     file: Annotated[Path | None, typer.Option("--file", help="A ticket as JSON: subject, description, "
@@ -150,6 +161,7 @@ def triage_cmd(
 ) -> None:
     """Triage tickets: category, priority P1-P4, sentiment, team, SLA, injection flag, evidence."""
     from tools.sources.tickets import (
+        TicketInput,
         TicketNotFound,
         TicketSourceUnavailable,
         get_ticket,
@@ -161,6 +173,7 @@ def triage_cmd(
         raise fail("give exactly one of --ticket ID, --file PATH or --open", 2)
     with _runner(as_) as runner:
         try:
+            tickets: Iterable[TicketInput]
             if file is not None:
                 tickets = [ticket_from_file(file)]
             elif ticket is not None:
@@ -188,6 +201,8 @@ def _print_triage(results: list[dict[str, Any]], format: Format, many: bool) -> 
         print(json.dumps(results if many else results[0], indent=2, ensure_ascii=False, default=str))
         return
     if many:
+        from rich.table import Table
+
         table = Table("ticket", "customer", "category", "priority", "team", "SLA", "sentiment", "injection",
                       box=None, pad_edge=False)
         for d in results:
@@ -207,7 +222,7 @@ def _print_triage(results: list[dict[str, Any]], format: Format, many: bool) -> 
 
 
 # ---------------------------------------------------------------------- review
-@app.command()
+@commands.command()
 def review(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the reviews (markdown + JSON).")],
     customer: Annotated[str | None, typer.Option("--customer", "-c", help="One account.")] = None,
@@ -222,7 +237,7 @@ def review(
 ) -> None:
     """Write one account review per account (the skill's structure, markdown + JSON); resumable."""
     from agent.reviews import run_reviews
-    from tools.sources.book import AccountEntry, BookError, list_accounts
+    from tools.book import AccountEntry, BookError, list_accounts
 
     if sum(bool(x) for x in (customer, segment, owner, all_)) != 1:
         raise fail("give exactly one of --customer, --segment, --owner or --all", 2)
@@ -264,17 +279,16 @@ def review(
 def _visible_entries(runner: Runner, entries: Any) -> Any:
     """The book as the runner's principal may see it: accounts its row filter hides are left
     out (not listed as failures: they do not exist for it)."""
-    from tools.context.assembly import customer_visible
+    from tools.context.read import visible
 
-    access = runner.access()
-    if not access.filters_rows:
+    scope = runner.request()
+    if scope.access is None or not scope.access.filters_rows:
         return entries
-    return (e for e in entries if (c := runner.index.get(e.customer_id)) is not None
-            and customer_visible(runner.settings, c, runner.read_context, access, memory=runner.memory()))
+    return (e for e in entries if (c := runner.index.get(e.customer_id)) is not None and visible(scope, c))
 
 
 # ------------------------------------------------------------------------ demo
-@app.command()
+@commands.command()
 def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where the demo writes its account review.")] = Path(
         "custctx-demo"),
@@ -283,7 +297,8 @@ def demo(
 ) -> None:
     """End-to-end demo on the embedded default: a support conversation, ticket triage, a review."""
     from agent.reviews import run_reviews
-    from tools.sources.book import AccountEntry
+    from agent.runs import new_thread_id
+    from tools.book import AccountEntry
     from tools.sources.tickets import get_ticket
 
     with _runner(as_) as runner:
