@@ -52,10 +52,14 @@ atexit.register(_open_stores.close)
 def open_memory(settings: Settings) -> ContextMemory:
     """Long-term memory on the state database, open for the life of the process."""
     # LangGraph's store (and LangChain under it): imported only by the commands that read memory
-    from tools.memory import ContextMemory, open_store
+    from tools.memory import ContextMemory, open_store, state_backend
 
-    store = _open_stores.enter_context(open_store(settings.state_db_url))
-    return ContextMemory(store, settings.tenant, settings.ttls)
+    url = settings.state_db_url
+    backend, target = state_backend(url, "long-term memory")
+    if backend == "sqlite" and target != ":memory:":  # opened on the first write; reads go to the file
+        return ContextMemory(None, settings.tenant, settings.ttls, sqlite_path=target,
+                             opener=lambda: _open_stores.enter_context(open_store(url)))
+    return ContextMemory(_open_stores.enter_context(open_store(url)), settings.tenant, settings.ttls)
 
 
 def ready(settings: Settings | None = None, progress: Progress | None = None, memory: bool = False) -> Ready:

@@ -153,3 +153,32 @@ def test_get_many_reads_what_get_reads_in_one_query(sqlite_ready, store):
         assert fast[n].fresh == generic[n].fresh == one_by_one[n].fresh
     assert fast["crm.account"].slice.company_name == "Acme Corp"
     assert set(memories[0].get_many(acme.customer_id, ["crm.account", "nope.x"])) == {"crm.account"}
+
+
+def test_a_lazily_opened_sqlite_memory_reads_without_opening_the_store(sqlite_ready, tmp_path):
+    """The CLI's memory: reads go straight to the SQLite file; LangGraph's store is opened
+    only for the first write (and a missing table is not an error)."""
+    from tools.slices import SLICE_NAMES
+
+    path = tmp_path / "state.sqlite"
+    opened: list[int] = []
+
+    def opener():
+        opened.append(1)
+        return stack.enter_context(open_store(f"sqlite:///{path}"))
+
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        clock = WallClock()
+        lazy = ContextMemory(None, "t1", sqlite_ready.settings.ttls, clock, opener=opener, sqlite_path=str(path))
+        acme, _ = sqlite_ready.index.resolve("acme.com")
+        assert lazy.get_many(acme.customer_id, SLICE_NAMES) == {}  # no file yet: the store creates it
+        ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=sqlite_ready.settings, now=clock)
+        assemble_context(ReadScope.build(sqlite_ready.settings, ctx, memory=lazy), acme, ["crm.account"])
+        assert opened == [1]  # opened once, by the first read of a missing file
+
+        again = ContextMemory(None, "t1", sqlite_ready.settings.ttls, clock, opener=opener, sqlite_path=str(path))
+        got = again.get_many(acme.customer_id, ["crm.account", "billing.status"])
+        assert list(got) == ["crm.account"] and got["crm.account"].fresh
+        assert opened == [1]  # a warm read: no store opened

@@ -37,7 +37,7 @@ def counted(monkeypatch):
 
     wrap(IdentityIndex, "resolve", lambda *a, **k: counts.update(["resolve"]))
     wrap(Access, "__init__", lambda *a, **k: counts.update(["gate"]))
-    wrap(ContextMemory, "get", lambda customer_id, name: memory_reads.update([name]))
+    # every memory read is a get_many (get is get_many of one slice)
     wrap(ContextMemory, "get_many", lambda customer_id, names: memory_reads.update(list(names)))
     return counts, memory_reads
 

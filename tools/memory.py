@@ -13,6 +13,7 @@ stale-while-revalidate needs it and ``tools/`` must not import ``agent/``.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,14 +40,54 @@ class CachedSlice:
     fresh: bool
 
 
+class _StoreHandle:
+    """A store, or how to open one on first use. With ``sqlite_path`` (LangGraph's SqliteStore
+    on that file), reads go straight to the store's table until the store is opened — so a
+    warm read (everything fresh in memory) never loads LangGraph at all."""
+
+    def __init__(self, store: BaseStore | None, opener: Callable[[], BaseStore] | None, sqlite_path: str | None):
+        self.store, self.opener, self.sqlite_path = store, opener, sqlite_path
+        self.lock = threading.Lock()
+        self.reader: sqlite3.Connection | None = None
+
+    def get(self) -> BaseStore:
+        with self.lock:
+            if self.store is None:
+                if self.opener is None:
+                    raise ValueError("this long-term memory has no store")
+                self.store = self.opener()
+            return self.store
+
+    def direct_rows(self, prefix: str) -> list[tuple[str, str]] | None:
+        """The rows of ``prefix`` read from the SQLite file itself, or None when the store is
+        already open (its own connection answers) or its table does not exist yet."""
+        if self.sqlite_path is None or self.store is not None:
+            return None
+        with self.lock:
+            try:
+                if self.reader is None:
+                    self.reader = sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True,
+                                                  check_same_thread=False)
+                return self.reader.execute("SELECT key, value FROM store WHERE prefix = ?", (prefix,)).fetchall()
+            except sqlite3.OperationalError:  # no file or no table yet: the store creates them
+                return None
+
+
 class ContextMemory:
     """Per-tenant slice snapshots in a BaseStore."""
 
-    def __init__(self, store: BaseStore, tenant: str, ttls: dict[str, int],
-                 clock: Callable[[], datetime] = utcnow):
+    def __init__(self, store: BaseStore | None, tenant: str, ttls: dict[str, int],
+                 clock: Callable[[], datetime] = utcnow, *, opener: Callable[[], BaseStore] | None = None,
+                 sqlite_path: str | None = None, _handle: _StoreHandle | None = None):
         if not tenant:
             raise ValueError("a tenant is required for long-term memory")
-        self.store, self.tenant, self.ttls, self.clock = store, tenant, ttls, clock
+        self._handle = _handle or _StoreHandle(store, opener, sqlite_path)
+        self.tenant, self.ttls, self.clock = tenant, ttls, clock
+
+    @property
+    def store(self) -> BaseStore:
+        """The LangGraph store (opened now if it was opened lazily)."""
+        return self._handle.get()
 
     def namespace(self, customer_id: str) -> tuple[str, ...]:
         """The one place memory namespaces are built, from trusted context only."""
@@ -55,7 +96,7 @@ class ContextMemory:
     def for_tenant(self, tenant: str) -> ContextMemory:
         """The same store seen from another tenant's namespace (a principal's tenant wins over
         the process's)."""
-        return ContextMemory(self.store, tenant, self.ttls, self.clock)
+        return ContextMemory(None, tenant, self.ttls, self.clock, _handle=self._handle)
 
     def put(self, customer_id: str, s: Slice) -> None:
         if s.provenance.masked_fields:  # memory is full fidelity; masking happens per reader
@@ -64,15 +105,16 @@ class ContextMemory:
                        {"slice": s.model_dump(mode="json"), "stored_at": self.clock().isoformat()}, index=False)
 
     def get(self, customer_id: str, name: str) -> CachedSlice | None:
-        item = self.store.get(self.namespace(customer_id), name)
-        return None if item is None else self._cached(name, item.value)
+        return self.get_many(customer_id, [name]).get(name)
 
     def get_many(self, customer_id: str, names: Iterable[str]) -> dict[str, CachedSlice]:
         """The snapshots memory holds of ``names`` for one customer, in one store batch (one
         query on the SQLite and PostgreSQL stores): what a warm context read costs."""
         ns = self.namespace(customer_id)
         names = list(names)
-        rows = _sqlite_rows(self.store, ns)
+        rows = self._handle.direct_rows(".".join(ns))
+        if rows is None:
+            rows = _sqlite_rows(self.store, ns)
         if rows is not None:  # the SQLite store: its rows read directly, without a transaction
             wanted = set(names)
             return {k: self._cached(k, orjson.loads(v)) for k, v in rows if k in wanted}
