@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tools.identity import IdentityIndex, ensure_index
 from tools.settings import Settings
-from tools.sources.base import ReadContext
+from tools.sources.base import ReadClock
 from tools.sources.faults import parse_faults
 from tools.sources.registry import fixture_meta, resolve_as_of, uses_embedded
 
@@ -41,7 +41,7 @@ def ensure_warehouse(settings: Settings, progress: Progress | None = None) -> bo
 class Ready:
     settings: Settings
     index: IdentityIndex
-    ctx: ReadContext
+    clock: ReadClock
     memory: ContextMemory | None = None
 
 
@@ -70,5 +70,5 @@ def ready(settings: Settings | None = None, progress: Progress | None = None, me
     ensure_warehouse(settings, progress)
     ensure_index(settings, progress)
     return Ready(settings=settings, index=IdentityIndex.for_settings(settings),
-                 ctx=ReadContext(as_of=resolve_as_of(settings), settings=settings),
+                 clock=ReadClock(as_of=resolve_as_of(settings), settings=settings),
                  memory=open_memory(settings) if memory else None)

@@ -80,10 +80,10 @@ def test_every_read_has_its_record(sqlite_ready):
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     principal = Principal(tenant, "dana.scully", "account_exec", interface="mcp")
     access = Access.for_principal(r.settings, principal)
-    acme, _ = resolve(ReadScope.build(r.settings, r.ctx, access=access, index=r.index), "acme.com")
+    acme, _ = resolve(ReadScope.build(r.settings, r.clock, access=access, index=r.index), "acme.com")
     memory = ContextMemory(InMemoryStore(), tenant, r.settings.ttls)
-    assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=access), acme, None)  # from the sources
-    assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=access), acme, None)  # from memory
+    assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=access), acme, None)  # from the sources
+    assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=access), acme, None)  # from memory
     recs = audit_log(r.settings.state_db_url).query(tenant, limit=None)
     assert len(recs) == 1 + 2 * len(SLICE_NAMES)  # one row check (judged once per gate) + every slice, twice
     assert {(x.tenant, x.user_name, x.role, x.scope, x.interface) for x in recs} == {

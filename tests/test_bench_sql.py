@@ -46,8 +46,8 @@ def _assert_matches_product(r: Ready, conn: Any) -> None:
     assert len(customers) > 50
     present = dict.fromkeys(SECTIONS, 0)
     for c in customers:
-        view = reference_view(assemble_context(ReadScope.build(r.settings, r.ctx), c, SLICES), include_slices=False)
-        mine = reference_row(conn, c, r.ctx.as_of, r.settings.thresholds)
+        view = reference_view(assemble_context(ReadScope.build(r.settings, r.clock), c, SLICES), include_slices=False)
+        mine = reference_row(conn, c, r.clock.as_of, r.settings.thresholds)
         expected = {k: view[k] for k in SECTIONS}
         assert _typed(mine) == _typed(expected), c.name
         for k in SECTIONS:
@@ -65,7 +65,7 @@ def test_reference_query_equals_the_assembled_view_for_every_customer(sqlite_rea
 def test_reference_query_reads_base_tables_only_through_indexes(sqlite_ready):
     path = make_url(sqlite_ready.settings.source("crm").url).database
     customer = sqlite_ready.index.resolve("acme.com")[0]
-    params = query_params(customer, sqlite_ready.ctx.as_of, sqlite_ready.settings.thresholds)
+    params = query_params(customer, sqlite_ready.clock.as_of, sqlite_ready.settings.thresholds)
     with closing(sqlite3.connect(path)) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + REFERENCE_SQL, params)]

@@ -49,10 +49,10 @@ def test_bulk_reads_equal_single_reads_for_every_customer_and_slice(backend):
         batch = RowBatch()
         bulk = {}
         for i in range(0, len(customers), 25):  # several chunks through one kept batch
-            bulk.update(rdr.read_many({n: customers[i:i + 25] for n in names}, backend.ctx, batch))
+            bulk.update(rdr.read_many({n: customers[i:i + 25] for n in names}, backend.clock, batch))
         for name in names:
             for c in customers:
-                single = _single(rdr, name, c, backend.ctx)
+                single = _single(rdr, name, c, backend.clock)
                 assert _plain(bulk[c.customer_id, name]) == _plain(single), (name, c.name)
                 seen[type(single).__name__] += 1
     assert seen["SliceNotFound"] and sum(v for k, v in seen.items() if k != "SliceNotFound") > 500
@@ -64,8 +64,8 @@ def test_a_bulk_read_costs_queries_per_chunk_not_per_customer(sqlite_ready):
     rdr = reader(sqlite_ready.settings, "billing")
     url = sqlite_ready.settings.source("billing").url
     with statements_on(url) as few:
-        rdr.read_many({n: customers[:10] for n in names}, sqlite_ready.ctx)
+        rdr.read_many({n: customers[:10] for n in names}, sqlite_ready.clock)
     with statements_on(url) as more:
-        out = rdr.read_many({n: customers for n in names}, sqlite_ready.ctx)
+        out = rdr.read_many({n: customers for n in names}, sqlite_ready.clock)
     assert len(out) == len(customers) * len(names)
     assert len(more) == len(few) <= 12  # one query per kind of lookup, however many customers

@@ -43,7 +43,7 @@ ctxs: list = []
 
 @pytest.fixture(scope="module")
 def world(sqlite_warehouse, sqlite_ready, tmp_path_factory):
-    ctxs.append(sqlite_ready.ctx)
+    ctxs.append(sqlite_ready.clock)
     base_settings = sqlite_ready.settings.model_copy(update={"guard": GuardSettings(max_concurrency=1)})
 
     @cache
@@ -111,7 +111,7 @@ def test_with_a_single_source_configured(sqlite_warehouse, tmp_path, source, ref
 
     r = ready(only(sqlite_warehouse, tmp_path, source))
     customer, _ = r.index.resolve(ref)
-    c = assemble_context(ReadScope.build(r.settings, r.ctx), customer)
+    c = assemble_context(ReadScope.build(r.settings, r.clock), customer)
     assert {s.source for s in c.slices.values()} == {source}
     missing = {g.source for g in c.gaps if g.kind == "not_connected"}
     assert missing == set(SOURCE_NAMES) - {source}
@@ -130,7 +130,7 @@ def test_a_source_that_cannot_be_opened_is_a_gap_not_a_crash(sqlite_ready):
     settings = sqlite_ready.settings.model_copy(deep=True)
     settings.sources["billing"] = SourceConfig(url=settings.source("billing").url, mapping="no_such_mapping")
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(ReadScope.build(settings, sqlite_ready.ctx), acme)
+    c = assemble_context(ReadScope.build(settings, sqlite_ready.clock), acme)
     billing = [g for g in c.gaps if g.source == "billing"]
     assert {g.kind for g in billing} == {"unavailable"} and len(billing) == 2
     assert "no mapping 'no_such_mapping'" in billing[0].message

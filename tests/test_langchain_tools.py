@@ -19,7 +19,7 @@ from tools.slices import slices_of
 
 def runtime(r, ref: str, settings=None) -> ToolBinding:
     customer, _ = r.index.resolve(ref)
-    return ToolBinding(scope=ReadScope.build(settings or r.settings, r.ctx), customer=customer)
+    return ToolBinding(scope=ReadScope.build(settings or r.settings, r.clock), customer=customer)
 
 
 def call(source: str, rt: ToolBinding, **args) -> dict:
@@ -113,7 +113,7 @@ def test_tools_read_through_long_term_memory(sqlite_ready, tmp_path):
     acme, _ = sqlite_ready.index.resolve("acme.com")
     with open_store(f"sqlite:///{tmp_path / 'mem.sqlite'}") as store:
         memory = ContextMemory(store, "t", sqlite_ready.settings.ttls)
-        rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, memory=memory), customer=acme)
+        rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.clock, memory=memory), customer=acme)
         SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], BINDING_ARG: rt})
         again = SOURCE_TOOLS["billing"].invoke({"slices": ["billing.status"], BINDING_ARG: rt})
     assert again["slices"]["billing.status"]["provenance"]["served_from"] == "memory"

@@ -11,7 +11,7 @@ from tools.context.assembly import assemble_context
 from tools.context.scope import ReadScope
 from tools.guard import SourceGuard
 from tools.memory import ContextMemory, open_store
-from tools.sources.base import ReadContext
+from tools.sources.base import ReadClock
 
 from .conftest import statements_on
 from .test_guard import FakeClock
@@ -43,7 +43,7 @@ def counted(sqlite_warehouse):
 def setup(sqlite_ready, store, tenant="acme-support", faults=None):
     wall = WallClock()
     settings = sqlite_ready.settings.model_copy(update={"faults": faults})
-    ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=settings, now=wall)
+    ctx = ReadClock(as_of=sqlite_ready.clock.as_of, settings=settings, now=wall)
     return settings, ctx, ContextMemory(store, tenant, settings.ttls, clock=wall), wall
 
 
@@ -89,7 +89,7 @@ def test_failing_source_is_answered_with_the_stale_snapshot_and_its_age(sqlite_r
     wall.now += timedelta(days=2)  # past the 24 h TTL
     down, dctx, dmemory, _ = setup(sqlite_ready, store, faults="billing=down")
     dmemory.clock = wall
-    dctx = ReadContext(as_of=dctx.as_of, settings=down, now=wall)
+    dctx = ReadClock(as_of=dctx.as_of, settings=down, now=wall)
     c = assemble_context(ReadScope.build(down, dctx, guard=SourceGuard(down.guard, FakeClock()), memory=dmemory), acme, ["billing"])
     assert c.gaps == []
     status = c.get("billing.status")
@@ -140,7 +140,7 @@ def test_get_many_reads_what_get_reads_in_one_query(sqlite_ready, store):
     memories = [ContextMemory(s, "t1", sqlite_ready.settings.ttls, clock) for s in (store, InMemoryStore())]
     for mem in memories:
         for who in (acme, globex):
-            ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=sqlite_ready.settings, now=clock)
+            ctx = ReadClock(as_of=sqlite_ready.clock.as_of, settings=sqlite_ready.settings, now=clock)
             assemble_context(ReadScope.build(sqlite_ready.settings, ctx, guard=SourceGuard(
                 sqlite_ready.settings.guard, FakeClock()), memory=mem), who)
         ContextMemory(mem.store, "t2", mem.ttls, clock).put(acme.customer_id, mem.get(globex.customer_id,
@@ -174,7 +174,7 @@ def test_a_lazily_opened_sqlite_memory_reads_without_opening_the_store(sqlite_re
         lazy = ContextMemory(None, "t1", sqlite_ready.settings.ttls, clock, opener=opener, sqlite_path=str(path))
         acme, _ = sqlite_ready.index.resolve("acme.com")
         assert lazy.get_many(acme.customer_id, SLICE_NAMES) == {}  # no file yet: the store creates it
-        ctx = ReadContext(as_of=sqlite_ready.ctx.as_of, settings=sqlite_ready.settings, now=clock)
+        ctx = ReadClock(as_of=sqlite_ready.clock.as_of, settings=sqlite_ready.settings, now=clock)
         assemble_context(ReadScope.build(sqlite_ready.settings, ctx, memory=lazy), acme, ["crm.account"])
         assert opened == [1]  # opened once, by the first read of a missing file
 

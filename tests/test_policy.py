@@ -107,7 +107,7 @@ def test_a_policy_file_from_the_settings(sqlite_ready, tmp_path):
     settings = sqlite_ready.settings.model_copy(update={"policy": path})
     access = Access.for_principal(settings, Principal("t-file", "bo", "billing_clerk"))
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(ReadScope.build(settings, sqlite_ready.ctx, access=access), acme, ["billing", "crm.account"])
+    c = assemble_context(ReadScope.build(settings, sqlite_ready.clock, access=access), acme, ["billing", "crm.account"])
     assert list(c.slices) == ["billing.status"]
     assert {g.slice: g.kind for g in c.gaps} == {"crm.account": "forbidden", "billing.invoices": "forbidden"}
     assert c.slices["billing.status"].provenance.masked_fields == ["payment_method", "billing_email"]
@@ -135,7 +135,7 @@ def test_principals_from_the_cli_and_the_defaults(sqlite_ready):
 # ------------------------------------------------------------------------ masking
 def test_masked_values_are_withheld_and_visibly_masked(sqlite_ready):
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, access=gate(sqlite_ready, "support_agent")), acme, ["crm.account", "crm.contacts", "billing"])
+    c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.clock, access=gate(sqlite_ready, "support_agent")), acme, ["crm.account", "crm.contacts", "billing"])
     bil, contacts, acc = c.slices["billing.status"], c.slices["crm.contacts"], c.slices["crm.account"]
     mark = marker("support_agent")
     assert bil.payment_method is None and bil.provenance.masked_fields == ["payment_method"]
@@ -187,7 +187,7 @@ def test_a_forbidden_slice_is_never_read_from_the_source_or_memory(sqlite_ready)
     access = gate(sqlite_ready, "finance")
     memory = ContextMemory(store, access.tenant, sqlite_ready.settings.ttls)
     with statements_on(sqlite_ready.settings.source("support").url) as seen:
-        _, out = read_slices(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx, memory=memory, access=access), acme, ["support.tickets", "email.threads", "chat.mentions"])
+        _, out = read_slices(ReadScope.build(sqlite_ready.settings, sqlite_ready.clock, memory=memory, access=access), acme, ["support.tickets", "email.threads", "chat.mentions"])
     assert [(r.slice, r.kind) for r, _ in out] == [("support.tickets", "forbidden"), ("email.threads", "forbidden"),
                                                   ("chat.mentions", "forbidden")]
     assert "finance role may not read support.tickets" in out[0][0].message
@@ -206,7 +206,7 @@ def test_an_account_exec_sees_only_the_accounts_they_own(sqlite_ready):
     dana = gate(r, "account_exec", "dana.scully")
 
     def resolve(ref: str, access: Access = dana):
-        return resolve_in(ReadScope.build(r.settings, r.ctx, access=access, index=r.index), ref)
+        return resolve_in(ReadScope.build(r.settings, r.clock, access=access, index=r.index), ref)
 
     assert resolve("acme.com")[0].name == "Acme Corp"
     assert resolve("umbrella-health.com")[0].name == "Umbrella Health"
@@ -250,7 +250,7 @@ def test_a_hidden_customer_read_directly_looks_like_no_source_knows_it(sqlite_re
     r = sqlite_ready
     massive, _ = r.index.resolve("massivedynamic.com")
     access = gate(r, "account_exec", "dana.scully")
-    c = assemble_context(ReadScope.build(r.settings, r.ctx, access=access), massive, None)
+    c = assemble_context(ReadScope.build(r.settings, r.clock, access=access), massive, None)
     assert c.slices == {} and {g.kind for g in c.gaps} == {"not_found"} and len(c.gaps) == len(SLICE_NAMES)
     text = json.dumps(reference_view(c))
     assert "walter.bishop" not in text and "30000" not in text
@@ -265,10 +265,10 @@ def test_a_slice_cached_by_finance_reaches_a_support_agent_masked(sqlite_ready):
     tenant = f"t-{uuid.uuid4().hex[:8]}"
     memory = ContextMemory(InMemoryStore(), tenant, r.settings.ttls)
     acme, _ = r.index.resolve("acme.com")
-    finance = assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=gate(r, "finance", "fin", tenant)), acme, ["billing.status"])
+    finance = assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=gate(r, "finance", "fin", tenant)), acme, ["billing.status"])
     f = finance.slices["billing.status"]
     assert f.provenance.served_from == "source" and str(f.payment_method) == "visa •4242"
-    agent = assemble_context(ReadScope.build(r.settings, r.ctx, memory=memory, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
+    agent = assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
     a = agent.slices["billing.status"]
     assert a.provenance.served_from == "memory" and a.payment_method is None
     assert reference_view(agent)["billing"]["method"] == marker("support_agent")
@@ -276,7 +276,7 @@ def test_a_slice_cached_by_finance_reaches_a_support_agent_masked(sqlite_ready):
     assert str(memory.get(acme.customer_id, "billing.status").slice.payment_method) == "visa •4242"  # full fidelity
     # a stale snapshot (billing down) is masked too
     down = r.settings.model_copy(update={"faults": "billing=down"})
-    stale = assemble_context(ReadScope.build(down, r.ctx, memory=memory, prefer_memory=False, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
+    stale = assemble_context(ReadScope.build(down, r.clock, memory=memory, prefer_memory=False, access=gate(r, "support_agent", "sam", tenant)), acme, ["billing.status"])
     s = stale.slices["billing.status"]
     assert s.provenance.stale and s.payment_method is None and s.provenance.masked_fields == ["payment_method"]
     outcomes = [(x.role, x.slice, x.decision, x.outcome) for x in reversed(records(r, tenant))]
@@ -295,15 +295,15 @@ def test_tenants_never_read_each_others_memory(sqlite_ready):
     a = gate(r, "finance", "fin", "tenant-a")
     b = gate(r, "finance", "fin", "tenant-b")
     # tenant A caches every slice
-    assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=a), acme, None)
+    assemble_context(ReadScope.build(r.settings, r.clock, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=a), acme, None)
     assert {ns[1] for _, ns in store.touched} == {"tenant-a"}
     store.touched.clear()
     # tenant B, even through a memory handle opened for tenant A (a misconfigured process), reads
     # only its own namespace: nothing is served from A's snapshots
-    c = assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=b), acme, None)
+    c = assemble_context(ReadScope.build(r.settings, r.clock, memory=ContextMemory(store, "tenant-a", r.settings.ttls), access=b), acme, None)
     assert {ns[1] for _, ns in store.touched} == {"tenant-b"}
     assert {s.provenance.served_from for s in c.slices.values()} == {"source"}
-    again = assemble_context(ReadScope.build(r.settings, r.ctx, memory=ContextMemory(store, "tenant-b", r.settings.ttls), access=b), acme, ["billing"])
+    again = assemble_context(ReadScope.build(r.settings, r.clock, memory=ContextMemory(store, "tenant-b", r.settings.ttls), access=b), acme, ["billing"])
     assert {s.provenance.served_from for s in again.slices.values()} == {"memory"}  # B's own snapshots
     assert {x.tenant for x in records(r, "tenant-a")} == {"tenant-a"}
     assert {x.tenant for x in records(r, "tenant-b")} == {"tenant-b"}
@@ -355,7 +355,7 @@ def test_the_model_sees_masked_context_and_tools_stay_on_the_runs_customer(sqlit
 
 def test_source_tools_take_the_customer_from_the_injected_runtime_only(sqlite_ready):
     acme, _ = sqlite_ready.index.resolve("acme.com")
-    rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx,
+    rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.clock,
                                            principal=Principal("t-tools", "sam", "support_agent")), customer=acme)
     for tool in SOURCE_TOOLS.values():
         assert set(tool.tool_call_schema.model_json_schema()["properties"]) == {"slices"}
@@ -372,8 +372,8 @@ def test_source_tools_take_the_customer_from_the_injected_runtime_only(sqlite_re
 def test_customer_context_reads_for_the_principal(sqlite_ready):
     r = sqlite_ready
     with pytest.raises(CustomerNotFound):
-        read_customer_context(ReadScope.build(r.settings, r.ctx, access=gate(r, "account_exec", "dana.scully"), index=r.index), "massivedynamic.com", list(SLICE_NAMES))
-    c = read_customer_context(ReadScope.build(r.settings, r.ctx, access=gate(r, "account_exec", "dana.scully"), index=r.index), "acme.com", ["billing"])
+        read_customer_context(ReadScope.build(r.settings, r.clock, access=gate(r, "account_exec", "dana.scully"), index=r.index), "massivedynamic.com", list(SLICE_NAMES))
+    c = read_customer_context(ReadScope.build(r.settings, r.clock, access=gate(r, "account_exec", "dana.scully"), index=r.index), "acme.com", ["billing"])
     assert list(c.slices) == ["billing.status"] and c.gaps[0].kind == "forbidden"
 
 

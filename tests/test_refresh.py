@@ -255,8 +255,8 @@ def test_event_refresh_makes_a_new_ticket_visible_at_once(world, warehouse, tmp_
     add(warehouse, "ticket", id=99001, organization_id=360001, requester_id=500004,
         subject="Invoice PDF shows the wrong VAT number", description="Please fix the VAT number.",
         status="new", priority="normal", type="problem", custom_issue_type="billing", via_channel="email",
-        created_at=r.ctx.as_of - timedelta(minutes=30), updated_at=r.ctx.as_of - timedelta(minutes=30))
-    stale = assemble_context(ReadScope.build(settings, r.ctx, memory=memory), acme, ["support"])  # served from memory
+        created_at=r.clock.as_of - timedelta(minutes=30), updated_at=r.clock.as_of - timedelta(minutes=30))
+    stale = assemble_context(ReadScope.build(settings, r.clock, memory=memory), acme, ["support"])  # served from memory
     assert stale.get("support.summary").open_tickets == 3
     assert stale.get("support.tickets").provenance.served_from == "memory"
 

@@ -48,7 +48,7 @@ class CountingReview:
             raise RuntimeError(f"review graph failed for {entry.name}\nsecond line of detail")
         if entry.name == self.crash_for:
             raise self.crash()
-        c = assemble_context(ReadScope.build(self.r.settings, self.r.ctx), self.r.index.get(entry.customer_id))
+        c = assemble_context(ReadScope.build(self.r.settings, self.r.clock), self.r.index.get(entry.customer_id))
         return render_brief(c), reference_view(c)
 
 
@@ -84,7 +84,7 @@ def test_all_lists_every_customer_in_name_order_and_leaves_churned_out(sqlite_re
 def test_book_agrees_with_the_per_customer_context(sqlite_ready):
     """Owner, tier and churn status from the bulk queries equal what the readers derive."""
     for e in list_accounts(sqlite_ready.settings, include_churned=True):
-        c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx), sqlite_ready.index.get(e.customer_id), ["crm.account", "billing.status"])
+        c = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.clock), sqlite_ready.index.get(e.customer_id), ["crm.account", "billing.status"])
         account, billing = c.get("crm.account"), c.get("billing.status")
         assert e.segment == c.traits.tier, e
         assert e.owner == (account.owner if account else None), e

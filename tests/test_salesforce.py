@@ -28,8 +28,8 @@ def sf_ready(sqlite_warehouse, tmp_path_factory):
 def test_salesforce_account_facts_match_hubspot(sf_ready, sqlite_ready):
     sf_acme, _ = sf_ready.index.resolve("acme.com")
     hs_acme, _ = sqlite_ready.index.resolve("acme.com")
-    sf = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.ctx), sf_acme, ["crm"])
-    hs = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.ctx), hs_acme, ["crm"])
+    sf = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.clock), sf_acme, ["crm"])
+    hs = assemble_context(ReadScope.build(sqlite_ready.settings, sqlite_ready.clock), hs_acme, ["crm"])
     a, b = sf.get("crm.account"), hs.get("crm.account")
     assert a.provenance.system == "salesforce" and b.provenance.system == "hubspot"
     keys = ("company_name", "domain", "segment", "owner", "plan", "mrr", "contract_value", "renewal_date", "status")
@@ -46,7 +46,7 @@ def test_salesforce_account_facts_match_hubspot(sf_ready, sqlite_ready):
 def test_salesforce_crm_still_stitches_billing_and_support(sf_ready):
     acme, _ = sf_ready.index.resolve("acme.com")
     assert {"crm", "billing", "support", "product"} <= set(acme.anchors)
-    c = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.ctx), acme)
+    c = assemble_context(ReadScope.build(sf_ready.settings, sf_ready.clock), acme)
     assert c.traits.risk_indicators == ["billing_issue", "declining_usage"]
     tyrell, _ = sf_ready.index.resolve("rachael+support@tyrell.fr")
     assert tyrell.name == "Société Tyrell"

@@ -14,7 +14,7 @@ from tools.context.view import reference_view
 
 def context_of(r, ref: str, slices=None) -> CustomerContext:
     customer, matched_by = r.index.resolve(ref)
-    return assemble_context(ReadScope.build(r.settings, r.ctx), customer, slices, matched_by=matched_by)
+    return assemble_context(ReadScope.build(r.settings, r.clock), customer, slices, matched_by=matched_by)
 
 
 def test_acme_corp(backend):

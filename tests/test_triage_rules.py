@@ -34,7 +34,7 @@ def _context(ready, ticket: TicketInput, settings=None, guard=None) -> CustomerC
     settings = settings or ready.settings
     customer, matched_by = ready.index.resolve(ticket.requester_email)
     # A guard of its own: breakers opened by fault-injection tests elsewhere must not leak in.
-    return assemble_context(ReadScope.build(settings, ready.ctx, guard=guard or SourceGuard(settings.guard)), customer, TRIAGE_SLICES, matched_by=matched_by)
+    return assemble_context(ReadScope.build(settings, ready.clock, guard=guard or SourceGuard(settings.guard)), customer, TRIAGE_SLICES, matched_by=matched_by)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def triaged(sqlite_ready) -> dict[str, tuple[TicketInput, CustomerContext, Triag
     for tid in LABELLED:
         ticket = get_ticket(sqlite_ready.settings, tid)
         ctx = _context(sqlite_ready, ticket, guard=guard)
-        out[tid] = ticket, ctx, decide(ticket, ctx.slices, ctx.traits, sqlite_ready.ctx.as_of,
+        out[tid] = ticket, ctx, decide(ticket, ctx.slices, ctx.traits, sqlite_ready.clock.as_of,
                                        sqlite_ready.settings.thresholds)
     return out
 
@@ -102,7 +102,7 @@ def test_a_new_card_declined_ticket_for_a_self_serve_customer_with_a_current_car
     for email, priority in (("wile.coyote@acme.com", "P1"), ("daffy.duck@acmelogistics.com", "P3")):
         ticket = TicketInput(subject=text["subject"], description=text["description"], requester_email=email)
         ctx = _context(sqlite_ready, ticket)
-        d = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.ctx.as_of, sqlite_ready.settings.thresholds)
+        d = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.clock.as_of, sqlite_ready.settings.thresholds)
         assert d.priority == priority, d.rationale
         assert d.ticket_id is None
 
@@ -113,7 +113,7 @@ def test_billing_down_still_decides_and_says_what_was_missing(sqlite_warehouse, 
     ticket = get_ticket(settings, "1001")
     ctx = _context(sqlite_ready, ticket, settings=settings)
     assert "billing.status" not in ctx.slices and [g.slice for g in ctx.gaps] == ["billing.status"]
-    d = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.ctx.as_of, settings.thresholds)
+    d = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.clock.as_of, settings.thresholds)
     assert d.category == "billing" and d.team == "billing"
     assert "Missing context: billing.status" in d.rationale
     assert d.confidence < triaged["1001"][2].confidence
@@ -125,7 +125,7 @@ def test_billing_down_still_decides_and_says_what_was_missing(sqlite_warehouse, 
 def test_any_missing_slice_lowers_confidence_and_is_named(triaged, sqlite_ready, dropped):
     ticket, ctx, full = triaged["1003"]
     slices = {n: s for n, s in ctx.slices.items() if n != dropped}
-    d = decide(ticket, slices, ctx.traits, sqlite_ready.ctx.as_of, sqlite_ready.settings.thresholds)
+    d = decide(ticket, slices, ctx.traits, sqlite_ready.clock.as_of, sqlite_ready.settings.thresholds)
     assert dropped in d.rationale and d.confidence < full.confidence
     assert {e.slice for e in d.evidence} <= set(slices)
 
@@ -147,7 +147,7 @@ def test_no_context_at_all_still_gives_a_decision():
 def test_decisions_are_deterministic(triaged, sqlite_ready):
     for tid in ("1001", "1010", "1044"):
         ticket, ctx, d = triaged[tid]
-        again = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.ctx.as_of, sqlite_ready.settings.thresholds)
+        again = decide(ticket, ctx.slices, ctx.traits, sqlite_ready.clock.as_of, sqlite_ready.settings.thresholds)
         assert again.model_dump() == d.model_dump()
 
 

@@ -266,9 +266,9 @@ def measure_cold(settings: Settings, refs: Sequence[Any], as_of: datetime) -> Ro
     from tools.context.assembly import assemble_context
     from tools.context.scope import ReadScope
     from tools.context.view import reference_view
-    from tools.sources.base import ReadContext
+    from tools.sources.base import ReadClock
 
-    scope = ReadScope.build(settings, ReadContext(as_of=as_of, settings=settings))
+    scope = ReadScope.build(settings, ReadClock(as_of=as_of, settings=settings))
     crm_url = settings.source("crm").url
     if crm_url is None:  # the bench seeds its own warehouse, so this is a setup mistake
         raise RuntimeError("the cold-assembly bench needs the CRM source connected")
@@ -505,7 +505,7 @@ def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequen
         add(measure_warm(settings, memory, warm_ids))
     add(*measure_startup(out_dir, startup_runs or (STARTUP_RUNS if customers >= DEFAULT_CUSTOMERS else 3), progress))
     cold = [rng.choice(refs) for _ in range(COLD_SAMPLES)]
-    add(measure_cold(settings, cold, r.ctx.as_of))
+    add(measure_cold(settings, cold, r.clock.as_of))
     add(*measure_turns(settings, progress))
     add(measure_reviews(settings, out_dir, reviews, report.active, progress))
     return report

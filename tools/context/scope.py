@@ -20,7 +20,7 @@ from tools.guard import SourceGuard
 from tools.identity import IdentityIndex
 from tools.memory import ContextMemory
 from tools.settings import Settings
-from tools.sources.base import CustomerRef, ReadContext
+from tools.sources.base import CustomerRef, ReadClock
 
 _guards: dict[tuple, SourceGuard] = {}
 _guards_lock = threading.Lock()
@@ -40,7 +40,7 @@ class ReadScope:
     """Everything one request reads customer context with."""
 
     settings: Settings
-    clock: ReadContext
+    clock: ReadClock
     guard: SourceGuard
     access: Access | None = None  # None only for the product's own unaudited reads (fixtures, benchmarks)
     memory: ContextMemory | None = None  # the principal's tenant's long-term memory
@@ -49,7 +49,7 @@ class ReadScope:
     resolved: dict[str, tuple[CustomerRef, str]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def build(cls, settings: Settings, clock: ReadContext, *, principal: Principal | None = None,
+    def build(cls, settings: Settings, clock: ReadClock, *, principal: Principal | None = None,
               access: Access | None = None, memory: ContextMemory | None = None,
               index: IdentityIndex | None = None, guard: SourceGuard | None = None,
               prefer_memory: bool = True) -> ReadScope:

@@ -39,7 +39,7 @@ from tools.mapping.engine import IN_CHUNK
 from tools.memory import ContextMemory, open_store
 from tools.settings import SOURCE_NAMES, Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
-from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, utcnow
+from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, utcnow
 from tools.sources.batch import RowBatch
 from tools.sources.registry import engine_for, reader, resolve_as_of
 
@@ -223,14 +223,14 @@ class _Chunks:
                  slice_parallel: bool = False):
         self.settings, self.memory, self.slice_parallel = settings, memory, slice_parallel
         self.guard = guard or default_guard(settings)
-        self.ctx = ReadContext(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
+        self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
         self.access = refresh_access(settings, memory.tenant)
         self.buffer = _WriteBuffer(memory.store)
         self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock)
-        self.bulk = None if slice_parallel else _Bulk(settings, self.ctx, self.guard, self.buffered, self.buffer,
+        self.bulk = None if slice_parallel else _Bulk(settings, self.clock, self.guard, self.buffered, self.buffer,
                                                       self.access)
         # Refresh reads live, through the buffered memory (its writes land in one transaction per chunk).
-        self.scope = ReadScope.build(settings, self.ctx, access=self.access, memory=self.buffered, guard=self.guard,
+        self.scope = ReadScope.build(settings, self.clock, access=self.access, memory=self.buffered, guard=self.guard,
                                      prefer_memory=False)
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
 
@@ -364,10 +364,10 @@ BULK_TIMEOUT_S = 60.0
 class _Bulk:
     """Bulk reads of a chunk, source by source, written to memory and admitted like single reads."""
 
-    def __init__(self, settings: Settings, ctx: ReadContext, guard: SourceGuard, memory: ContextMemory,
+    def __init__(self, settings: Settings, clock: ReadClock, guard: SourceGuard, memory: ContextMemory,
                  buffer: _WriteBuffer, access: Access):
-        self.settings, self.ctx, self.guard, self.memory, self.buffer, self.access = (
-            settings, ctx, guard, memory, buffer, access)
+        self.settings, self.clock, self.guard, self.memory, self.buffer, self.access = (
+            settings, clock, guard, memory, buffer, access)
         self.batches: dict[str, RowBatch] = {}  # per source, kept across chunks
 
     def read(self, jobs: Sequence[tuple[CustomerRef, Sequence[str]]],
@@ -410,7 +410,7 @@ class _Bulk:
         batch = self.batches.setdefault(source, RowBatch())
         n = sum(len(c) for c in wanted.values())
         results, outcome, _ = self.guard.call(
-            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.ctx, batch),
+            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.clock, batch),
             max(BULK_TIMEOUT_S, self.settings.source(source).timeout_s or 0))
         if outcome.status != "ok":
             return None

@@ -41,8 +41,9 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
-class ReadContext:
-    """The clock and settings a read runs under."""
+class ReadClock:
+    """When a read happens: the as-of date day counts and windows are measured from, the wall
+    clock provenance is stamped with, and the settings whose thresholds a reader applies."""
 
     as_of: datetime
     settings: Settings
@@ -70,14 +71,14 @@ class SourceReader:
         self.mapping = mapping
         self.engine = engine
 
-    def read(self, slice_name: str, customer: CustomerRef, ctx: ReadContext) -> Slice:
+    def read(self, slice_name: str, customer: CustomerRef, clock: ReadClock) -> Slice:
         method = getattr(self, "read_" + slice_name.split(".", 1)[1])
         tally = [0]
         token = SKIP_TALLY.set(tally)
         try:
             with self.engine.connect() as conn:
                 self._apply_deadline(conn)
-                return method(conn, customer, ctx)
+                return method(conn, customer, clock)
         except SliceNotFound:
             if tally[0]:
                 raise MalformedSource(f"{tally[0]} malformed {self.source} rows skipped; "
@@ -89,7 +90,7 @@ class SourceReader:
     #: Whether :meth:`read_many` reads in bulk (a reader with a fault in front reads one by one).
     batchable: ClassVar[bool] = True
 
-    def read_many(self, wanted: MappingOf[str, Sequence[CustomerRef]], ctx: ReadContext,
+    def read_many(self, wanted: MappingOf[str, Sequence[CustomerRef]], clock: ReadClock,
                   batch: RowBatch | None = None) -> dict[tuple[str, str], Slice | Exception]:
         """Slices of many customers in bulk (see ``tools.sources.batch``): ``{slice name: customers}``
         → ``{(customer id, slice name): slice, or the exception its read raised}``.
@@ -114,7 +115,7 @@ class SourceReader:
                         tally = [0]
                         tally_token = SKIP_TALLY.set(tally)
                         try:
-                            out[customer.customer_id, name] = method(conn, customer, ctx)
+                            out[customer.customer_id, name] = method(conn, customer, clock)
                         except NeedRows:
                             again.append((name, customer))
                         except SliceNotFound as exc:
@@ -203,7 +204,7 @@ class SourceReader:
 
     def provenance(
         self,
-        ctx: ReadContext,
+        clock: ReadClock,
         rows: Iterable[dict[str, Any]] = (),
         id_field: str = "id",
         skipped: int = 0,
@@ -218,8 +219,8 @@ class SourceReader:
             system=self.mapping.system,
             record_ids=list(dict.fromkeys(ids)),
             source_updated_at=max(updated) if updated else None,
-            fetched_at=ctx.now(),
-            as_of=ctx.as_of,
+            fetched_at=clock.now(),
+            as_of=clock.as_of,
             skipped_rows=skipped,
         )
 

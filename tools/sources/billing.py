@@ -16,7 +16,7 @@ from tools.slices import (
     Invoice,
     PaymentMethod,
 )
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, first
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, first
 
 FAILED_CHARGE_WINDOW_DAYS = 90
 
@@ -34,7 +34,7 @@ class BillingReader(SourceReader):
             return None
         return round(amount / 12, 2) if (sub.get("interval") or "month") == "year" else amount
 
-    def read_status(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> BillingStatus:
+    def read_status(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> BillingStatus:
         billing_id = self.anchor(customer)
         cust = self.lookup(conn, "customer", "id", [billing_id])
         subs = self._for_customer(conn, "subscription", billing_id, limit=1)
@@ -54,7 +54,7 @@ class BillingReader(SourceReader):
         pm = first(methods.rows)
         used = [*cust.rows, *subs.rows, *charges.rows, *methods.rows, *invoices.rows]
         return BillingStatus(
-            provenance=self.provenance(ctx, used, skipped=sum(f.skipped for f in (cust, subs, charges, methods, invoices))),
+            provenance=self.provenance(clock, used, skipped=sum(f.skipped for f in (cust, subs, charges, methods, invoices))),
             billing_id=billing_id,
             billing_email=c.get("email"),
             status=status,
@@ -63,7 +63,7 @@ class BillingReader(SourceReader):
             currency=(c.get("currency") or "usd").upper(),
             last_payment_date=paid["created"].date() if paid else None,
             last_payment_amount=paid["amount"] if paid else None,
-            days_since_last_payment=days_between(paid["created"], ctx.as_of) if paid else None,
+            days_since_last_payment=days_between(paid["created"], clock.as_of) if paid else None,
             payment_method=PaymentMethod(brand=pm.get("brand"), last4=pm.get("last4")) if pm else None,
             balance_due=round(sum(i.get("amount_remaining") or 0 for i in invoices.rows), 2),
             delinquent=bool(c.get("delinquent")),
@@ -71,16 +71,16 @@ class BillingReader(SourceReader):
             canceled_at=sub["canceled_at"].date() if sub and sub.get("canceled_at") else None,
         )
 
-    def read_invoices(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> BillingInvoices:
+    def read_invoices(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> BillingInvoices:
         billing_id = self.anchor(customer)
         invoices = self._for_customer(conn, "invoice", billing_id, limit=12)
-        since = ctx.as_of - timedelta(days=FAILED_CHARGE_WINDOW_DAYS)
+        since = clock.as_of - timedelta(days=FAILED_CHARGE_WINDOW_DAYS)
         failed = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "failed")],
                              window=("created", since, None), order_by="created")
         succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
                                 fields=["id", "amount", "updated_at"])
         return BillingInvoices(
-            provenance=self.provenance(ctx, [*invoices.rows, *failed.rows],
+            provenance=self.provenance(clock, [*invoices.rows, *failed.rows],
                                        skipped=invoices.skipped + failed.skipped + succeeded.skipped),
             invoices=[Invoice(id=r["id"], number=r.get("number"), status=r.get("status"),
                               amount_due=r.get("amount_due"), amount_paid=r.get("amount_paid"),

@@ -8,17 +8,17 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 
 from tools.slices import CalendarMeetings, Meeting
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 
 class CalendarReader(SourceReader):
     source = "calendar"
 
-    def read_meetings(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CalendarMeetings:
+    def read_meetings(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CalendarMeetings:
         domains = require_domains(customer, self.source)
         days = timedelta(days=self.mapping.settings.get("window_days", 30))
         ids = [r["event_id"] for r in self.lookup(conn, "attendee", "domain", domains, fields=["event_id"]).rows]
-        fetched = self.lookup(conn, "event", "id", ids, window=("start", ctx.as_of - days, ctx.as_of + days),
+        fetched = self.lookup(conn, "event", "id", ids, window=("start", clock.as_of - days, clock.as_of + days),
                               order_by="start", descending=False)
         people: dict[str, list[str]] = defaultdict(list)
         event_ids = [e["id"] for e in fetched.rows]
@@ -26,7 +26,7 @@ class CalendarReader(SourceReader):
             for r in self.lookup(conn, "attendee", "event_id", event_ids).rows:
                 people[r["event_id"]].append(r["email"])
         meetings = [Meeting(id=e["id"], title=e.get("title"), start=e["start"], end=e.get("end"),
-                            attendees=sorted(people[e["id"]]), upcoming=e["start"] > ctx.as_of)
+                            attendees=sorted(people[e["id"]]), upcoming=e["start"] > clock.as_of)
                     for e in fetched.rows]
-        return CalendarMeetings(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+        return CalendarMeetings(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
                                 meetings=meetings)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 
 from tools.slices import CallHighlights, CallSummary, KeyMoment
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 MAX_CALLS = 10
 
@@ -16,11 +16,11 @@ MAX_CALLS = 10
 class CallsReader(SourceReader):
     source = "calls"
 
-    def read_highlights(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CallHighlights:
+    def read_highlights(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CallHighlights:
         domains = require_domains(customer, self.source)
-        since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 90))
+        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 90))
         ids = [r["call_id"] for r in self.lookup(conn, "participant", "domain", domains, fields=["call_id"]).rows]
-        fetched = self.lookup(conn, "call", "id", ids, window=("started_at", since, ctx.as_of),
+        fetched = self.lookup(conn, "call", "id", ids, window=("started_at", since, clock.as_of),
                               order_by="started_at", limit=MAX_CALLS)
         call_ids = [c["id"] for c in fetched.rows]
         people: dict[str, list[str]] = defaultdict(list)
@@ -31,7 +31,7 @@ class CallsReader(SourceReader):
             for r in self.lookup(conn, "highlight", "call_id", call_ids).rows:
                 moments[r["call_id"]].append(KeyMoment(kind=r.get("kind") or "moment", text=r.get("text")))
         return CallHighlights(
-            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
             calls=[CallSummary(id=c["id"], title=c.get("title"), date=c["started_at"],
                                duration_minutes=round(c["duration_s"] / 60) if c.get("duration_s") else None,
                                participants=sorted(people[c["id"]]), talk_ratio=c.get("talk_ratio"),

@@ -16,7 +16,7 @@ from tools.slices import (
     CrmOpportunities,
     Opportunity,
 )
-from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, SourceReader
+from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, SourceReader
 
 ACTIVE_CONTACT_DAYS = 30
 
@@ -24,7 +24,7 @@ ACTIVE_CONTACT_DAYS = 30
 class CrmReader(SourceReader):
     source = "crm"
 
-    def read_account(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmAccount:
+    def read_account(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmAccount:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "account", "id", [crm_id])
         if not fetched.rows:
@@ -32,7 +32,7 @@ class CrmReader(SourceReader):
         r = fetched.rows[0]
         renewal = r.get("renewal_date")
         return CrmAccount(
-            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
             crm_id=r["id"],
             company_name=r["name"],
             domain=r.get("domain"),
@@ -44,7 +44,7 @@ class CrmReader(SourceReader):
             mrr=r.get("mrr"),
             contract_value=r.get("contract_value"),
             renewal_date=renewal,
-            days_to_renewal=-days_between(renewal, ctx.as_of) if renewal else None,
+            days_to_renewal=-days_between(renewal, clock.as_of) if renewal else None,
             status=r.get("status"),
             lifecycle_stage=r.get("lifecycle_stage"),
             churn_date=r.get("churn_date"),
@@ -52,12 +52,12 @@ class CrmReader(SourceReader):
             country=r.get("country"),
         )
 
-    def read_contacts(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmContacts:
+    def read_contacts(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmContacts:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "contact", "account_id", [crm_id])
         contacts = []
         for r in fetched.rows:
-            days = days_between(r.get("last_activity"), ctx.as_of)
+            days = days_between(r.get("last_activity"), clock.as_of)
             contacts.append(Contact(
                 name=" ".join(x for x in (r.get("first_name"), r.get("last_name")) if x) or (r.get("email") or "?"),
                 title=r.get("title"),
@@ -70,12 +70,12 @@ class CrmReader(SourceReader):
         # Champions and sponsors first, then by most recent activity.
         rank = {"champion": 0, "exec sponsor": 1, "decision maker": 2}
         contacts.sort(key=lambda c: (rank.get(c.role or "", 9), -(c.last_activity.timestamp() if c.last_activity else 0)))
-        return CrmContacts(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped), contacts=contacts)
+        return CrmContacts(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped), contacts=contacts)
 
-    def read_opportunities(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmOpportunities:
+    def read_opportunities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmOpportunities:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "opportunity", "account_id", [crm_id], order_by="close_date")
-        year_ago = (ctx.as_of - timedelta(days=365)).date()
+        year_ago = (clock.as_of - timedelta(days=365)).date()
         open_, closed, used = [], [], []
         for r in fetched.rows:
             opp = Opportunity(
@@ -91,12 +91,12 @@ class CrmReader(SourceReader):
                 continue
             used.append(r)
         return CrmOpportunities(
-            provenance=self.provenance(ctx, used, skipped=fetched.skipped), open=open_, closed=closed)
+            provenance=self.provenance(clock, used, skipped=fetched.skipped), open=open_, closed=closed)
 
-    def read_activities(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> CrmActivities:
+    def read_activities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmActivities:
         crm_id = self.anchor(customer)
-        fetched = self.lookup(conn, "activity", "account_id", [crm_id], window=("date", None, ctx.as_of),
+        fetched = self.lookup(conn, "activity", "account_id", [crm_id], window=("date", None, clock.as_of),
                               order_by="date", limit=20)
         acts = [Activity(date=r["date"], kind=r.get("kind") or "activity", summary=r.get("summary"))
                 for r in fetched.rows]
-        return CrmActivities(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped), activities=acts)
+        return CrmActivities(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped), activities=acts)

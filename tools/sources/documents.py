@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Connection
 
 from tools.slices import Document, Documents
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 MAX_DOCUMENTS = 20
 
@@ -13,12 +13,12 @@ MAX_DOCUMENTS = 20
 class DocumentsReader(SourceReader):
     source = "documents"
 
-    def read_documents(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> Documents:
+    def read_documents(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> Documents:
         domains = require_domains(customer, self.source)
-        fetched = self.lookup(conn, "document", "domain", domains, window=("updated", None, ctx.as_of),
+        fetched = self.lookup(conn, "document", "domain", domains, window=("updated", None, clock.as_of),
                               order_by="updated", limit=MAX_DOCUMENTS)
         return Documents(
-            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
             documents=[Document(id=r["id"], title=r.get("title"), kind=r.get("kind"), updated=r.get("updated"),
                                 owner=r.get("owner"), url=r.get("url")) for r in fetched.rows],
         )

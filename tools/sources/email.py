@@ -9,7 +9,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 
 from tools.slices import EmailThread, EmailThreads
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 _COMMITMENT = re.compile(r"\b(?:we|i)\s+will\b|\b(?:we|i)'ll\b|\bwill\s+send\b", re.IGNORECASE)
@@ -23,12 +23,12 @@ def sentences(text: str | None) -> list[str]:
 class EmailReader(SourceReader):
     source = "email"
 
-    def read_threads(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> EmailThreads:
+    def read_threads(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> EmailThreads:
         domains = require_domains(customer, self.source)
-        since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 60))
+        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 60))
         ids = [r["message_id"] for r in self.lookup(conn, "recipient", "domain", domains,
                                                      fields=["message_id"]).rows]
-        fetched = self.lookup(conn, "message", "id", ids, window=("sent_at", since, ctx.as_of),
+        fetched = self.lookup(conn, "message", "id", ids, window=("sent_at", since, clock.as_of),
                               order_by="sent_at", descending=False)
         msg_ids = [m["id"] for m in fetched.rows]
         people: dict[str, set[str]] = defaultdict(set)
@@ -39,8 +39,8 @@ class EmailReader(SourceReader):
         for m in fetched.rows:
             by_thread[m["thread_id"]].append(m)
         threads = [self._thread(tid, msgs, people) for tid, msgs in by_thread.items()]
-        threads.sort(key=lambda t: t.last_message_at or ctx.as_of, reverse=True)
-        return EmailThreads(provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+        threads.sort(key=lambda t: t.last_message_at or clock.as_of, reverse=True)
+        return EmailThreads(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
                             threads=threads[:MAX_THREADS])
 
     @staticmethod

@@ -25,7 +25,7 @@ from tools.guard import TransientSourceError, guarded_sleep
 from tools.mapping.engine import ROW_TAMPER
 from tools.settings import SOURCE_NAMES
 from tools.slices import Slice
-from tools.sources.base import CustomerRef, ReadContext, SourceReader
+from tools.sources.base import CustomerRef, ReadClock, SourceReader
 
 GARBAGE = "\x00garbage"
 _FAULT = re.compile(r"^(down|corrupt|slow:(\d+(?:\.\d+)?)(ms|s)?|flaky:(0(?:\.\d+)?|1(?:\.0+)?))$")
@@ -101,14 +101,14 @@ class FaultyReader(SourceReader):
         self._strike(self._rng("ping"))
         return self.inner.ping()
 
-    def read(self, slice_name: str, customer: CustomerRef, ctx: ReadContext) -> Slice:
+    def read(self, slice_name: str, customer: CustomerRef, clock: ReadClock) -> Slice:
         f, rng = self.fault, self._rng(f"{slice_name}:{customer.customer_id}")
         self._strike(rng)
         if f.kind != "corrupt":
-            return self.inner.read(slice_name, customer, ctx)
+            return self.inner.read(slice_name, customer, clock)
         token = ROW_TAMPER.set(lambda _table, _names, raw: _corrupt(rng, raw))
         try:
-            return self.inner.read(slice_name, customer, ctx)
+            return self.inner.read(slice_name, customer, clock)
         finally:
             ROW_TAMPER.reset(token)
 

@@ -19,21 +19,21 @@ from tools.guard import MalformedSource
 from tools.mapping.conversions import RowError, days_between
 from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, prepared
 from tools.slices import ProductUsage, UsageTrend
-from tools.sources.base import CustomerRef, ReadContext, SliceNotFound, SourceReader
+from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, SourceReader
 
 
 class ProductReader(SourceReader):
     source = "product"
 
-    def read_usage(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> ProductUsage:
+    def read_usage(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> ProductUsage:
         group_id = self.anchor(customer)
         users = list(dict.fromkeys(r["user_id"] for r in self.lookup(
             conn, "group", "group_id", [group_id], fields=["user_id"]).rows if r.get("user_id") is not None))
         if not users:
             raise SliceNotFound(f"no product users for group {group_id}")
         login_event = self.mapping.settings.get("login_event", "logged_in")
-        usage = self.batched(conn, ("usage by group", ctx.as_of, login_event), [group_id],
-                             lambda c, keys: self._usage_by_group(c, keys, ctx.as_of, login_event))[group_id]
+        usage = self.batched(conn, ("usage by group", clock.as_of, login_event), [group_id],
+                             lambda c, keys: self._usage_by_group(c, keys, clock.as_of, login_event))[group_id]
         events = self.mapping.entity("event").part
         window: Sequence[Any] = list(usage[:5])
         last_login = usage[5]
@@ -48,7 +48,7 @@ class ProductReader(SourceReader):
             updated = events.fields["updated_at"].to_python(window[4]) if window[4] is not None else None
         except (TypeError, ValueError, RowError) as exc:
             raise MalformedSource(f"product analytics returned malformed aggregates for group {group_id}") from exc
-        prov = self.provenance(ctx, extra_ids=[group_id])
+        prov = self.provenance(clock, extra_ids=[group_id])
         prov.source_updated_at = updated
         return ProductUsage(
             provenance=prov,
@@ -56,12 +56,12 @@ class ProductReader(SourceReader):
             active_users_30d=users30,
             active_users_7d=users7,
             last_login=last_login_dt,
-            days_since_login=days_between(last_login_dt, ctx.as_of),
+            days_since_login=days_between(last_login_dt, clock.as_of),
             features_used_30d=used,
             feature_adoption=round(len(used) / len(features_known), 2) if features_known else 0.0,
             events_last_7d=last7,
             events_prior_7d=prior7,
-            trend=self.trend(last7, prior7, ctx.settings.thresholds.trend_change),
+            trend=self.trend(last7, prior7, clock.settings.thresholds.trend_change),
         )
 
     def _usage_by_group(self, conn: Connection, group_ids: Sequence[Any], as_of: datetime,

@@ -7,19 +7,19 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 
 from tools.slices import NewsArticle, ResearchNews
-from tools.sources.base import CustomerRef, ReadContext, SourceReader, require_domains
+from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 
 class ResearchReader(SourceReader):
     source = "research"
 
-    def read_news(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> ResearchNews:
+    def read_news(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> ResearchNews:
         domains = require_domains(customer, self.source)
-        since = ctx.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
-        fetched = self.lookup(conn, "article", "domain", domains, window=("published_at", since, ctx.as_of),
+        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
+        fetched = self.lookup(conn, "article", "domain", domains, window=("published_at", since, clock.as_of),
                               order_by="published_at")
         return ResearchNews(
-            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
             articles=[NewsArticle(id=r["id"], headline=r["headline"], date=r["published_at"], kind=r.get("kind"),
                                   url=r.get("url")) for r in fetched.rows],
         )

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from tools.slices import SupportSummary, SupportTickets, Ticket
-from tools.sources.base import CustomerRef, ReadContext, SourceReader
+from tools.sources.base import CustomerRef, ReadClock, SourceReader
 
 RECENT_TICKETS = 20
 
@@ -17,19 +17,19 @@ RECENT_TICKETS = 20
 class SupportReader(SourceReader):
     source = "support"
 
-    def _tickets(self, conn: Connection, org_id: str, ctx: ReadContext, fields: list[str] | None = None,
+    def _tickets(self, conn: Connection, org_id: str, clock: ReadClock, fields: list[str] | None = None,
                  limit: int | None = None) -> Any:
-        return self.lookup(conn, "ticket", "organization_id", [org_id], window=("created_at", None, ctx.as_of),
+        return self.lookup(conn, "ticket", "organization_id", [org_id], window=("created_at", None, clock.as_of),
                            fields=fields, order_by="created_at", limit=limit)
 
     def _history(self, conn: Connection, ticket_ids: list[str]) -> Any:
         fetched = self.lookup(conn, "ticket_history", "ticket_id", ticket_ids, order_by="updated", descending=False)
         return fetched.rows, fetched.skipped
 
-    def read_summary(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> SupportSummary:
+    def read_summary(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> SupportSummary:
         org_id = self.anchor(customer)
         s = self.mapping.settings
-        fetched = self._tickets(conn, org_id, ctx, fields=["id", "status", "type", "created_at", "updated_at"])
+        fetched = self._tickets(conn, org_id, clock, fields=["id", "status", "type", "created_at", "updated_at"])
         tickets = fetched.rows
         history, hist_skipped = self._history(conn, [t["id"] for t in tickets])
 
@@ -48,12 +48,12 @@ class SupportReader(SourceReader):
 
         open_statuses = set(s.get("open_statuses", ["new", "open", "pending", "hold"]))
         open_tickets = [t for t in tickets if t["status"] in open_statuses]
-        window_start = ctx.as_of - timedelta(days=ctx.settings.thresholds.repeat_window_days)
+        window_start = clock.as_of - timedelta(days=clock.settings.thresholds.repeat_window_days)
         recent_types = Counter(t["type"] for t in tickets if t["created_at"] > window_start and t.get("type"))
         repeat_type, repeat_n = recent_types.most_common(1)[0] if recent_types else (None, 0)
         newest = tickets[0] if tickets else None
         return SupportSummary(
-            provenance=self.provenance(ctx, tickets, skipped=fetched.skipped + hist_skipped),
+            provenance=self.provenance(clock, tickets, skipped=fetched.skipped + hist_skipped),
             organization_id=org_id,
             total_tickets=len(tickets),
             open_tickets=len(open_tickets),
@@ -67,11 +67,11 @@ class SupportReader(SourceReader):
             repeat_issue_type=repeat_type if repeat_n > 1 else None,
         )
 
-    def read_tickets(self, conn: Connection, customer: CustomerRef, ctx: ReadContext) -> SupportTickets:
+    def read_tickets(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> SupportTickets:
         org_id = self.anchor(customer)
-        fetched = self._tickets(conn, org_id, ctx, limit=RECENT_TICKETS)
+        fetched = self._tickets(conn, org_id, clock, limit=RECENT_TICKETS)
         return SupportTickets(
-            provenance=self.provenance(ctx, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
             tickets=[Ticket(id=r["id"], subject=r.get("subject"), status=r.get("status"),
                             priority=r.get("priority"), type=r.get("type"), created_at=r.get("created_at"),
                             updated_at=r.get("updated_at"), body=r.get("body"))

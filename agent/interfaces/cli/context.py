@@ -76,7 +76,7 @@ def context(
     with progress_bar() as update:
         r = ready(progress=update, memory=True)
     access = access_or_exit(as_, r.settings)
-    scope = ReadScope.build(r.settings, r.ctx, access=access, memory=r.memory, index=r.index,
+    scope = ReadScope.build(r.settings, r.clock, access=access, memory=r.memory, index=r.index,
                             prefer_memory=not fresh)
     customer, matched_by = resolve_or_exit(lambda q: resolve(scope, q), ref, format)
     ctx = assemble_context(scope, customer, wanted, matched_by=matched_by)
