@@ -21,7 +21,7 @@ def chat_model(settings: Settings, name: str | None = None) -> BaseChatModel:
     if name in OFFLINE_NAMES:
         from agent.offline.model import OfflineDeterministicModel
 
-        return OfflineDeterministicModel(thresholds=settings.thresholds)
+        return OfflineDeterministicModel(thresholds=settings.thresholds, churn_weights=settings.churn_weights)
     if not re.fullmatch(r"[\w.:/@+-]{1,200}", name):
         raise ModelConfigError(f"{name!r} is not a model name")
     import os

@@ -2,9 +2,9 @@
 
 A prompt is a file with named ``{placeholders}``; ``render`` fills exactly the names it
 is given, so JSON braces inside values are safe. ``context_block`` renders the slices a
-step fetched as JSON, with every free-text field written by customers or third parties
-(ticket bodies, emails, chat, call moments, titles, headlines) wrapped in
-``<untrusted>…</untrusted>``; text that tries to close that tag is defused.
+step fetched as JSON (each as ``tools.context.view.model_slice`` shows it to a model: free
+text written by customers or third parties delimited and escaped as untrusted), with
+``<``/``>`` JSON-escaped so nothing inside can close or open a prompt section.
 ``parse_context_block`` reads the block back (the offline model uses it: it sees exactly
 what a real model sees).
 """
@@ -14,29 +14,23 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from agent.injection import UNTRUSTED_NOTE
-from tools.access.policy import hide_masks, show_masks
-from tools.slices import Slice, SourceGap, parse_slice
+from tools.context.view import model_slice, slice_from_model
+from tools.slices import Slice, SourceGap
 
-__all__ = ["UNTRUSTED_NOTE", "context_block", "load_prompt", "parse_context_block", "render", "section"]
+__all__ = ["UNTRUSTED_NOTE", "context_block", "load_prompt", "parse_context_block", "render", "safe_json",
+           "section"]
 
 
-# slice → list fields holding objects → their untrusted text fields
-UNTRUSTED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "support.tickets": ("tickets", ("subject", "body")),
-    "email.threads": ("threads", ("subject", "last_message", "open_questions", "commitments")),
-    "chat.mentions": ("mentions", ("text",)),
-    "calls.highlights": ("calls", ("title", "moments")),
-    "docs.documents": ("documents", ("title",)),
-    "research.news": ("articles", ("headline",)),
-    "calendar.meetings": ("meetings", ("title",)),
-    "crm.activities": ("activities", ("summary",)),
-}
-_TAG = re.compile(r"</?\s*untrusted[^>]*>", re.IGNORECASE)
+def _as_datetime(value: Any) -> datetime | None:
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+    return value if isinstance(value, datetime) else None
 
 
 @cache
@@ -56,62 +50,25 @@ def render(name: str, **values: Any) -> str:
     return text
 
 
-def untrusted(text: str | None) -> str | None:
-    if text is None:
-        return None
-    return "<untrusted>" + _TAG.sub("[tag removed]", text) + "</untrusted>"
-
-
-def _wrap(value: Any) -> Any:
-    if isinstance(value, str):
-        return untrusted(value)
-    if isinstance(value, list):
-        return [_wrap(v) for v in value]
-    if isinstance(value, dict):  # call key moments: {"kind", "text"}
-        return {k: (_wrap(v) if k == "text" else v) for k, v in value.items()}
-    return value
-
-
-def slice_json(s: Slice) -> dict[str, Any]:
-    """A slice as the model sees it: data + provenance, untrusted text delimited, values the
-    reader's role may not see as the mask marker (they were withheld before this point)."""
-    data = show_masks(s.model_dump(mode="json"))
-    if s.name in UNTRUSTED_FIELDS:
-        list_field, fields = UNTRUSTED_FIELDS[s.name]
-        for item in data.get(list_field, []):
-            for f in fields:
-                if f in item:
-                    item[f] = _wrap(item[f])
-    return data
-
-
-# The time windows slices are defined over, told to the model with the slices it sees.
-WINDOWS: dict[str, str] = {
-    "product.usage": "active users over the last 7 and 30 days; trend = the last 7 days vs the 7 days before",
-    "billing.invoices": "the 12 newest invoices; failed charges of the last 90 days",
-    "support.tickets": "the 20 newest tickets",
-    "support.summary": "repeat issues counted over the last 90 days",
-    "crm.opportunities": "open deals and deals closed in the last 12 months",
-    "crm.activities": "the 20 newest activities",
-    "email.threads": "threads of the last 60 days",
-    "calendar.meetings": "meetings within 30 days either side of the as-of date",
-    "chat.mentions": "internal mentions of the last 30 days",
-    "research.news": "company news of the last 30 days",
-}
+def safe_json(value: Any) -> str:
+    """JSON for a prompt section: ``<``, ``>`` and ``&`` written as ``\\u`` escapes, so text
+    inside cannot close the section (``</untrusted_ticket>``) or open another; ``json.loads``
+    gives back the exact text."""
+    text = json.dumps(value, ensure_ascii=False, indent=1)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
 def context_block(customer: dict[str, Any], slices: dict[str, Slice], gaps: list[SourceGap],
                   traits: dict[str, Any] | None = None, conflicts: list[dict[str, Any]] | None = None) -> str:
     """The JSON inside ``<customer_context>``: who, the fetched slices, the gaps, derived traits
     and conflicts between sources."""
-    return json.dumps({
+    return safe_json({
         "customer": customer,
-        "slices": {name: slice_json(s) for name, s in slices.items()},
-        "gaps": [g.model_dump() for g in gaps],
+        "slices": {name: model_slice(s) for name, s in slices.items()},
+        "gaps": [g.model_dump(exclude_none=True) for g in gaps],
         "traits": traits or {},
         "conflicts": conflicts or [],
-        "windows": {name: WINDOWS[name] for name in slices if name in WINDOWS},
-    }, ensure_ascii=False, indent=1)
+    })
 
 
 @dataclass
@@ -123,16 +80,6 @@ class ModelContext:
     gaps: list[SourceGap] = field(default_factory=list)
     traits: dict[str, Any] = field(default_factory=dict)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _unwrap(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.removeprefix("<untrusted>").removesuffix("</untrusted>")
-    if isinstance(value, list):
-        return [_unwrap(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unwrap(v) for k, v in value.items()}
-    return value
 
 
 def section(text: str, tag: str) -> str | None:
@@ -147,8 +94,10 @@ def section(text: str, tag: str) -> str | None:
 def parse_context_block(text: str) -> ModelContext:
     """Read a ``<customer_context>`` block back."""
     data = json.loads(text)
+    customer = data.get("customer", {})
+    as_of = _as_datetime(customer.get("as_of")) or datetime(1970, 1, 1)
     return ModelContext(
-        customer=data.get("customer", {}),
-        slices={name: parse_slice(name, hide_masks(_unwrap(v))) for name, v in data.get("slices", {}).items()},
+        customer=customer,
+        slices={name: slice_from_model(name, v, as_of) for name, v in data.get("slices", {}).items()},
         gaps=[SourceGap(**g) for g in data.get("gaps", [])],
         traits=data.get("traits", {}), conflicts=data.get("conflicts", []))

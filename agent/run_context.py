@@ -21,10 +21,10 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.bootstrap import Ready, ready
-from tools.access.principal import default_principal
+from tools.access.principal import BadPrincipal, Principal, default_principal
 from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
 from tools.settings import Settings
@@ -114,14 +114,62 @@ def run_services(runtime: Runtime[RunContext]) -> RunServices:
 
 
 def _build(rc: RunContext, store: BaseStore | None) -> RunServices:
-    """A served graph's services: the server's settings (its environment) and the default
-    principal of the ``langgraph`` interface (CUSTCTX_ROLE / CUSTCTX_USER, else support_agent)."""
+    """A served graph's services: the server's settings (its environment), read as the caller the
+    server authenticated for this run (:func:`served_principal`)."""
     settings = Settings()
     svc = services(settings)
-    principal = default_principal(settings, "langgraph")
-    scope = ReadScope.build(settings, svc.ctx, principal=principal, memory=context_memory(store, settings),
+    principal = served_principal(settings, _server_caller())
+    scope = ReadScope.build(settings, svc.clock, principal=principal, memory=context_memory(store, settings),
                             index=svc.index, prefer_memory=not rc.fresh)
     return RunServices(scope=scope)
+
+
+UNKNOWN_CALLER = ("LangGraph's server authenticated a caller ({who!r}) that carries no custctx tenant and role: "
+                  "serve the graphs with the authentication langgraph.json declares "
+                  "(agent.interfaces.langgraph_auth:auth), which maps API keys to principals")
+
+
+def served_principal(settings: Settings, caller: Any) -> Principal:
+    """Who a run on LangGraph's server reads for.
+
+    ``caller`` is the user the server's authentication (``agent.interfaces.langgraph_auth``)
+    returned for the request that created the run: ``identity`` (the user), ``tenant`` and
+    ``role`` from the API key file. With no authenticated caller — a graph invoked in-process
+    without bound services — the default principal of the ``langgraph`` interface
+    (``CUSTCTX_ROLE`` / ``CUSTCTX_USER``, else support_agent).
+
+    Raises:
+        BadPrincipal: the server authenticated a caller without a tenant and a role (another
+            authentication handler, LangSmith's Studio user): refused, not read as a default role.
+    """
+    if caller is None:
+        return default_principal(settings, "langgraph")
+    found = {name: _caller_field(caller, name) for name in ("identity", "tenant", "role")}
+    if not all(found.values()):
+        raise BadPrincipal(UNKNOWN_CALLER.format(who=found["identity"] or type(caller).__name__))
+    return Principal(tenant=found["tenant"], user=found["identity"], role=found["role"], interface="langgraph")
+
+
+def _caller_field(caller: Any, name: str) -> str:
+    # The server's user object reads like a mapping (ProxyUser, StudioUser) or has attributes.
+    get = getattr(caller, "get", None)
+    value = get(name) if callable(get) else getattr(caller, name, None)
+    return value if isinstance(value, str) else ""
+
+
+def _server_caller() -> Any:
+    """The user LangGraph's server authenticated for the current run (None outside a served run).
+
+    The server puts it in the run's config; it overwrites whatever a client sent under that key
+    and strips the key from a client's context, so a client cannot name it.
+    """
+    from langgraph.config import get_config
+
+    try:
+        configurable = get_config().get("configurable") or {}
+    except RuntimeError:  # not called from inside a run
+        return None
+    return configurable.get("langgraph_auth_user")
 
 
 def context_memory(store: BaseStore | None, settings: Settings) -> ContextMemory:

@@ -50,6 +50,16 @@ class PlanStep(TypedDict):
     planned_by: str
 
 
+class ModelCall(TypedDict):
+    """One model call of a turn and its tokens (the model's usage; the offline model counts
+    exactly what a hosted model would be sent, tool definitions included)."""
+
+    turn: int
+    purpose: str  # "tools" (tools bound), "answer" (no tools: the answer), "structured", "retry"
+    input_tokens: int
+    output_tokens: int
+
+
 class FetchJob(TypedDict):
     """One slice to fetch for the current step (the payload of a ``Send``)."""
 
@@ -122,4 +132,7 @@ class State(TypedDict, total=False):
     step: int  # planning steps taken in this turn
     plan: Annotated[list[PlanStep], operator.add]
     refs: Annotated[list[SliceRef], operator.add]
-    pending: list[FetchJob]  # fetch jobs of the current step
+    pending: list[FetchJob]  # fetch jobs of the current step (the fixed-step workflows)
+    calls: Annotated[list[ModelCall], operator.add]  # every model call, with its turn and tokens
+    tool_calls_used: int  # tool calls of this turn, valid or not
+    ended_by: str | None  # the budget that ended this turn's tool calling, if one did

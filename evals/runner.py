@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from langchain_core.messages import SystemMessage
+from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_core.messages.utils import count_tokens_approximately
 from sqlalchemy import event
 
-from agent.prompting import WINDOWS, context_block
+from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.runs import Runner
 from evals import evaluators as ev
+from tools.context.view import WINDOWS
 from tools.embedded.triage import load_triage_tickets
 from tools.memory import ContextMemory
 from tools.settings import SOURCE_NAMES, Settings
@@ -129,6 +130,17 @@ def _timed(fn: Callable[[], Any], counter: QueryCounter) -> tuple[Any, float, in
     return out, (time.perf_counter() - t0) * 1000, counter.n - before
 
 
+def full_dump_tokens(runner: Runner, customer_id: str, question: str) -> int:
+    """Prompt tokens of the alternative the step-wise design exists to beat: one model call
+    with the assistant's instructions, the customer's whole context and the question."""
+    c = runner.customer_context(customer_id)
+    block = context_block({"customer_id": c.customer_id, "name": c.name, "as_of": c.as_of.isoformat()}, c.slices,
+                          c.gaps, c.traits.model_dump(mode="json"))
+    system = render("assistant", customer=c.name, untrusted_note=UNTRUSTED_NOTE, budget_note="")
+    return count_tokens_approximately([SystemMessage(system), HumanMessage(
+        f"<customer_context>\n{block}\n</customer_context>"), HumanMessage(question)])
+
+
 def _shown(runner: Runner, result: dict[str, Any]) -> dict[str, Any]:
     """What the model was shown for an assistant turn: its slices (from memory), traits, gaps."""
     mem = ContextMemory(runner.store, runner.settings.tenant, runner.settings.ttls)
@@ -147,13 +159,11 @@ class Suites:
         self.runner, self.model, self.counter = runner, model, counter
         self._dump_tokens: dict[str, int] = {}
 
-    def full_dump_tokens(self, customer_id: str) -> int:
-        if customer_id not in self._dump_tokens:
-            c = self.runner.customer_context(customer_id)
-            block = context_block({"customer_id": c.customer_id, "name": c.name}, c.slices, c.gaps,
-                                  c.traits.model_dump(mode="json"))
-            self._dump_tokens[customer_id] = count_tokens_approximately([SystemMessage(block)])
-        return self._dump_tokens[customer_id]
+    def full_dump_tokens(self, customer_id: str, question: str) -> int:
+        key = f"{customer_id}\n{question}"
+        if key not in self._dump_tokens:
+            self._dump_tokens[key] = full_dump_tokens(self.runner, customer_id, question)
+        return self._dump_tokens[key]
 
     def _turn_scores(self, res: dict[str, Any], turn: dict[str, Any]) -> list[dict[str, Any]]:
         scores = [ev.fact_accuracy(res["answer"], turn.get("facts", [])),
@@ -162,7 +172,8 @@ class Suites:
                                              turn["slices"], turn.get("forbidden", [])),
                   ev.gap_reporting([f"{g['slice']}:{g['kind']}" for g in res["gaps"]], turn.get("gaps", []),
                                    res["answer"])]
-        scores.append(ev.token_ratio(res["tokens_shown"], self.full_dump_tokens(res["customer"]["customer_id"])))
+        scores.append(ev.token_ratio(res["tokens"]["prompt"], self.full_dump_tokens(res["customer"]["customer_id"],
+                                                                                turn["question"])))
         return scores
 
     def assistant(self, trial: int) -> Iterator[CaseResult]:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from agent.brief import render_brief
 from agent.offline.answers import billing_lines
-from agent.prompting import context_block, parse_context_block, section
+from agent.prompting import context_block, parse_context_block
 from agent.runs import Runner
 from tools.access.audit import audit_log
 from tools.access.gate import Access
@@ -32,7 +32,7 @@ from tools.context.read import resolve as resolve_in
 from tools.context.scope import ReadScope
 from tools.context.view import reference_view, slice_view
 from tools.identity import AmbiguousCustomer, CustomerNotFound
-from tools.langchain_tools import BINDING_ARG, SOURCE_TOOLS, ToolBinding, bind_call
+from tools.langchain_tools import BINDING_ARG, READ_SLICES, ToolBinding, bind_call
 from tools.memory import ContextMemory
 from tools.slices import SLICE_NAMES, BillingStatus, CrmContacts, PaymentMethod
 
@@ -312,14 +312,13 @@ def test_tenants_never_read_each_others_memory(sqlite_ready):
 
 # ---------------------------------------------- graphs: prompts and bound tools
 def _billing_then_answer(messages, tools):
-    if tools:  # planning: read billing — and try to smuggle another customer into the call
-        if any(isinstance(m, ToolMessage) for m in messages):
-            return AIMessage(content="")
+    if tools and not any(isinstance(m, ToolMessage) for m in messages):
+        # read billing — and try to smuggle another customer into the call
         return AIMessage(content="", tool_calls=[
-            {"id": "c1", "name": "read_billing", "args": {"slices": ["billing.status"]}},
-            {"id": "c2", "name": "read_crm", "args": {"slices": ["crm.account"], "customer": "massivedynamic.com"}},
-            {"id": "c3", "name": "read_crm", "args": {"slices": ["crm.account"],
-                                                      BINDING_ARG: {"customer": "massivedynamic.com"}}},
+            {"id": "c1", "name": "read_slices", "args": {"slices": ["billing.status"]}},
+            {"id": "c2", "name": "read_slices", "args": {"slices": ["crm.account"], "customer": "massivedynamic.com"}},
+            {"id": "c3", "name": "read_slices", "args": {"slices": ["crm.account"],
+                                                         BINDING_ARG: {"customer": "massivedynamic.com"}}},
         ])
     return AIMessage(content="Billing is past due [billing.status].")
 
@@ -333,13 +332,13 @@ def test_the_model_sees_masked_context_and_tools_stay_on_the_runs_customer(sqlit
     # c1 reads billing; c2 (a `customer` argument) and c3 (a smuggled runtime) are refused
     assert res["error"] is None and res["slices_used"] == ["billing.status"]
     assert res["customer"]["name"] == "Acme Corp"
-    answer_prompt = next(c for c in model.calls if not c["tools"])["messages"][0]
-    assert isinstance(answer_prompt, SystemMessage)
-    block = section(answer_prompt.content, "customer_context")
-    assert marker("support_agent") in block and "4242" not in answer_prompt.content
-    errors = [m for c in model.calls for m in c["messages"] if isinstance(m, ToolMessage) and m.status == "error"]
+    answer_prompt = model.calls[-1]["messages"]
+    assert isinstance(answer_prompt[0], SystemMessage)
+    shown = " ".join(m.content for m in answer_prompt if isinstance(m, ToolMessage) and m.status != "error")
+    assert marker("support_agent") in shown and "4242" not in " ".join(str(m.content) for m in answer_prompt)
+    errors = [m for m in answer_prompt if isinstance(m, ToolMessage) and m.status == "error"]
     assert [e.tool_call_id for e in errors] == ["c2", "c3"]
-    assert "read_crm takes only `slices`, not customer" in errors[0].content
+    assert "read_slices takes only `slices`, not customer" in errors[0].content
     assert f"not {BINDING_ARG}" in errors[1].content
     massive, _ = sqlite_ready.index.resolve("massivedynamic.com")
     recs = audit_log(settings.state_db_url).query(tenant, limit=None)
@@ -357,15 +356,14 @@ def test_source_tools_take_the_customer_from_the_injected_runtime_only(sqlite_re
     acme, _ = sqlite_ready.index.resolve("acme.com")
     rt = ToolBinding(scope=ReadScope.build(sqlite_ready.settings, sqlite_ready.clock,
                                            principal=Principal("t-tools", "sam", "support_agent")), customer=acme)
-    for tool in SOURCE_TOOLS.values():
-        assert set(tool.tool_call_schema.model_json_schema()["properties"]) == {"slices"}
-        with pytest.raises(ValidationError):
-            tool.invoke({"customer": "massivedynamic.com", BINDING_ARG: rt})
-    call = {"id": "x", "name": "read_billing", "type": "tool_call",
+    assert set(READ_SLICES.tool_call_schema.model_json_schema()["properties"]) == {"slices"}
+    with pytest.raises(ValidationError):
+        READ_SLICES.invoke({"slices": ["billing.status"], "customer": "massivedynamic.com", BINDING_ARG: rt})
+    call = {"id": "x", "name": "read_slices", "type": "tool_call",
             "args": {"slices": ["billing.status"], BINDING_ARG: {"customer": "massivedynamic.com"}}}
-    msg = SOURCE_TOOLS["billing"].invoke(bind_call(call, rt))
+    msg = READ_SLICES.invoke(bind_call(call, rt))
     out = json.loads(msg.content)
-    assert out["customer_id"] == acme.customer_id
+    assert out["customer"] == acme.name
     assert out["slices"]["billing.status"]["payment_method"] == marker("support_agent")
 
 

@@ -161,7 +161,14 @@ class Settings(BaseSettings):
     )
     model_timeout_s: float = Field(default=60.0, description="Timeout of one call to a real model.")
     max_plan_steps: int = Field(
-        default=3, description="Planning rounds (tool-call steps) a model may take per question.")
+        default=3, ge=0, le=20, description="Tool-calling rounds a model may take per question; the model "
+        "calls per question are at most this plus one (the answer).")
+    max_tool_calls: int = Field(
+        default=8, ge=0, le=100, description="Tool calls per question, valid or not; beyond it a call is "
+        "answered with a budget error and the model must answer from what it has.")
+    max_prompt_tokens: int = Field(
+        default=24000, ge=1000, description="Prompt tokens per question, summed over its model calls; when "
+        "reached, the next call must answer.")
     currency: str = "USD"
     output_format: Literal["json", "markdown"] = "markdown"
     mcp: McpSettings = Field(default_factory=McpSettings)

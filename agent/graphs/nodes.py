@@ -4,23 +4,27 @@ turn's slices back from long-term memory by reference."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.tools import BaseTool
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Send
+from pydantic import BaseModel, ValidationError
 
 from agent.models import chat_model
 from agent.run_context import RunContext, RunServices, run_services
-from agent.state import FetchJob, PlanStep, SliceRef, State
+from agent.state import FetchJob, ModelCall, PlanStep, SliceRef, State
 from tools.context.read import read_slices, recall_slices, resolve, visible
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
 
 FETCH = "fetch_slice"
+M = TypeVar("M", bound=BaseModel)
 
 
 class RuntimeNode(Protocol):
@@ -239,3 +243,43 @@ def fixed_steps_graph(resolve: RuntimeNode, steps: list[tuple[str, list[str]]],
     g.add_edge("respond", END)
     g.add_edge("explain_error", END)
     return g
+
+
+# ------------------------------------------------------------------ model calls
+def usage(ai: BaseMessage, prompt: list[BaseMessage], tools: list[BaseTool | dict[str, Any]] | None
+          ) -> tuple[int, int]:
+    """(prompt tokens, completion tokens) of one call: the model's own usage when it reports
+    one, else an approximate count of exactly what was sent (tool definitions included)."""
+    meta = getattr(ai, "usage_metadata", None)
+    if meta and meta.get("input_tokens"):
+        return int(meta["input_tokens"]), int(meta.get("output_tokens") or 0)
+    return count_tokens_approximately(prompt, tools=tools), count_tokens_approximately([ai])
+
+
+def structured(model: BaseChatModel, prompt: list[BaseMessage], schema: type[M], turn: int
+               ) -> tuple[M | None, str | None, list[ModelCall]]:
+    """The model's answer as ``schema``: on a validation error, one retry that shows the model
+    its error; a second failure is a one-line reason, never a traceback."""
+    runnable = model.with_structured_output(schema, include_raw=True)
+    calls: list[ModelCall] = []
+    why = "no answer"
+    for attempt in ("structured", "retry"):
+        out = runnable.invoke(prompt)
+        raw = out["raw"] if isinstance(out, dict) else None
+        n_in, n_out = usage(raw, prompt, None) if isinstance(raw, AIMessage) else (0, 0)
+        calls.append({"turn": turn, "purpose": attempt, "input_tokens": n_in, "output_tokens": n_out})
+        parsed, error = (out.get("parsed"), out.get("parsing_error")) if isinstance(out, dict) else (out, None)
+        if isinstance(parsed, schema):
+            return parsed, None, calls
+        try:
+            return schema.model_validate(parsed), None, calls
+        except ValidationError as exc:
+            error = error or exc
+        why = f"its {schema.__name__} was invalid after one retry: " + " ".join(str(error).split())[:300]
+        feedback = f"That {schema.__name__} was invalid: {' '.join(str(error).split())[:1000]}. Return it again, valid."
+        if isinstance(raw, AIMessage):
+            answered = [ToolMessage(feedback, tool_call_id=c["id"] or "", status="error") for c in raw.tool_calls]
+            prompt = [*prompt, raw, *answered] + ([] if answered else [HumanMessage(feedback)])
+        else:
+            prompt = [*prompt, HumanMessage(feedback)]
+    return None, why, calls

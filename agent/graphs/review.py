@@ -11,8 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from langchain_core.messages import SystemMessage
-from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
@@ -26,10 +25,11 @@ from agent.graphs.nodes import (
     this_turn_plan,
     turn_context,
     turn_refs,
+    usage,
 )
 from agent.prompting import UNTRUSTED_NOTE, context_block, render
 from agent.run_context import RunContext, run_services
-from agent.state import ReviewInput, ReviewOutput, SliceRef, State
+from agent.state import ModelCall, ReviewInput, ReviewOutput, SliceRef, State
 from agent.steps import REVIEW_STEPS
 from tools.context.assembly import CustomerContext, SourceStatus, find_conflicts
 from tools.context.view import reference_view
@@ -75,15 +75,19 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = CustomerContext(
         customer_id=customer_id, name=name, matched_by=state.get("matched_by"),
         anchors=dict(ref.anchors) if ref else {}, domains=list(ref.domains) if ref else [], as_of=scope.clock.as_of,
-        slices=slices, gaps=gaps, conflicts=find_conflicts(slices, settings),
+        slices=slices, gaps=gaps, conflicts=find_conflicts(slices, settings.thresholds),
         traits=derive_traits(slices, settings.thresholds, settings.churn_weights),
         sources=sources_from_refs(turn_refs(state)))
     customer = {"customer_id": ctx.customer_id, "name": ctx.name, "as_of": ctx.as_of.isoformat()}
-    system = render("review_summary", customer=ctx.name, untrusted_note=UNTRUSTED_NOTE,
-                    customer_context=context_block(customer, slices, gaps, ctx.traits.model_dump(mode="json")))
-    prompt = [SystemMessage(system)]
+    system = render("review_summary", customer=ctx.name, untrusted_note=UNTRUSTED_NOTE)
+    context = context_block(customer, slices, gaps, ctx.traits.model_dump(mode="json"))
+    prompt: list[BaseMessage] = [SystemMessage(system),
+                                 HumanMessage(f"<customer_context>\n{context}\n</customer_context>")]
     model = model_of(runtime)
     ai = model.invoke(prompt)
+    n_in, n_out = usage(ai, prompt, None)
+    calls: list[ModelCall] = [{"turn": state["turn"], "purpose": "answer", "input_tokens": n_in,
+                               "output_tokens": n_out}]
     summary = ai.content if isinstance(ai.content, str) else str(ai.content)
     brief = render_brief(ctx)
     head, _, rest = brief.partition("### Relationship Snapshot")
@@ -91,8 +95,9 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     view = reference_view(ctx)
     result = {"markdown": markdown, "summary": summary, "review": view, "plan": this_turn_plan(state),
               "slices_used": list(slices), "gaps": [g.model_dump() for g in gaps], "model": model_name(model),
-              "tokens_shown": count_tokens_approximately(prompt)}
-    return {"result": result}
+              "model_calls": [{"purpose": "answer", "input_tokens": n_in, "output_tokens": n_out}],
+              "tokens_shown": n_in}
+    return {"calls": calls, "result": result}
 
 
 def builder() -> StateGraph[State, RunContext, ReviewInput, ReviewOutput]:

@@ -9,11 +9,9 @@ slice that was fetched, and the team and SLA follow the rubric.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from langchain_core.messages import SystemMessage
-from langchain_core.messages.utils import count_tokens_approximately
+from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.graph import StateGraph
 from langgraph.runtime import Runtime
 
@@ -23,11 +21,12 @@ from agent.graphs.nodes import (
     model_of,
     resolve_customer,
     settings_of,
+    structured,
     this_turn_plan,
     turn_context,
 )
 from agent.injection import injection_signals
-from agent.prompting import UNTRUSTED_NOTE, context_block, render
+from agent.prompting import UNTRUSTED_NOTE, context_block, render, safe_json
 from agent.results import SLA_HOURS, TEAM_FOR, TriageDecision
 from agent.run_context import RunContext, run_services
 from agent.state import State, TriageInput, TriageOutput
@@ -59,25 +58,28 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     slices, gaps = turn_context(state, runtime)
     traits = derive_traits(slices, settings.thresholds, settings.churn_weights)
     as_of = run_services(runtime).scope.clock.as_of
-    customer = {"customer_id": state["customer_id"], "name": state["customer_name"],
+    customer = {"customer_id": state.get("customer_id"), "name": state.get("customer_name"),
                 "matched_by": state.get("matched_by"), "as_of": as_of.isoformat()}
     t = settings.thresholds
     system = render(
-        "triage", customer=state["customer_name"], untrusted_note=UNTRUSTED_NOTE,
+        "triage", customer=state.get("customer_name") or "the customer", untrusted_note=UNTRUSTED_NOTE,
         enterprise_mrr=f"{t.enterprise_mrr:,.0f}", mid_market_mrr=f"{t.mid_market_mrr:,.0f}",
-        renewal_soon_days=t.renewal_soon_days, **{f"sla_{p.lower()}": h for p, h in SLA_HOURS.items()},
-        customer_context=context_block(customer, slices, gaps, traits.model_dump(mode="json")),
-        ticket=json.dumps(ticket.model_dump(mode="json"), ensure_ascii=False, indent=1))
-    prompt = [SystemMessage(system)]
+        renewal_soon_days=t.renewal_soon_days, **{f"sla_{p.lower()}": h for p, h in SLA_HOURS.items()})
+    context = context_block(customer, slices, gaps, traits.model_dump(mode="json"))
+    user = (f"<customer_context>\n{context}\n</customer_context>\n\n"
+            f"<untrusted_ticket>\n{safe_json(ticket.model_dump(mode='json'))}\n</untrusted_ticket>")
     model = model_of(runtime)
-    decision = model.with_structured_output(TriageDecision).invoke(prompt)
-    if not isinstance(decision, TriageDecision):
-        decision = TriageDecision.model_validate(decision)
+    decision, why, calls = structured(model, [SystemMessage(system), HumanMessage(user)], TriageDecision,
+                                      state["turn"])
+    if decision is None:
+        return {"calls": calls, "error": f"model {model_name(model)}: {why}", "result": None}
     decision = enforce(decision, ticket, set(slices))
     result = {**decision.model_dump(mode="json"), "customer": customer, "slices_used": list(slices),
               "gaps": [g.model_dump() for g in gaps], "plan": this_turn_plan(state), "model": model_name(model),
-              "tokens_shown": count_tokens_approximately(prompt)}
-    return {"result": result}
+              "model_calls": [{"purpose": c["purpose"], "input_tokens": c["input_tokens"],
+                               "output_tokens": c["output_tokens"]} for c in calls],
+              "tokens_shown": sum(c["input_tokens"] for c in calls)}
+    return {"calls": calls, "result": result}
 
 
 def enforce(decision: TriageDecision, ticket: TicketInput, fetched: set[str]) -> TriageDecision:

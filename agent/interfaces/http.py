@@ -13,17 +13,12 @@ The endpoints are thin: they parse the request and call ``agent.interfaces.servi
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import anyio
-import yaml
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
@@ -34,12 +29,13 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.interfaces.service import (
-    ConfigError,
+    ApiKeys,
     ContextService,
     InvalidRequest,
     NotAvailable,
     WorkflowFailed,
     check_role,
+    load_api_keys,
     policy_errors,
     ticket_input,
 )
@@ -51,72 +47,6 @@ from tools.settings import Settings
 from tools.sources.tickets import TicketInput, TicketNotFound, TicketSourceUnavailable
 
 T = TypeVar("T")
-_HEX_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
-
-
-# ------------------------------------------------------------------ API keys
-class ApiKeyFileError(ConfigError):
-    """The API key file cannot be used; the message names the file and the problem."""
-
-
-def key_digest(key: str) -> str:
-    """The SHA-256 hex digest of an API key: what the key file stores."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-class ApiKeys:
-    """API keys (kept as SHA-256 digests only) → principals, compared in constant time."""
-
-    def __init__(self, entries: dict[str, Principal]):
-        self._entries = list(entries.items())
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def roles(self) -> set[str]:
-        return {p.role for _, p in self._entries}
-
-    def principal(self, key: str) -> Principal | None:
-        digest = key_digest(key)
-        found = None
-        for stored, principal in self._entries:  # every entry is compared: no early exit to time
-            if hmac.compare_digest(stored, digest):
-                found = principal
-        return found
-
-
-def load_api_keys(path: Path | None, tenant: str) -> ApiKeys:
-    """Read the key file: ``{<sha256 hex of the key>: {user, role, tenant?}}`` in YAML or JSON.
-
-    An entry whose name is not 64 hex digits (optionally ``sha256:``-prefixed) is taken as the
-    key itself and hashed on load (for development; the file then holds a secret). ``tenant``
-    defaults to this server's tenant. No file: no keys, so every ``/v1`` call gets 401.
-
-    Raises:
-        ApiKeyFileError: the file cannot be read or an entry lacks user or role.
-    """
-    if path is None:
-        return ApiKeys({})
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML too
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ApiKeyFileError(f"{path}: cannot read the API key file: {getattr(exc, 'strerror', None) or exc}") \
-            from None
-    if not isinstance(data, dict):
-        raise ApiKeyFileError(f"{path}: expected a mapping of key digests to {{user, role, tenant}}")
-    entries: dict[str, Principal] = {}
-    for name, spec in data.items():
-        where = f"{path}: entry {str(name)[:8]}…"
-        if not isinstance(spec, dict) or not spec.get("user") or not spec.get("role"):
-            raise ApiKeyFileError(f"{where} needs a user and a role")
-        unknown = sorted(set(spec) - {"user", "role", "tenant"})
-        if unknown:
-            raise ApiKeyFileError(f"{where} has unknown field(s) {', '.join(unknown)}; known: user, role, tenant")
-        m = _HEX_DIGEST.match(str(name).strip().lower())
-        digest = m.group(1) if m else key_digest(str(name))
-        entries[digest] = Principal(tenant=str(spec.get("tenant") or tenant), user=str(spec["user"]),
-                                    role=str(spec["role"]), interface="http")
-    return ApiKeys(entries)
 
 
 # ------------------------------------------------------------------ errors

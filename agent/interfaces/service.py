@@ -4,7 +4,8 @@ Both interfaces are thin: they parse their input, call :class:`ContextService` (
 calls the same Runner and tools the CLI uses) and format the output. Errors are typed
 here once — identity errors, unknown slices, bad input, a workflow that could not run —
 and each interface turns them into its own kind of error (an MCP tool error, an HTTP
-status).
+status). The API key file (:func:`load_api_keys`) is here too: the HTTP API and the
+authentication of LangGraph's server (``langgraph_auth``) read the same file.
 
 Concurrency: every call takes one of ``serve_max_concurrency`` slots before it touches
 the Runner, so a burst of requests queues *here*, before any source call starts its
@@ -14,12 +15,17 @@ burn the waiting calls' deadlines and open circuit breakers under load).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from pydantic import ValidationError
 
 from agent.runs import Runner
@@ -93,6 +99,77 @@ def check_role(settings: Settings, role: str) -> None:
         load_policy(str(policy) if policy else None).role(role)
     except PolicyError as exc:
         raise ConfigError(str(exc)) from None
+
+
+# ------------------------------------------------------------------ API keys
+# The key file is shared by the HTTP API and the authentication of LangGraph's server
+# (agent/interfaces/langgraph_auth.py): one file says who each key is, whichever door it knocks on.
+_HEX_DIGEST = re.compile(r"^(?:sha256:)?([0-9a-f]{64})$")
+
+
+class ApiKeyFileError(ConfigError):
+    """The API key file cannot be used; the message names the file and the problem."""
+
+
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest of an API key: what the key file stores."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeys:
+    """API keys (kept as SHA-256 digests only) → principals, compared in constant time."""
+
+    def __init__(self, entries: dict[str, Principal]):
+        self._entries = list(entries.items())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def roles(self) -> set[str]:
+        return {p.role for _, p in self._entries}
+
+    def principal(self, key: str) -> Principal | None:
+        digest = key_digest(key)
+        found = None
+        for stored, principal in self._entries:  # every entry is compared: no early exit to time
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+
+def load_api_keys(path: Path | None, tenant: str, interface: str = "http") -> ApiKeys:
+    """Read the key file: ``{<sha256 hex of the key>: {user, role, tenant?}}`` in YAML or JSON.
+
+    An entry whose name is not 64 hex digits (optionally ``sha256:``-prefixed) is taken as the
+    key itself and hashed on load (for development; the file then holds a secret). ``tenant``
+    defaults to this server's tenant; ``interface`` is the one the principals call through (the
+    audit log records it). No file: no keys, so every call is refused.
+
+    Raises:
+        ApiKeyFileError: the file cannot be read or an entry lacks user or role.
+    """
+    if path is None:
+        return ApiKeys({})
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # JSON is YAML too
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ApiKeyFileError(f"{path}: cannot read the API key file: {getattr(exc, 'strerror', None) or exc}") \
+            from None
+    if not isinstance(data, dict):
+        raise ApiKeyFileError(f"{path}: expected a mapping of key digests to {{user, role, tenant}}")
+    entries: dict[str, Principal] = {}
+    for name, spec in data.items():
+        where = f"{path}: entry {str(name)[:8]}…"
+        if not isinstance(spec, dict) or not spec.get("user") or not spec.get("role"):
+            raise ApiKeyFileError(f"{where} needs a user and a role")
+        unknown = sorted(set(spec) - {"user", "role", "tenant"})
+        if unknown:
+            raise ApiKeyFileError(f"{where} has unknown field(s) {', '.join(unknown)}; known: user, role, tenant")
+        m = _HEX_DIGEST.match(str(name).strip().lower())
+        digest = m.group(1) if m else key_digest(str(name))
+        entries[digest] = Principal(tenant=str(spec.get("tenant") or tenant), user=str(spec["user"]),
+                                    role=str(spec["role"]), interface=interface)
+    return ApiKeys(entries)
 
 
 def ticket_input(settings: Settings, ticket_id: str | None, fields: dict[str, Any] | None) -> TicketInput:

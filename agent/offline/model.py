@@ -19,6 +19,7 @@ from typing import Any
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages.utils import count_tokens_approximately
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
@@ -28,8 +29,12 @@ from pydantic import ConfigDict
 from agent.offline.answers import compose_answer, review_summary
 from agent.offline.planning import intents_for_slices, intents_of, plan_question
 from agent.prompting import ModelContext, parse_context_block, section
-from tools.settings import Thresholds
-from tools.slices import SLICE_MODELS
+from tools.context.assembly import find_conflicts
+from tools.context.view import slice_from_model
+from tools.langchain_tools import TOOL_NAME
+from tools.settings import ChurnWeights, Thresholds
+from tools.slices import SLICE_MODELS, SourceGap
+from tools.traits import Traits, derive_traits
 
 
 def _text(m: BaseMessage) -> str:
@@ -48,6 +53,7 @@ class OfflineDeterministicModel(BaseChatModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
     thresholds: Thresholds = Thresholds()
+    churn_weights: ChurnWeights = ChurnWeights()
     model_name: str = "offline-deterministic"
 
     @property
@@ -60,70 +66,97 @@ class OfflineDeterministicModel(BaseChatModel):
 
     def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
                    tool_choice: str | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], tool_choice=tool_choice, **kwargs)
+        strict = kwargs.pop("strict", None)
+        return self.bind(tools=[convert_to_openai_tool(t, strict=strict) for t in tools], tool_choice=tool_choice,
+                         **kwargs)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         system = "\n".join(_text(m) for m in messages if isinstance(m, SystemMessage))
         task = m.group(1) if (m := re.search(r"^<task>(\w+)</task>$", system, re.MULTILINE)) else ""
-        tools = {t["function"]["name"] for t in kwargs.get("tools") or []}
-        handler = {"plan": self._plan, "answer": self._answer, "triage": self._triage,
+        tools = kwargs.get("tools") or []
+        names = {t["function"]["name"] for t in tools}
+        handler = {"assistant": self._assistant, "triage": self._triage,
                    "review_summary": self._review_summary}.get(task)
         if handler is None:
             msg = AIMessage(content="The offline deterministic model only runs the custctx prompts "
-                                    f"(plan, answer, triage, review_summary); got task {task or 'none'!r}.")
+                                    f"(assistant, triage, review_summary); got task {task or 'none'!r}.")
         else:
-            msg = handler(messages, system, tools)
+            msg = handler(messages, names)
+        # What a hosted model would report: the prompt as sent (tool definitions included).
+        msg.usage_metadata = {"input_tokens": count_tokens_approximately(messages, tools=tools or None),
+                              "output_tokens": count_tokens_approximately([msg]),
+                              "total_tokens": 0}
+        msg.usage_metadata["total_tokens"] = msg.usage_metadata["input_tokens"] + msg.usage_metadata["output_tokens"]
         return ChatResult(generations=[ChatGeneration(message=msg)])
 
     # ------------------------------------------------------------------ tasks
-    def _plan(self, messages: list[BaseMessage], system: str, tools: set[str]) -> AIMessage:
+    def _assistant(self, messages: list[BaseMessage], tools: set[str]) -> AIMessage:
+        """With the tool bound and nothing read yet this turn: call it for the slices the
+        question needs (rules). Otherwise: answer from the tool results of this turn."""
         idx, after = _turn(messages)
-        if idx < 0 or any(isinstance(m, ToolMessage) for m in after):
-            return AIMessage(content="")  # this turn's slices are fetched: planning is done
-        previous: list[str] = []
-        for m in reversed(messages[:idx]):
-            if isinstance(m, AIMessage) and m.tool_calls:
-                previous = [s for c in m.tool_calls for s in c["args"].get("slices", [])]
-                break
-        _, wanted = plan_question(_text(messages[idx]), previous)
-        by_source: dict[str, list[str]] = {}
-        for name in wanted:
-            by_source.setdefault(SLICE_MODELS[name].source, []).append(name)
-        salt = hashlib.sha1(f"{idx}:{_text(messages[idx])}".encode()).hexdigest()[:8]
-        calls = [{"name": f"read_{src}", "args": {"slices": names}, "id": f"call_{salt}_{src}", "type": "tool_call"}
-                 for src, names in by_source.items() if f"read_{src}" in tools]
-        return AIMessage(content="", tool_calls=calls)
-
-    def _context(self, system: str) -> ModelContext:
-        block = section(system, "customer_context")
-        return ModelContext() if block is None else parse_context_block(block)
-
-    def _answer(self, messages: list[BaseMessage], system: str, tools: set[str]) -> AIMessage:
-        c = self._context(system)
-        idx, _ = _turn(messages)
         question = _text(messages[idx]) if idx >= 0 else ""
-        intents = intents_of(question) or intents_for_slices(list(c.slices) + [g.slice for g in c.gaps]) \
+        if TOOL_NAME in tools and idx >= 0 and not any(isinstance(m, ToolMessage) for m in after):
+            _, wanted = plan_question(question, _cited(messages[:idx]))
+            salt = hashlib.sha1(f"{idx}:{question}".encode()).hexdigest()[:8]
+            return AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "args": {"slices": wanted},
+                                                      "id": f"call_{salt}", "type": "tool_call"}])
+        name, as_of, slices, gaps = "the customer", None, {}, []
+        for m in after:
+            if isinstance(m, ToolMessage) and m.status != "error" and (read := _tool_result(m)) is not None:
+                name, as_of = read["customer"], read["as_of"]
+                slices.update(read["slices"])
+                gaps += read["gaps"]
+        traits = derive_traits(slices, self.thresholds, self.churn_weights)
+        conflicts = [c.model_dump(mode="json") for c in find_conflicts(slices, self.thresholds)]
+        intents = intents_of(question) or intents_for_slices(list(slices) + [g.slice for g in gaps]) \
             or ["overview"]
-        return AIMessage(content=compose_answer(c.customer.get("name", "the customer"), intents, c.slices, c.gaps,
-                                                c.traits, c.customer.get("as_of"), c.conflicts))
+        return AIMessage(content=compose_answer(name, intents, slices, gaps,
+                                                traits.model_dump(mode="json") if traits.based_on else {},
+                                                as_of, conflicts))
 
-    def _triage(self, messages: list[BaseMessage], system: str, tools: set[str]) -> AIMessage:
+    def _context(self, messages: list[BaseMessage]) -> ModelContext:
+        for m in messages:
+            if (block := section(_text(m), "customer_context")) is not None:
+                return parse_context_block(block)
+        return ModelContext()
+
+    def _triage(self, messages: list[BaseMessage], tools: set[str]) -> AIMessage:
         from agent.offline.triage import decide
         from tools.sources.tickets import TicketInput
-        from tools.traits import Traits
 
-        c = self._context(system)
-        ticket = TicketInput.model_validate(json.loads(section(system, "untrusted_ticket") or "{}"))
+        c = self._context(messages)
+        raw = next((s for m in messages if (s := section(_text(m), "untrusted_ticket")) is not None), "{}")
+        ticket = TicketInput.model_validate(json.loads(raw))
         decision = decide(ticket, c.slices, Traits.model_validate(c.traits or {}),
                           _as_datetime(c.customer.get("as_of")), self.thresholds)
         name = next(iter(tools), "TriageDecision")
         return AIMessage(content="", tool_calls=[{"name": name, "args": decision.model_dump(mode="json"),
                                                   "id": "call_triage", "type": "tool_call"}])
 
-    def _review_summary(self, messages: list[BaseMessage], system: str, tools: set[str]) -> AIMessage:
-        c = self._context(system)
+    def _review_summary(self, messages: list[BaseMessage], tools: set[str]) -> AIMessage:
+        c = self._context(messages)
         return AIMessage(content=review_summary(c.customer.get("name", "the customer"), c.slices, c.gaps, c.traits))
+
+
+def _cited(messages: Sequence[BaseMessage]) -> list[str]:
+    """The slices the latest answer cited: what a follow-up such as "tell me more" is about."""
+    for m in reversed(messages):
+        if isinstance(m, AIMessage) and not m.tool_calls:
+            return list(dict.fromkeys(s for s in re.findall(r"\[([a-z]+\.[a-z]+)\]", _text(m)) if s in SLICE_MODELS))
+    return []
+
+
+def _tool_result(m: ToolMessage) -> dict[str, Any] | None:
+    """A read_slices result read back: the customer's name, the as-of date, slices and gaps."""
+    try:
+        data = json.loads(_text(m))
+        as_of = _as_datetime(data["as_of"])
+        return {"customer": data["customer"], "as_of": as_of,
+                "slices": {n: slice_from_model(n, v, as_of) for n, v in data["slices"].items()},
+                "gaps": [SourceGap(**g) for g in data["gaps"]]}
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _as_datetime(value: Any) -> Any:

@@ -53,8 +53,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from langchain_core.messages import SystemMessage
-from langchain_core.messages.utils import count_tokens_approximately
 from sqlalchemy import event
 
 from tools.embedded.common import AS_OF, GENERATOR_VERSION
@@ -382,16 +380,10 @@ class SqlClock:
 
 
 def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
-    """Every assistant eval question, one turn each: tokens shown vs. a full dump, and time
-    outside source queries."""
-    from agent.graphs.assistant import answer_context
+    """Every assistant eval question, one turn each: the prompt tokens of all the turn's model
+    calls vs. one call that dumps the customer's full context, and time outside source queries."""
     from agent.runs import Runner
-    from evals.runner import load
-    from tools.memory import ContextMemory
-    from tools.slices import SourceGap
-
-    def tokens(customer: dict[str, Any], slices: dict[str, Any], gaps: list[SourceGap]) -> int:
-        return count_tokens_approximately([SystemMessage(answer_context(customer, slices, gaps, settings))])
+    from evals.runner import full_dump_tokens, load
 
     shown: list[int] = []
     full: list[int] = []
@@ -399,7 +391,6 @@ def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
     outside_ms: list[float] = []
     cases = load("assistant")["cases"]
     with Runner(settings) as runner, SqlClock(settings).listening() as sql:
-        mem = ContextMemory(runner.store, settings.tenant, settings.ttls)
         for i, case in enumerate(cases, 1):
             for turn in case["turns"]:
                 thread = f"bench-{case['id']}-{len(turn_ms)}"
@@ -410,19 +401,14 @@ def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
                     continue
                 turn_ms.append(ms)
                 outside_ms.append(ms - (sql.ms - before))
-                cid = res["customer"]["customer_id"]
-                step = {n: c.slice for n in res["slices_used"] if (c := mem.get(cid, n))}
-                everything = runner.customer_context(cid)
-                step_gaps = [SourceGap(**g) for g in res["gaps"]]
-                shown.append(res["tokens_shown"])  # the same prompt, its context block swapped for the full one
-                full.append(res["tokens_shown"] - tokens(res["customer"], step, step_gaps)
-                            + tokens(res["customer"], everything.slices, everything.gaps))
+                shown.append(res["tokens"]["prompt"])  # every model call of the turn
+                full.append(full_dump_tokens(runner, res["customer"]["customer_id"], turn["question"]))
             if progress:
                 progress("assistant questions", i, len(cases))
     ratio = sum(shown) / sum(full) if full else 0.0
     rows = [
-        Row("Tokens per assistant question", f"{percentile(shown, 50):,.0f} (median, step-wise slices)",
-            f"{percentile(full, 50):,.0f} (same prompt, full-context dump)", round(ratio, 3),
+        Row("Tokens per assistant question", f"{percentile(shown, 50):,.0f} (median, all model calls of the turn)",
+            f"{percentile(full, 50):,.0f} (one call with the full-context dump)", round(ratio, 3),
             "≤ 35% of the full dump", ratio <= 0.35,
             {"questions": len(shown), "shown_total": sum(shown), "full_total": sum(full),
              "median_shown": percentile(shown, 50), "median_full": percentile(full, 50)}),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, SerializeAsAny
 from tools.context.read import read_slices, resolve
 from tools.context.scope import ReadScope
 from tools.guard import CallOutcome
-from tools.settings import Settings
+from tools.settings import Thresholds
 from tools.slices import SLICE_MODELS, SLICE_NAMES, BillingStatus, CrmAccount, Slice, SourceGap
 from tools.sources.base import CustomerRef, SourceReader
 from tools.traits import Traits, derive_traits
@@ -115,7 +115,7 @@ def assemble_context(scope: ReadScope, customer: CustomerRef, slices: Iterable[s
     return CustomerContext(
         customer_id=customer.customer_id, name=customer.name, matched_by=matched_by,
         anchors=dict(customer.anchors), domains=list(customer.domains), as_of=scope.clock.as_of,
-        slices=got, gaps=gaps, conflicts=find_conflicts(got, settings),
+        slices=got, gaps=gaps, conflicts=find_conflicts(got, settings.thresholds),
         traits=derive_traits(got, settings.thresholds, settings.churn_weights),
         sources=source_report(list(readers), readers, got, gaps, outcomes),
     )
@@ -168,7 +168,7 @@ def source_report(sources: list[str], readers: dict[str, SourceReader | None], g
     return report
 
 
-def find_conflicts(s: dict[str, Slice], settings: Settings) -> list[Conflict]:
+def find_conflicts(s: dict[str, Slice], thresholds: Thresholds) -> list[Conflict]:
     """Facts two sources state differently (MRR, customer status)."""
     account, billing = s.get("crm.account"), s.get("billing.status")
     if not (isinstance(account, CrmAccount) and isinstance(billing, BillingStatus)):
@@ -184,7 +184,7 @@ def find_conflicts(s: dict[str, Slice], settings: Settings) -> list[Conflict]:
         ])
 
     if account.mrr is not None and billing.mrr is not None:
-        tol = settings.thresholds.mrr_conflict_tolerance * max(account.mrr, billing.mrr)
+        tol = thresholds.mrr_conflict_tolerance * max(account.mrr, billing.mrr)
         if abs(account.mrr - billing.mrr) > tol:
             out.append(both("mrr", account.mrr, billing.mrr,
                             "CRM and billing disagree on monthly recurring revenue; the CRM value is used "

@@ -6,9 +6,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tools.access.policy import masked_marker, show_masks
+from tools.access.policy import hide_masks, masked_marker, show_masks
 from tools.context.assembly import CustomerContext
-from tools.slices import BillingStatus, CrmAccount, CrmContacts, ProductUsage, Slice, SupportSummary
+from tools.slices import (
+    SLICE_MODELS,
+    BillingStatus,
+    CrmAccount,
+    CrmContacts,
+    ProductUsage,
+    Slice,
+    SupportSummary,
+    parse_slice,
+)
 
 
 def slice_view(s: Slice, provenance: bool = True) -> dict[str, Any]:
@@ -91,3 +100,106 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
     if include_slices:
         out["slices"] = {n: slice_view(s, provenance=False) for n, s in c.slices.items()}
     return out
+
+
+# ------------------------------------------------------------------ what a model is shown
+# slice → list field holding objects → their free-text fields written by customers or third parties
+UNTRUSTED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "support.tickets": ("tickets", ("subject", "body")),
+    "email.threads": ("threads", ("subject", "last_message", "open_questions", "commitments")),
+    "chat.mentions": ("mentions", ("text",)),
+    "calls.highlights": ("calls", ("title", "moments")),
+    "docs.documents": ("documents", ("title",)),
+    "research.news": ("articles", ("headline",)),
+    "calendar.meetings": ("meetings", ("title",)),
+    "crm.activities": ("activities", ("summary",)),
+}
+
+# The time windows slices are defined over, told to the model with the slices it sees.
+WINDOWS: dict[str, str] = {
+    "product.usage": "active users over the last 7 and 30 days; trend = the last 7 days vs the 7 days before",
+    "billing.invoices": "the 12 newest invoices; failed charges of the last 90 days",
+    "support.tickets": "the 20 newest tickets",
+    "support.summary": "repeat issues counted over the last 90 days",
+    "crm.opportunities": "open deals and deals closed in the last 12 months",
+    "crm.activities": "the 20 newest activities",
+    "email.threads": "threads of the last 60 days",
+    "calendar.meetings": "meetings within 30 days either side of the as-of date",
+    "chat.mentions": "internal mentions of the last 30 days",
+    "research.news": "company news of the last 30 days",
+}
+
+_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))
+
+
+def untrusted(text: str) -> str:
+    """Text written by customers or third parties, delimited and escaped: it cannot close the
+    delimiter, open a prompt section (``</untrusted_ticket>``, ``<customer_context>``) or pose
+    as markup of any kind."""
+    for raw, escaped in _ESCAPES:
+        text = text.replace(raw, escaped)
+    return f"<untrusted>{text}</untrusted>"
+
+
+def trusted(text: str) -> str:
+    """The inverse of :func:`untrusted` (the offline model reads what a model was shown)."""
+    text = text.removeprefix("<untrusted>").removesuffix("</untrusted>")
+    for raw, escaped in reversed(_ESCAPES):
+        text = text.replace(escaped, raw)
+    return text
+
+
+def _map_text(value: Any, fn: Any) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_text(v, fn) for v in value]
+    if isinstance(value, dict):  # call key moments: {"kind", "text"}
+        return {k: (_map_text(v, fn) if k == "text" else v) for k, v in value.items()}
+    return value
+
+
+def _untrusted_items(name: str, data: dict[str, Any], fn: Any) -> dict[str, Any]:
+    if name in UNTRUSTED_FIELDS:
+        list_field, fields = UNTRUSTED_FIELDS[name]
+        for item in data.get(list_field) or []:
+            for f in fields:
+                if item.get(f) is not None:
+                    item[f] = _map_text(item[f], fn)
+    return data
+
+
+def _drop_empty(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_empty(v) for k, v in value.items() if v is not None and v != [] and v != {}}
+    if isinstance(value, list):
+        return [_drop_empty(v) for v in value]
+    return value
+
+
+def model_slice(s: Slice) -> dict[str, Any]:
+    """A slice as a model is shown it: its fields (empty ones left out), values the reader's
+    role may not see as the mask marker, free text delimited and escaped as untrusted, and a
+    compact provenance (system, record ids, source update, staleness, what was masked)."""
+    data = show_masks(s.model_dump(mode="json"))
+    p = data.pop("provenance")
+    data = _drop_empty(_untrusted_items(s.name, data, untrusted))
+    data["_from"] = _drop_empty({
+        "system": p["system"], "record_ids": p["record_ids"], "updated": p["source_updated_at"],
+        "stale": p["stale"] or None, "age_seconds": p["age_seconds"] if p["stale"] else None,
+        "masked": p["masked_fields"], "masked_for": p["masked_for"], "window": WINDOWS.get(s.name)})
+    return data
+
+
+def slice_from_model(name: str, data: dict[str, Any], as_of: datetime) -> Slice:
+    """The inverse of :func:`model_slice`: a slice rebuilt from what a model was shown (the
+    offline model answers from exactly that)."""
+    fields = {k: v for k, v in data.items() if k != "_from"}
+    shown = data.get("_from") or {}
+    fields["provenance"] = {
+        "source": SLICE_MODELS[name].source, "system": shown.get("system", "?"),
+        "record_ids": shown.get("record_ids", []), "source_updated_at": shown.get("updated"),
+        "fetched_at": as_of, "as_of": as_of, "stale": bool(shown.get("stale")),
+        "age_seconds": shown.get("age_seconds"), "masked_fields": shown.get("masked", []),
+        "masked_for": shown.get("masked_for")}
+    return parse_slice(name, hide_masks(_untrusted_items(name, fields, trusted)))
