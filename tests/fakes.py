@@ -4,9 +4,7 @@ HTTP endpoint that langchain-openai talks to over real HTTP."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
@@ -14,6 +12,8 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import PrivateAttr
+
+from .openai_endpoint import Replies, StrictOpenAIEndpoint
 
 Script = Callable[[list[BaseMessage], list[str]], AIMessage]
 
@@ -44,54 +44,13 @@ class ScriptedChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=self._script(list(messages), names))])
 
 
-class OpenAICompatibleServer:
-    """``POST /v1/chat/completions`` on loopback, answering from a script of response
-    messages (OpenAI JSON: {"content": ..., "tool_calls": [...]}) and recording requests."""
+class OpenAICompatibleServer(StrictOpenAIEndpoint):
+    """The strict endpoint (``tests/openai_endpoint.py``) answering from ``replies``, a function
+    of the request body returning an OpenAI message ({"content": ..., "tool_calls": [...]});
+    tools need not be strict. ``requests[i]["body"|"path"|"auth"]`` still read as before."""
 
     def __init__(self, replies: Callable[[dict[str, Any]], dict[str, Any]]):
-        self.replies = replies
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body,
-                                       "auth": self.headers.get("Authorization")})
-                message = outer.replies(body)
-                finish = "tool_calls" if message.get("tool_calls") else "stop"
-                payload = json.dumps({
-                    "id": f"chatcmpl-{len(outer.requests)}", "object": "chat.completion", "created": 0,
-                    "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": message.get("content"),
-                                             **({"tool_calls": message["tool_calls"]}
-                                                if message.get("tool_calls") else {})}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> OpenAICompatibleServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Replies(replies), require_strict_tools=False)
 
 
 def tool_call(name: str, args: dict[str, Any], call_id: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
+from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.messages.utils import count_tokens_approximately
@@ -264,7 +265,10 @@ def structured(model: BaseChatModel, prompt: list[BaseMessage], schema: type[M],
     calls: list[ModelCall] = []
     why = "no answer"
     for attempt in ("structured", "retry"):
-        out = runnable.invoke(prompt)
+        try:
+            out: Any = runnable.invoke(prompt)
+        except (ValidationError, OutputParserException, ValueError) as exc:  # the client parsed and failed
+            out = {"raw": None, "parsed": None, "parsing_error": exc}
         raw = out["raw"] if isinstance(out, dict) else None
         n_in, n_out = usage(raw, prompt, None) if isinstance(raw, AIMessage) else (0, 0)
         calls.append({"turn": turn, "purpose": attempt, "input_tokens": n_in, "output_tokens": n_out})

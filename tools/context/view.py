@@ -180,13 +180,14 @@ def _drop_empty(value: Any) -> Any:
 def model_slice(s: Slice) -> dict[str, Any]:
     """A slice as a model is shown it: its fields (empty ones left out), values the reader's
     role may not see as the mask marker, free text delimited and escaped as untrusted, and a
-    compact provenance (system, record ids, source update, staleness, what was masked)."""
+    compact provenance (source update, staleness, what was masked, the time window); record
+    ids stay out of the prompt — citations carry them from the read's references."""
     data = show_masks(s.model_dump(mode="json"))
     p = data.pop("provenance")
     data = _drop_empty(_untrusted_items(s.name, data, untrusted))
     data["_from"] = _drop_empty({
-        "system": p["system"], "record_ids": p["record_ids"], "updated": p["source_updated_at"],
-        "stale": p["stale"] or None, "age_seconds": p["age_seconds"] if p["stale"] else None,
+        "updated": p["source_updated_at"], "stale": p["stale"] or None,
+        "age_seconds": p["age_seconds"] if p["stale"] else None,
         "masked": p["masked_fields"], "masked_for": p["masked_for"], "window": WINDOWS.get(s.name)})
     return data
 
