@@ -1,8 +1,8 @@
 """``custctx bench``: how fast and how cheap, each figure beside its floor, in one run.
 
 The benchmark seeds its own warehouse (``--customers`` background customers plus the
-story ones, in ``OUT/warehouse.sqlite``; reused when a previous run seeded the same
-size), starts from an empty state database (``OUT/state``) and measures, in this
+story ones and one large customer, in ``OUT/warehouse.sqlite``; reused when a previous
+run seeded the same sizes), starts from an empty state database (``OUT/state``) and measures, in this
 process, one after the other:
 
 1. **Refresh**: full materialisation of the active book into long-term memory, then an
@@ -14,8 +14,15 @@ process, one after the other:
 3. **Cold assembly**: one customer's reference view (``reference_view`` of the slices it
    needs, read live from the sources, no memory) vs. one hand-written SQL query that
    computes the same view (``evals.bench.sql``), run with ``sqlite3``.
-4. **Tokens** shown to the model per assistant eval question, step-wise slices vs. the
-   same prompt with a full-context dump.
+4. **Tokens** per assistant question: the prompt tokens of every model call of the turn
+   (``tokens.prompt``: instructions, tool definitions, the question, the tool calls and
+   their results, as a hosted model is sent them) vs. ONE call with the instructions, the
+   customer's whole context and the question (``evals.runner.full_dump_tokens``), with the
+   answers' eval facts checked; over the assistant eval questions on the fixture customers,
+   and over the same question kinds on a large customer the benchmark writes into its
+   warehouse (``evals.bench.large``: hundreds of tickets, emails, calls, activities…). Both
+   sides are counted the same way (``count_tokens_approximately``, about 4 characters a
+   token); the dump is also counted as compact JSON, to show what its indentation adds.
 5. **Graph overhead**: time per assistant turn outside source queries (the turn's wall
    time minus the time its SQL statements spent in the warehouse).
 6. **Batch reviews** with the offline model: accounts per second and peak memory
@@ -56,6 +63,8 @@ from typing import Any
 from sqlalchemy import event
 
 from tools.embedded.common import AS_OF, GENERATOR_VERSION
+from tools.embedded.large import LargeCustomer
+from tools.embedded.story_data import STORY_DOMAINS
 from tools.settings import SOURCE_NAMES, Settings, SourceConfig
 from tools.sources.registry import dispose_engines, engine_for, fixture_meta
 
@@ -155,8 +164,9 @@ def bench_env(out_dir: Path) -> dict[str, str]:
             **{f"CUSTCTX_SOURCES__{s.upper()}__URL": url for s in SOURCE_NAMES}}
 
 
-def prepare(out_dir: Path, customers: int, progress: Progress | None) -> tuple[Settings, float | None]:
-    """The benchmark's warehouse (seeded unless one of this size is there) and an empty state."""
+def prepare(out_dir: Path, customers: int, progress: Progress | None,
+            large: LargeCustomer | None = None) -> tuple[Settings, float | None]:
+    """The benchmark's warehouse (seeded unless one of these sizes is there) and an empty state."""
     from tools.embedded.generate import seed
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,19 +175,23 @@ def prepare(out_dir: Path, customers: int, progress: Progress | None) -> tuple[S
     assert url is not None
     seconds = None
     meta = fixture_meta(url) if (out_dir / "warehouse.sqlite").exists() else {}
-    if (meta.get("background_customers"), meta.get("generator_version")) != (str(customers), GENERATOR_VERSION):
-        seconds = seed(url, customers=customers, progress=progress).seconds
+    wanted = (str(customers), GENERATOR_VERSION, large.key() if large else None)
+    if (meta.get("background_customers"), meta.get("generator_version"), meta.get("large_customer")) != wanted:
+        seconds = seed(url, customers=customers, progress=progress, large=large).seconds
     dispose_engines()
     shutil.rmtree(out_dir / "state", ignore_errors=True)
     return settings, seconds
 
 
 # ------------------------------------------------------------------ measures
-def measure_refresh(settings: Settings, memory: Any, progress: Progress | None) -> tuple[list[Row], int]:
+def measure_refresh(settings: Settings, memory: Any, progress: Progress | None,
+                    unchanged: Sequence[str] = ()) -> tuple[list[Row], int]:
+    """Full refresh, then the incremental one after 1% of the accounts changed (never those
+    whose domains are in ``unchanged``)."""
     from tools.refresh.jobs import refresh_full, refresh_incremental
 
     full = refresh_full(settings, memory, progress=progress)
-    changed = _change_share(settings, CHANGED_SHARE)
+    changed = _change_share(settings, CHANGED_SHARE, unchanged)
     incr = refresh_incremental(settings, memory, progress=progress)
     per_customer = full.seconds / max(1, full.customers) * 1000
     share = incr.seconds / full.seconds if full.seconds else 0.0
@@ -196,9 +210,10 @@ def measure_refresh(settings: Settings, memory: Any, progress: Progress | None) 
     return rows, full.customers
 
 
-def _change_share(settings: Settings, share: float) -> int:
-    """Touch 1 of every 1/share active CRM accounts (a new MRR, a newer sync stamp)."""
-    from sqlalchemy import text
+def _change_share(settings: Settings, share: float, unchanged: Sequence[str] = ()) -> int:
+    """Touch 1 of every 1/share active CRM accounts (a new MRR, a newer sync stamp), none of
+    the ``unchanged`` domains (the customers whose answers the token rows check)."""
+    from sqlalchemy import bindparam, text
 
     url = settings.source("crm").url
     assert url is not None
@@ -208,7 +223,9 @@ def _change_share(settings: Settings, share: float) -> int:
         newest = conn.execute(text("SELECT max(_fivetran_synced) FROM company")).scalar()
         later = datetime.fromisoformat(str(newest)) + timedelta(minutes=1)
         ids = [r[0] for r in conn.execute(text(
-            "SELECT id FROM company WHERE NOT is_deleted AND property_customer_status = 'active' ORDER BY id"))]
+            "SELECT id FROM company WHERE NOT is_deleted AND property_customer_status = 'active' "
+            "AND property_domain NOT IN :keep ORDER BY id").bindparams(bindparam("keep", expanding=True)),
+            {"keep": list(unchanged) or [""]})]
         chosen = ids[::step]
         for i in range(0, len(chosen), 500):
             part = chosen[i:i + 500]
@@ -379,46 +396,141 @@ class SqlClock:
                 event.remove(e, "after_cursor_execute", self._after)
 
 
-def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
-    """Every assistant eval question, one turn each: the prompt tokens of all the turn's model
-    calls vs. one call that dumps the customer's full context, and time outside source queries."""
-    from agent.runs import Runner
-    from evals.runner import full_dump_tokens, load
+@dataclass
+class TokenSample:
+    """One assistant question: what the turn sent vs. one call with the whole context."""
 
-    shown: list[int] = []
-    full: list[int] = []
+    kind: str
+    shown: int  # prompt tokens of every model call of the turn (the result's tokens.prompt)
+    full: int  # one call: instructions, the customer's whole context, the question
+    compact: int  # the same call with the context as compact JSON (no indentation)
+
+
+def compact_dump_tokens(runner: Any, customer_id: str, question: str) -> int:
+    """``full_dump_tokens`` with the context block as compact JSON: the dump without the
+    indentation ``safe_json`` gives it (the tool results the turn sends are compact)."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.messages.utils import count_tokens_approximately
+
+    from agent.prompting import UNTRUSTED_NOTE, context_block, render
+
+    c = runner.customer_context(customer_id)
+    block = context_block({"customer_id": c.customer_id, "name": c.name, "as_of": c.as_of.isoformat()}, c.slices,
+                          c.gaps, c.traits.model_dump(mode="json"))
+    text = json.dumps(json.loads(block), ensure_ascii=False, separators=(",", ":"))
+    text = text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+    system = render("assistant", customer=c.name, untrusted_note=UNTRUSTED_NOTE, budget_note="")
+    return count_tokens_approximately([SystemMessage(system), HumanMessage(
+        f"<customer_context>\n{text}\n</customer_context>"), HumanMessage(question)])
+
+
+def token_sample(runner: Any, res: dict[str, Any], kind: str, question: str) -> TokenSample:
+    """An answered turn's prompt tokens beside the full dump's, for the same customer and question."""
+    from evals.runner import full_dump_tokens
+
+    cid = res["customer"]["customer_id"]
+    return TokenSample(kind, res["tokens"]["prompt"], full_dump_tokens(runner, cid, question),
+                       compact_dump_tokens(runner, cid, question))
+
+
+def token_row(measure: str, samples: Sequence[TokenSample], goal: tuple[float, str], checked: str,
+              problems: Sequence[str], figures: dict[str, Any]) -> Row:
+    """The token row: medians, the total-over-total ratio, the ratio by question kind; met when
+    the ratio is within the goal's share and no answer had a problem (``checked`` says how
+    many answers passed, the goal's text what they must do)."""
+    goal_share, goal_check = goal
+    shown, full = [s.shown for s in samples], [s.full for s in samples]
+    ratio = sum(shown) / sum(full) if sum(full) else 0.0
+    compact = sum(s.compact for s in samples)
+    by_kind = {}
+    for kind in dict.fromkeys(s.kind for s in samples):
+        mine = [s for s in samples if s.kind == kind]
+        k_shown, k_full = sum(s.shown for s in mine), sum(s.full for s in mine)
+        by_kind[kind] = {"questions": len(mine), "shown_total": k_shown, "full_total": k_full,
+                         "ratio": round(k_shown / k_full, 3) if k_full else None}
+    kinds = ", ".join(f"{k} {v['ratio']:.2f}" for k, v in by_kind.items() if v["ratio"] is not None)
+    return Row(measure,
+               f"{percentile(shown, 50):,.0f} (median of {len(samples)} questions, every model call of the turn; "
+               f"by kind: {kinds}; {checked})",
+               f"{percentile(full, 50):,.0f} (median, one call with the full-context dump; as compact JSON: "
+               f"ratio {sum(shown) / compact if compact else 0:.3f})",
+               round(ratio, 3), f"≤ {goal_share:.0%} of the full dump, {goal_check}",
+               bool(samples) and ratio <= goal_share and not problems,
+               {"questions": len(samples), "shown_total": sum(shown), "full_total": sum(full),
+                "full_total_compact": compact, "ratio_compact": round(sum(shown) / compact, 3) if compact else None,
+                "median_shown": percentile(shown, 50), "median_full": percentile(full, 50), "by_kind": by_kind,
+                "problems": list(problems)[:20], **figures})
+
+
+def measure_turns(settings: Settings, progress: Progress | None) -> list[Row]:
+    """Every assistant eval question, one turn each on a thread of its own: the prompt tokens of
+    all the turn's model calls vs. one call that dumps the customer's full context, whether the
+    answer states the eval's facts, and the time outside source queries."""
+    from agent.runs import Runner
+    from evals import evaluators as ev
+    from evals.runner import load
+
+    data = load("assistant")
+    kinds = {tuple(v): k for k, v in data["slice_sets"].items()}
+    samples: list[TokenSample] = []
+    problems: list[str] = []
     turn_ms: list[float] = []
     outside_ms: list[float] = []
-    cases = load("assistant")["cases"]
+    cases = data["cases"]
     with Runner(settings) as runner, SqlClock(settings).listening() as sql:
         for i, case in enumerate(cases, 1):
-            for turn in case["turns"]:
-                thread = f"bench-{case['id']}-{len(turn_ms)}"
+            for n, turn in enumerate(case["turns"], 1):
+                thread = f"bench-{case['id']}-{n}"
                 before, t0 = sql.ms, time.perf_counter()
                 res = runner.ask(turn["question"], case["customer"], thread)
                 ms = (time.perf_counter() - t0) * 1000
                 if res.get("error"):
+                    problems.append(f"{case['id']}#{n}: error {res['error']}")
                     continue
                 turn_ms.append(ms)
                 outside_ms.append(ms - (sql.ms - before))
-                shown.append(res["tokens"]["prompt"])  # every model call of the turn
-                full.append(full_dump_tokens(runner, res["customer"]["customer_id"], turn["question"]))
+                samples.append(token_sample(runner, res, kinds.get(tuple(turn["slices"]), "other"), turn["question"]))
+                facts = ev.fact_accuracy(res["answer"], turn.get("facts", []))
+                if facts["score"] < 1.0:
+                    problems.append(f"{case['id']}#{n}: {facts['comment']}")
             if progress:
                 progress("assistant questions", i, len(cases))
-    ratio = sum(shown) / sum(full) if full else 0.0
-    rows = [
-        Row("Tokens per assistant question", f"{percentile(shown, 50):,.0f} (median, all model calls of the turn)",
-            f"{percentile(full, 50):,.0f} (one call with the full-context dump)", round(ratio, 3),
-            "≤ 35% of the full dump", ratio <= 0.35,
-            {"questions": len(shown), "shown_total": sum(shown), "full_total": sum(full),
-             "median_shown": percentile(shown, 50), "median_full": percentile(full, 50)}),
+    asked = sum(len(c["turns"]) for c in cases)
+    return [
+        token_row("Tokens per assistant question (fixture customers)", samples, (0.35, "eval facts correct"),
+                  f"eval facts correct in {asked - len(problems)}/{asked}", problems, {"asked": asked}),
         Row("Graph overhead per assistant turn", f"p50 {percentile(outside_ms, 50):.1f} ms outside source queries",
             f"turn p50 {percentile(turn_ms, 50):.1f} ms", None, "informational", None,
             {"turns": len(turn_ms), "outside_p50_ms": percentile(outside_ms, 50),
              "outside_p99_ms": percentile(outside_ms, 99), "turn_p50_ms": percentile(turn_ms, 50),
              "turn_p99_ms": percentile(turn_ms, 99)}),
     ]
-    return rows
+
+
+def measure_large(settings: Settings, spec: LargeCustomer, progress: Progress | None) -> Row:
+    """The large customer, one question of each kind: the turn's prompt tokens vs. the full dump;
+    each answer must cite every slice it read, state the expected facts and have no error."""
+    from agent.runs import Runner
+    from evals.bench.large import answer_problems, describe, dump_by_slice, large_questions
+
+    questions = large_questions(spec)
+    samples: list[TokenSample] = []
+    problems: list[str] = []
+    with Runner(settings) as runner:
+        dump = dump_by_slice(runner.customer_context(spec.domain).slices)
+        for i, q in enumerate(questions, 1):
+            res = runner.ask(q.question, spec.domain, f"bench-large-{q.kind}")
+            problems += answer_problems(res, q)
+            if not res.get("error"):
+                samples.append(token_sample(runner, res, q.kind, q.question))
+            if progress:
+                progress("large-customer questions", i, len(questions))
+    failed = {p.split(":")[0] for p in problems}  # a problem starts with its question's kind
+    return token_row(f"Tokens per question, large customer ({describe(spec)})", samples,
+                     (0.10, "answers cite the slices read, no error"),
+                     f"answers citing every slice read, with the expected facts: "
+                     f"{len(questions) - len(failed)}/{len(questions)}", problems,
+                     {"customer": spec.domain, "sizes": asdict(spec), "dump_tokens_by_slice": dump})
 
 
 def measure_reviews(settings: Settings, out_dir: Path, sizes: Sequence[int], active: int,
@@ -464,13 +576,18 @@ def measure_reviews(settings: Settings, out_dir: Path, sizes: Sequence[int], act
 
 # ------------------------------------------------------------------ the run
 def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequence[int] = DEFAULT_REVIEWS,
-              progress: Progress | None = None, seed: int = 7, startup_runs: int | None = None) -> BenchReport:
+              progress: Progress | None = None, seed: int = 7, startup_runs: int | None = None,
+              large: LargeCustomer | None = None) -> BenchReport:
+    """Seed (or reuse) the warehouse, measure everything, write bench.md and bench.json as it goes.
+    ``large``: the large customer's sizes (default: ``large_customer_for(customers)``)."""
     from agent.bootstrap import ready
+    from evals.bench.large import large_customer_for
     from tools.identity import _ref, identity_customer
     from tools.memory import ContextMemory, open_store
 
     started = time.perf_counter()
-    settings, seed_seconds = prepare(out_dir, customers, progress)
+    large = large or large_customer_for(customers)
+    settings, seed_seconds = prepare(out_dir, customers, progress, large)
     r = ready(settings, progress)
     with engine_for(settings.state_db_url).connect() as conn:
         refs = [_ref(row._mapping) for row in conn.execute(identity_customer.select())]
@@ -484,7 +601,7 @@ def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequen
 
     with open_store(settings.state_db_url) as store:
         memory = ContextMemory(store, settings.tenant, settings.ttls)
-        rows, report.active = measure_refresh(settings, memory, progress)
+        rows, report.active = measure_refresh(settings, memory, progress, (*STORY_DOMAINS, large.domain))
         add(*rows)
         held = [ns[2] for ns in store.list_namespaces(prefix=("customers", settings.tenant), limit=10**7)]
         warm_ids = [rng.choice(held) for _ in range(WARM_SAMPLES)]
@@ -493,6 +610,7 @@ def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequen
     cold = [rng.choice(refs) for _ in range(COLD_SAMPLES)]
     add(measure_cold(settings, cold, r.clock.as_of))
     add(*measure_turns(settings, progress))
+    add(measure_large(settings, large, progress))
     add(measure_reviews(settings, out_dir, reviews, report.active, progress))
     return report
 

@@ -3,7 +3,8 @@
 ``seed(url)`` (re)creates every default source table (HubSpot, Stripe, Segment, Zendesk,
 communication sources, plus ``_custctx_meta``) in any SQLAlchemy database and writes the
 13 story customers of FIXTURES.md, the pinned and random background customers and the
-labelled triage tickets. Same seed ⇒ identical rows; nothing reads the wall clock.
+labelled triage tickets (and, when asked, one large customer: ``large.py``). Same seed ⇒
+identical rows; nothing reads the wall clock.
 
     python -m tools.embedded.generate sqlite:////tmp/warehouse.db --customers 100000
 """
@@ -24,12 +25,13 @@ from . import tables as T
 from .background import PINNED, Names, build, random_profile
 from .builder import Builder
 from .common import AS_OF, GENERATOR_VERSION
+from .large import LargeCustomer, build_large
 from .salesforce import seed_salesforce
 from .story import STORY_BUILDERS
 from .story_comms import build_story_comms
 from .triage import insert_triage
 
-__all__ = ["AS_OF", "SeedReport", "seed", "seed_salesforce"]
+__all__ = ["AS_OF", "LargeCustomer", "SeedReport", "seed", "seed_salesforce"]
 
 Progress = Callable[[str, int, int], None]
 CHUNK_ROWS = 50_000
@@ -44,6 +46,7 @@ class SeedReport:
     story: int = 0
     background: int = 0  # pinned + random
     triage_tickets: int = 0
+    large: bool = False  # the large customer was written too
 
 
 class _Sink:
@@ -76,12 +79,13 @@ def _metadatas() -> tuple[MetaData, ...]:
 
 
 def seed(url: str, customers: int = 200, seed: int = 7,
-         progress: Progress | None = None) -> SeedReport:
+         progress: Progress | None = None, large: LargeCustomer | None = None) -> SeedReport:
     """Drop and recreate the default source tables in ``url`` and fill them.
 
     ``customers`` background customers are written besides the 13 story ones; the first
     ``len(PINNED)`` of them are the fixed triage-context customers (always written, so the
-    background count is at least that).
+    background count is at least that). ``large``: also write that one large customer,
+    after every other (the benchmark's; the default fixtures never hold it).
     """
     started = time.perf_counter()
     report = progress or (lambda stage, done, total: None)
@@ -121,6 +125,9 @@ def seed(url: str, customers: int = 200, seed: int = 7,
                 build(b, random_profile(rng, names))
                 if i % CUSTOMER_STEP == 0 or i == background:
                     report("background", i, background)
+            if large is not None:
+                build_large(b, large)
+                report("large customer", 1, 1)
             sink.flush()
 
             indexed = [t for t in tables if t.indexes]
@@ -132,6 +139,8 @@ def seed(url: str, customers: int = 200, seed: int = 7,
             meta = {"as_of": AS_OF.isoformat(), "seed": str(seed),
                     "background_customers": str(background), "generator_version": GENERATOR_VERSION,
                     "story_customers": str(len(STORY_BUILDERS)), "triage_tickets": str(triage)}
+            if large is not None:
+                meta["large_customer"] = large.key()
             conn.execute(T.custctx_meta.insert(), [{"key": k, "value": v} for k, v in meta.items()])
             sink.counts[T.custctx_meta.name] += len(meta)
             conn.commit()
@@ -141,9 +150,10 @@ def seed(url: str, customers: int = 200, seed: int = 7,
                 conn.commit()
     finally:
         engine.dispose()
-    return SeedReport(customers=len(STORY_BUILDERS) + background, rows=dict(sink.counts),
+    return SeedReport(customers=len(STORY_BUILDERS) + background + (1 if large else 0),
+                      rows=dict(sink.counts),
                       seconds=round(time.perf_counter() - started, 2), story=len(STORY_BUILDERS),
-                      background=background, triage_tickets=triage)
+                      background=background, triage_tickets=triage, large=large is not None)
 
 
 def main(argv: list[str] | None = None) -> None:
