@@ -64,6 +64,9 @@ class RunServices:
     # id, slice name): the answer is written from them without reading memory again. A run
     # resumed in another process finds none and reads its references back from memory.
     admitted: dict[tuple[str, str], Slice] = field(default_factory=dict)
+    # What the model was shown for each tool call of this run, by tool call id. The graph
+    # state keeps references in those tool messages; the data never reaches the checkpointer.
+    shown: dict[str, str] = field(default_factory=dict)
 
 
 _ready: dict[str, Ready] = {}

@@ -15,6 +15,7 @@ from langgraph.store.base import BaseStore
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
 from agent.run_context import RunContext, RunServices, bound, services
+from agent.threads import ThreadLocks, roll_back_interrupted_turns
 from tools.access.principal import Principal, default_principal
 from tools.context.assembly import CustomerContext, assemble_context, expand_slices
 from tools.context.read import resolve
@@ -22,7 +23,7 @@ from tools.context.scope import ReadScope
 from tools.identity import IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
-from tools.sources.base import CustomerRef, ReadContext
+from tools.sources.base import CustomerRef, ReadClock
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -46,6 +47,7 @@ class Runner:
         services(self.settings)  # seed / index before the first run, once
         self.store = store or self._stack.enter_context(open_store(self.settings.state_db_url))
         self.checkpointer = checkpointer or self._stack.enter_context(open_checkpointer(self.settings.state_db_url))
+        self.threads = ThreadLocks(self.settings.state_db_url)  # one writer per conversation thread
         self.assistant = assistant.builder().compile(checkpointer=self.checkpointer, store=self.store)
         self.triage_graph = triage.builder().compile(store=self.store)
         self.review_graph = review.builder().compile(store=self.store)
@@ -67,7 +69,7 @@ class Runner:
         Raises:
             UnknownRole: the policy does not define the principal's role.
         """
-        return ReadScope.build(self.settings, self.read_context, principal=principal or self.principal,
+        return ReadScope.build(self.settings, self.clock, principal=principal or self.principal,
                                memory=self.memory(), index=self.index, prefer_memory=not fresh)
 
     def _run(self, graph: Any, inp: dict[str, Any], config: dict[str, Any] | None, scope: ReadScope | None,
@@ -76,20 +78,30 @@ class Runner:
         scope = scope or self.request(principal, fresh=fresh)
         rc = RunContext(model=model, max_plan_steps=max_plan_steps, fresh=fresh)
         with bound(rc, RunServices(scope=scope, chat_model=chat_model)):
-            out: dict[str, Any] = graph.invoke(inp, config, context=rc)
+            # Checkpoint when the turn ends, not after every step: the steps in between hold the
+            # slices the model was shown, which must never reach the conversation's storage.
+            out: dict[str, Any] = graph.invoke(inp, config, context=rc,
+                                               durability="exit" if graph.checkpointer else None)
         return out
 
     def ask(self, question: str, customer: str | None = None, thread_id: str | None = None, *,
             scope: ReadScope | None = None, principal: Principal | None = None, fresh: bool = False,
             model: str | None = None, chat_model: BaseChatModel | None = None,
             max_plan_steps: int | None = None) -> dict[str, Any]:
-        """One assistant turn. A thread keeps its customer: later turns need no ``customer``."""
+        """One assistant turn. A thread keeps its customer: later turns need no ``customer``.
+
+        Raises:
+            ThreadBusy: another process's turn on ``thread_id`` did not end within the wait.
+        """
         thread_id = thread_id or new_thread_id()
         inp: dict[str, Any] = {"messages": [HumanMessage(question)]}
         if customer:
             inp["customer"] = customer
-        out = self._run(self.assistant, inp, {"configurable": {"thread_id": thread_id}}, scope, principal, fresh,
-                        model, chat_model, max_plan_steps)
+        with self.threads.hold(thread_id):  # waits for another process's turn, else ThreadBusy
+            roll_back_interrupted_turns(self.assistant, thread_id)  # a turn a dead process left half-done
+            config = {"configurable": {"thread_id": thread_id},
+                      "recursion_limit": assistant.recursion_limit(self.settings, max_plan_steps)}
+            out = self._run(self.assistant, inp, config, scope, principal, fresh, model, chat_model, max_plan_steps)
         return {**(out.get("result") or {}), "thread_id": thread_id, "error": out.get("error")}
 
     def thread_customer(self, thread_id: str) -> str | None:
@@ -127,9 +139,9 @@ class Runner:
         return services(self.settings).index
 
     @property
-    def read_context(self) -> ReadContext:
+    def clock(self) -> ReadClock:
         """The read clock every read of this runner uses."""
-        return services(self.settings).ctx
+        return services(self.settings).clock
 
     def memory(self) -> ContextMemory:
         return ContextMemory(self.store, self.settings.tenant, self.settings.ttls)

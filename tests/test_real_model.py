@@ -165,3 +165,21 @@ def test_custctx_eval_runs_the_suites_against_the_endpoint_and_reports_pass_k(en
     results = json.loads((out / "results.json").read_text())
     assert results["model"] == MODEL
     assert endpoint.requests and all(r.status == 200 for r in endpoint.requests)
+
+
+def test_a_turn_that_fails_after_its_tools_leaves_no_slice_data_in_the_checkpoint(endpoint, runner):
+    """The answer call fails (HTTP 500 after the read): whatever the checkpointer saves of the
+    stopped turn holds references, never the slices the model was shown."""
+    import sqlite3
+
+    from .openai_endpoint import HttpError
+
+    endpoint.script(CallTool("read_slices", {"slices": ["billing.status", "support.summary"]}),
+                    *[HttpError(500)] * 5)
+    with pytest.raises(Exception):  # noqa: B017  (the model error's type is the interfaces' business)
+        runner.ask("What is the billing status?", "acme.com", "t-fail")
+    assert "past_due" in endpoint.requests[1].body["messages"][-1]["content"]  # the model was shown it
+    db = sqlite3.connect(str(runner.settings.home / "state.sqlite"))
+    blobs = b"".join(bytes(r[0]) for r in db.execute("SELECT checkpoint FROM checkpoints") if r[0])
+    blobs += b"".join(bytes(r[0]) for r in db.execute("SELECT value FROM writes") if r[0])
+    assert b"past_due" not in blobs and b"open_by_type" not in blobs and b"payment_method" not in blobs

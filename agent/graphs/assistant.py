@@ -6,8 +6,10 @@ with the slices read through the request's read path (one batch for the step), e
 invalid one (bad JSON, unknown tool, bad value, an extra argument such as another
 customer, over budget) with a tool error the model sees — and goes back to ``agent``,
 which answers in the same loop when it has what it needs. ``finish`` records the answer
-with its citations and every model call's tokens, then replaces the turn's tool results
-in the checkpointed conversation by references: slice data never stays in the thread.
+with its citations and every model call's tokens. The tool messages in the graph state
+hold references (which slices a call returned); what the model is shown for them is kept
+by the run (``RunServices.shown``) and put in place when the prompt is built, so slice
+data never reaches the checkpointer, whenever and however a turn stops.
 
 Bounded by construction: every model call and every tool call counts, valid or not.
 When the turn's tool-calling rounds, tool calls or prompt tokens run out, the next call
@@ -41,6 +43,7 @@ from agent.graphs.nodes import (
     error_message,
     model_name,
     model_of,
+    read_back,
     resolve_customer,
     route_resolved,
     settings_of,
@@ -49,7 +52,7 @@ from agent.graphs.nodes import (
     usage,
 )
 from agent.prompting import UNTRUSTED_NOTE, render
-from agent.run_context import RunContext, run_services
+from agent.run_context import RunContext, RunServices, run_services
 from agent.state import AssistantInput, AssistantOutput, ModelCall, PlanStep, SliceRef, State
 from tools.context.read import read_slices
 from tools.langchain_tools import BINDING_ARG, READ_SLICES, TOOL_NAME, call_schema, tool_result
@@ -87,14 +90,33 @@ def turn_calls(state: State) -> list[ModelCall]:
     return [c for c in state.get("calls") or [] if c["turn"] == state.get("turn")]
 
 
-def _conversation(state: State) -> list[AnyMessage]:
+def _conversation(state: State, run: RunServices) -> list[AnyMessage]:
     """What the model is sent after the system prompt: earlier turns' questions and answers,
-    then everything of this turn (its tool calls and their results)."""
+    then everything of this turn — its tool calls and what each returned (the state holds
+    references; the results are the run's, or rebuilt from memory for a run resumed elsewhere)."""
     messages = list(state.get("messages") or [])
     start = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
     earlier = [m for m in messages[:start]
                if isinstance(m, HumanMessage) or (isinstance(m, AIMessage) and not _calls_of(m))]
-    return [*earlier[-8:], *messages[start:]]
+    current: list[AnyMessage] = []
+    for m in messages[start:]:
+        if isinstance(m, ToolMessage) and m.status != "error":
+            m = m.model_copy(update={"content": run.shown.get(m.tool_call_id) or _rebuilt(state, run, m)})
+        current.append(m)
+    return [*earlier[-8:], *current]
+
+
+def _rebuilt(state: State, run: RunServices, m: ToolMessage) -> str:
+    """A tool result of this turn rebuilt from long-term memory (the run that read it is gone)."""
+    scope = run.scope
+    customer = scope.index.get(state.get("customer_id") or "") if scope.index is not None else None
+    refs = turn_refs_by_call(state).get(m.tool_call_id, [])
+    if customer is None:
+        return str(m.content)
+    back = read_back(run, customer.customer_id, [r["slice"] for r in refs if r["status"] != "gap"])
+    results = [SourceGap(**gap) if (gap := r.get("gap")) else back.get(r["slice"]) for r in refs]
+    return json.dumps(tool_result(customer, scope.clock.as_of, [r for r in results if r is not None]),
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def _calls_of(ai: AIMessage) -> list[dict[str, Any]]:
@@ -118,7 +140,7 @@ def agent(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     note = f"{BUDGET_NOTES[ended]}: answer now from what you have, and say so." if ended else ""
     system = render("assistant", customer=state.get("customer_name") or "the customer",
                     untrusted_note=UNTRUSTED_NOTE, budget_note=note)
-    prompt: list[BaseMessage] = [SystemMessage(system), *_conversation(state)]
+    prompt: list[BaseMessage] = [SystemMessage(system), *_conversation(state, run_services(runtime))]
     model: BaseChatModel = model_of(runtime)
     with_tools = ended is None
     ai = (model.bind_tools(TOOLS, strict=True) if with_tools else model).invoke(prompt)
@@ -200,9 +222,10 @@ def tools(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
             if not isinstance(r, SourceGap):
                 run.admitted[(customer.customer_id, r.name)] = r
             refs.append(_ref(r, state["turn"], step, cid))
-        content = json.dumps(tool_result(customer, scope.clock.as_of, results), ensure_ascii=False,
-                             separators=(",", ":"))
-        messages.append(ToolMessage(content, tool_call_id=cid, name=TOOL_NAME))
+        run.shown[cid] = json.dumps(tool_result(customer, scope.clock.as_of, results), ensure_ascii=False,
+                                    separators=(",", ":"))
+        messages.append(ToolMessage(_reference(refs[-len(results):] if results else []), tool_call_id=cid,
+                                    name=TOOL_NAME))
     plan: PlanStep = {"turn": state["turn"], "step": step, "name": f"tool calls, round {step}",
                       "slices": [n for ns in wanted.values() for n in ns], "planned_by": model_name(model_of(runtime))}
     return {"messages": messages, "refs": refs, "plan": [plan], "tool_calls_used": used, "step": step}
@@ -220,20 +243,11 @@ def _ref(r: Slice | SourceGap, turn: int, step: int, call_id: str) -> SliceRef:
             "age_seconds": p.age_seconds}
 
 
-def _compacted(state: State) -> list[ToolMessage]:
-    """This turn's tool results replaced (same message ids) by references: which slices each
-    call returned and from where — the thread keeps no slice data."""
-    refs = turn_refs_by_call(state)
-    messages = list(state.get("messages") or [])
-    start = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=0)
-    out = []
-    for m in messages[start:]:
-        if isinstance(m, ToolMessage) and m.status != "error":
-            brief = [{"slice": r["slice"], "status": r["status"], "record_ids": (r.get("record_ids") or [])[:5]}
-                     for r in refs.get(m.tool_call_id, [])]
-            out.append(ToolMessage(json.dumps({"read": brief, "note": "slice data is not kept in the thread"}),
-                                   id=m.id, tool_call_id=m.tool_call_id, name=m.name))
-    return out
+def _reference(refs: list[SliceRef]) -> str:
+    """What a tool message holds in the thread: which slices the call returned, not their data."""
+    brief = [{"slice": r["slice"], "status": r["status"], "record_ids": (r.get("record_ids") or [])[:5]}
+             for r in refs]
+    return json.dumps({"read": brief, "note": "slice data is not kept in the thread"})
 
 
 def turn_refs_by_call(state: State) -> dict[str, list[SliceRef]]:
@@ -245,8 +259,7 @@ def turn_refs_by_call(state: State) -> dict[str, list[SliceRef]]:
 
 
 def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Record the answer (citations, slices, gaps, every model call's tokens, the budget) and
-    keep only references to the turn's slices in the conversation."""
+    """Record the answer (citations, slices, gaps, every model call's tokens, the budget)."""
     settings = settings_of(runtime)
     budget = Budget.of(settings, runtime)
     slices, gaps = turn_context(state, runtime)
@@ -280,7 +293,7 @@ def finish(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
                    "prompt_tokens": [sum(c["input_tokens"] for c in calls), budget.prompt_tokens],
                    "ended_by": state.get("ended_by")},
     }
-    return {"messages": [*updates, *_compacted(state)], "result": result}
+    return {"messages": updates, "result": result}
 
 
 def start_turn(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:

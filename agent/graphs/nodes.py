@@ -130,7 +130,7 @@ def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, 
     run = run_services(runtime)
     refs = turn_refs(state)
     customer_id = state.get("customer_id") or ""
-    back = _read_back(run, customer_id, [n for n, r in refs.items() if r["status"] != "gap"])
+    back = read_back(run, customer_id, [n for n, r in refs.items() if r["status"] != "gap"])
     slices: dict[str, Slice] = {}
     gaps: list[SourceGap] = []
     for name, ref in refs.items():
@@ -151,7 +151,7 @@ def turn_context(state: State, runtime: Runtime[RunContext]) -> tuple[dict[str, 
         sorted(gaps, key=lambda g: order.index(g.slice))
 
 
-def _read_back(run: RunServices, customer_id: str, names: list[str]) -> dict[str, Slice | SourceGap | None]:
+def read_back(run: RunServices, customer_id: str, names: list[str]) -> dict[str, Slice | SourceGap | None]:
     """The turn's slices: the ones this run admitted, the rest (a run resumed in another
     process) recalled from memory through the gate."""
     out: dict[str, Slice | SourceGap | None] = {}

@@ -25,7 +25,7 @@ from agent.graphs.nodes import (
     this_turn_plan,
     turn_context,
 )
-from agent.injection import injection_signals
+from agent.injection import ticket_signals
 from agent.prompting import UNTRUSTED_NOTE, context_block, render, safe_json
 from agent.results import SLA_HOURS, TEAM_FOR, TriageDecision
 from agent.run_context import RunContext, run_services
@@ -83,8 +83,12 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
 
 
 def enforce(decision: TriageDecision, ticket: TicketInput, fetched: set[str]) -> TriageDecision:
-    """Rules that hold whatever the model said: injection flag, grounded evidence, team and SLA."""
-    signals = injection_signals(f"{ticket.subject}\n{ticket.description}")
+    """Rules that hold whatever the model said: injection flag, grounded evidence, team and SLA.
+
+    The flag never sets the category or priority: those follow what the ticket is about
+    (``agent.offline.triage``), so a real outage that also carries an injection keeps its P1.
+    """
+    signals = ticket_signals(ticket)
     update: dict[str, Any] = {
         "ticket_id": ticket.id,
         "evidence": [e for e in decision.evidence if e.slice in fetched],
