@@ -10,6 +10,10 @@ dict)``, e.g. the review graph) over a stream of accounts:
 - **Bounded.** Accounts are pulled from the stream only while fewer than
   ``2 × concurrency`` are in flight on the thread pool, and each worker writes its
   own files: memory does not grow with the size of the book.
+- **Rate-limited at the model.** ``concurrency`` bounds the reviews in flight; the
+  requests they send a real model per second are bounded by the one limiter every
+  model of the process shares (``CUSTCTX_MODEL_REQUESTS_PER_SECOND``, ``custctx review
+  --rate``; ``agent.models.rate_limiter``), whatever the concurrency.
 - **One failure is one account.** An exception from the review function is recorded
   (report, ``failures.jsonl``) and the batch carries on. ``KeyboardInterrupt`` /
   ``SystemExit`` stop the batch like a crash: the accounts in flight finish, the

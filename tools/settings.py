@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     warehouse_url: str | None = Field(default=None, description="Override the embedded warehouse URL.")
     state_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the product's own state: identity index, long-term memory.")
+    audit_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the audit log (SQLite or PostgreSQL; e.g. a database where the "
+        "application's role may only INSERT and SELECT). Unset: the state database.")
     tenant: str = Field(default="default", description="Tenant whose memory namespace this process uses.")
     role: str | None = Field(
         default=None, description="Role of a call that names no principal (the CLI without --as). Unset: "
@@ -160,6 +163,13 @@ class Settings(BaseSettings):
         "network) or the name of a model on an OpenAI-compatible endpoint (OPENAI_API_KEY, OPENAI_BASE_URL).",
     )
     model_timeout_s: float = Field(default=60.0, description="Timeout of one call to a real model.")
+    model_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a real model's request on 429, 408, 409, 5xx, timeouts "
+        "and connection errors (the openai client's exponential backoff, honouring Retry-After); never on "
+        "other 4xx. A request is sent at most this plus one times.")
+    model_requests_per_second: float | None = Field(
+        default=None, gt=0, description="Requests per second this process sends a real model at most, shared "
+        "by every concurrent call (a token bucket, no bursts); unset: no limit.")
     max_plan_steps: int = Field(
         default=3, ge=0, le=20, description="Tool-calling rounds a model may take per question; the model "
         "calls per question are at most this plus one (the answer).")

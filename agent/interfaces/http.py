@@ -39,6 +39,7 @@ from agent.interfaces.service import (
     policy_errors,
     ticket_input,
 )
+from agent.models import ModelError
 from tools.access.principal import Principal
 from tools.context.assembly import UnknownSlice
 from tools.context.view import reference_view
@@ -94,11 +95,13 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError(501, "not_implemented", first)
     if isinstance(exc, policy_errors()):
         return ApiError(403, "forbidden", first)
+    if isinstance(exc, ModelError):  # the model behind this server gave no answer: a bad gateway
+        return ApiError(502, "model_unavailable", first)
     raise exc
 
 
 SERVICE_ERRORS = (AmbiguousCustomer, CustomerNotFound, BadReference, UnknownSlice, WorkflowFailed, InvalidRequest,
-                  TicketNotFound, TicketSourceUnavailable, NotAvailable, *policy_errors())
+                  TicketNotFound, TicketSourceUnavailable, NotAvailable, ModelError, *policy_errors())
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown one."},
     403: {"model": ErrorBody, "description": "The key's role is not defined by the access policy."},
@@ -108,6 +111,12 @@ CUSTOMER_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     404: {"model": ErrorBody, "description": "No customer matches the reference (with the closest names)."},
     409: {"model": ErrorBody, "description": "The reference matches several customers: `candidates` lists them."},
+}
+WORKFLOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **CUSTOMER_RESPONSES,
+    502: {"model": ErrorBody, "description": "The chat model gave no answer (unreachable, timed out, rate "
+                                             "limited or failing after retries, misconfigured): the message names "
+                                             "the model, its endpoint and the cause."},
 }
 
 
@@ -202,7 +211,7 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
         ctx = await run_service(request, lambda s: s.context(ref, slices, fresh=fresh, principal=who))
         return reference_view(ctx)
 
-    @app.post("/v1/triage", tags=["workflows"], responses=CUSTOMER_RESPONSES,
+    @app.post("/v1/triage", tags=["workflows"], responses=WORKFLOW_RESPONSES,
               summary="Triage a ticket: category, priority, team, SLA, sentiment, injection flag, evidence")
     async def triage(request: Request, who: Caller, body: TriageRequest) -> dict[str, Any]:
         def work(s: ContextService) -> dict[str, Any]:
@@ -212,7 +221,7 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
 
         return await run_service(request, work)
 
-    @app.post("/v1/reviews", tags=["workflows"], responses=CUSTOMER_RESPONSES,
+    @app.post("/v1/reviews", tags=["workflows"], responses=WORKFLOW_RESPONSES,
               summary="One account review: markdown in the skill's structure plus the same as JSON")
     async def reviews(request: Request, who: Caller, body: ReviewRequest) -> dict[str, Any]:
         return await run_service(request, lambda s: s.review(body.customer, principal=who))

@@ -37,6 +37,7 @@ from agent.interfaces.service import (
     policy_errors,
     ticket_input,
 )
+from agent.models import ModelError
 from tools.context.assembly import CustomerContext, UnknownSlice
 from tools.context.view import reference_view
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, is_email
@@ -69,8 +70,9 @@ def _optional_text(description: str) -> Any:
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     CustomerNotFound, BadReference, UnknownSlice, InvalidRequest, WorkflowFailed, TicketNotFound,
-    TicketSourceUnavailable, NotAvailable, *policy_errors())
-"""Failures a model can act on: reported as tool errors with their one-line message."""
+    TicketSourceUnavailable, NotAvailable, ModelError, *policy_errors())
+"""Failures a model can act on (or report: the server's own model gave no answer, naming the model,
+its endpoint and the cause), reported as tool errors with their one-line message."""
 
 
 @contextmanager

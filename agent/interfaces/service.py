@@ -2,9 +2,9 @@
 
 Both interfaces are thin: they parse their input, call :class:`ContextService` (which
 calls the same Runner and tools the CLI uses) and format the output. Errors are typed
-here once — identity errors, unknown slices, bad input, a workflow that could not run —
-and each interface turns them into its own kind of error (an MCP tool error, an HTTP
-status). The API key file (:func:`load_api_keys`) is here too: the HTTP API and the
+here once — identity errors, unknown slices, bad input, a workflow that could not run;
+a chat model that gave no answer is ``agent.models.ModelError`` — and each interface turns
+them into its own kind of error (an MCP tool error, an HTTP status: 502 for the model). The API key file (:func:`load_api_keys`) is here too: the HTTP API and the
 authentication of LangGraph's server (``langgraph_auth``) read the same file.
 
 Concurrency: every call takes one of ``serve_max_concurrency`` slots before it touches

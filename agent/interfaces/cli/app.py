@@ -28,9 +28,14 @@ app.add_typer(serve.commands, name="serve")
 # User errors that end a command with one line instead of a traceback: (the module that
 # defines the class, its name). Looked up among the modules already imported, so catching
 # them imports nothing: an exception whose class was never loaded cannot have been raised.
-MODEL_ERRORS = (("agent.models", "ModelConfigError"), ("openai", "OpenAIError"))
+# A model that cannot be used at all is a bad option (2); one that failed to answer, 4. The
+# raw client errors are a fallback for a model not built by agent.models.chat_model.
+MODEL_CONFIG_ERRORS = (("agent.models", "ModelConfigError"),)
+MODEL_ERRORS = (("agent.models", "ModelError"), ("openai", "OpenAIError"),
+                ("langchain_core.exceptions", "ModelError"))
+EXIT_BAD_OPTION, EXIT_MODEL = 2, 4
 DATA_ERRORS = (("tools.mapping.conversions", "MappingError"), ("tools.sources.faults", "FaultSpecError"),
-               ("sqlalchemy.exc", "SQLAlchemyError"))
+               ("sqlalchemy.exc", "SQLAlchemyError"), ("agent.threads", "ThreadBusy"))
 
 
 def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ...]:
@@ -40,15 +45,21 @@ def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ..
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr, never a traceback."""
+    """Entry point: user errors become one line on stderr, never a traceback (unless CUSTCTX_DEBUG).
+
+    Exit codes: 1 data errors (and the commands' own: unknown customer), 2 bad option or an
+    unusable model setting, 3 ambiguous reference (the commands'), 4 the model gave no answer.
+    """
     try:
         app()
     except Exception as exc:
         if os.environ.get("CUSTCTX_DEBUG"):
             raise
         if isinstance(exc, _loaded(MODEL_ERRORS)):
-            err.print(f"error: model: {str(exc).strip().splitlines()[0]}", markup=False)
-            sys.exit(2)
+            line = " ".join(str(exc).split()) or type(exc).__name__
+            line = line if line.startswith("model ") else f"model: {line}"
+            err.print(f"error: {line}", markup=False)
+            sys.exit(EXIT_BAD_OPTION if isinstance(exc, _loaded(MODEL_CONFIG_ERRORS)) else EXIT_MODEL)
         if isinstance(exc, (*_loaded(DATA_ERRORS), OSError)):
             first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
             err.print(f"error: {first[0] if first else type(exc).__name__}", markup=False)

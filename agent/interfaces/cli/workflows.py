@@ -31,14 +31,16 @@ ModelOpt = Annotated[str | None, typer.Option(
 commands = typer.Typer()
 
 
-def _runner(as_: str | None = None) -> Runner:
-    """A Runner whose runs read as ``--as ROLE[:USER]`` (else the default principal)."""
+def _runner(as_: str | None = None, **settings: Any) -> Runner:
+    """A Runner whose runs read as ``--as ROLE[:USER]`` (else the default principal); ``settings``
+    are options given on the command line (they beat the environment)."""
     from agent.bootstrap import ready
     from agent.run_context import remember
     from agent.runs import Runner
+    from tools.settings import Settings
 
     with progress_bar() as update:
-        r = ready(progress=update)
+        r = ready(Settings(**settings) if settings else None, progress=update)
     remember(r)
     return Runner(r.settings, principal=access_or_exit(as_, r.settings).principal)
 
@@ -233,15 +235,21 @@ def review(
     concurrency: Annotated[int, typer.Option(min=1, max=32, help="Accounts reviewed at once.")] = 4,
     force: Annotated[bool, typer.Option("--force", help="Redo accounts already reviewed in --out.")] = False,
     model: ModelOpt = None,
+    rate: Annotated[float | None, typer.Option(
+        "--rate", min=0.001, help="At most this many model requests per second, shared by the concurrent "
+        "reviews (default: CUSTCTX_MODEL_REQUESTS_PER_SECOND; unset: no limit).")] = None,
     as_: AsOpt = None,
 ) -> None:
     """Write one account review per account (the skill's structure, markdown + JSON); resumable."""
+    from agent.models import ModelError, chat_model
     from agent.reviews import run_reviews
     from tools.book import AccountEntry, BookError, list_accounts
 
     if sum(bool(x) for x in (customer, segment, owner, all_)) != 1:
         raise fail("give exactly one of --customer, --segment, --owner or --all", 2)
-    with _runner(as_) as runner:
+    model_failed = False
+    with _runner(as_, **({"model_requests_per_second": rate} if rate else {})) as runner:
+        chat_model(runner.settings, model)  # an unusable model setting stops here (exit 2), not once per account
         if customer:
             ref, _ = resolve_or_exit(runner.resolve, customer)
             entries: Any = [AccountEntry(customer_id=ref.customer_id, name=ref.name, segment=None, owner=None,
@@ -256,7 +264,12 @@ def review(
             entries, total = _visible_entries(runner, entries), None
 
         def one(entry: AccountEntry) -> tuple[str, dict]:
-            res = runner.review(entry.customer_id, model=model)
+            nonlocal model_failed
+            try:
+                res = runner.review(entry.customer_id, model=model)
+            except ModelError:
+                model_failed = True  # the account fails (retried on the next run); the exit says why
+                raise
             if res.get("error"):
                 raise RuntimeError(res["error"])
             data = {"customer_id": entry.customer_id, "name": entry.name, "summary": res["summary"],
@@ -273,7 +286,7 @@ def review(
     for cid, msg in report.failed[:10]:
         err.print(f"  failed {cid}: {msg}", markup=False)
     if report.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(4 if model_failed else 1)  # 4: the model gave no answer (README's exit codes)
 
 
 def _visible_entries(runner: Runner, entries: Any) -> Any:
