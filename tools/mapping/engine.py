@@ -49,8 +49,18 @@ from tools.mapping.conversions import (
 #: Set by fault injection (``corrupt``): rewrites raw rows before conversion.
 ROW_TAMPER: ContextVar[Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None] = \
     ContextVar("custctx_row_tamper", default=None)
-#: Set by the reader around one read: counts rows skipped as malformed.
+#: Set by the reader around one read: counts rows and nested values skipped as malformed.
 SKIP_TALLY: ContextVar[list[int] | None] = ContextVar("custctx_skip_tally", default=None)
+#: What a conversion raises on a value it cannot read.
+_UNREADABLE = (TypeError, ValueError, OverflowError, OSError, AttributeError, json.JSONDecodeError)
+
+
+def count_skipped(n: int = 1) -> None:
+    """Add ``n`` rows or values skipped as malformed to the tally of the read in progress."""
+    tally = SKIP_TALLY.get()
+    if tally is not None and n:
+        tally[0] += n
+
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -68,30 +78,68 @@ class FieldSpec:
     constant: Any = None
     required: bool = False
 
-    def to_python(self, raw: Any) -> Any:
-        """Convert a raw source value; raises RowError on garbage."""
+    def to_python(self, raw: Any, problems: list[str] | None = None) -> Any:
+        """Convert a raw source value; raises RowError on garbage.
+
+        A nested value (``type: json``) that cannot be read — text that does not parse, a
+        path through something that is not an object, an object where a value belongs —
+        drops only itself when ``problems`` collects it and the field is not required: it
+        becomes null and its reason is appended to ``problems``. A list element that fails
+        is left out of its list, likewise one entry each. Without ``problems`` (or for a
+        required field) it raises RowError, so nothing is dropped uncounted.
+        """
         if raw is None:
             if self.required:
                 raise RowError(f"{self.name} is missing")
             return self.values.get(None) if self.values and None in self.values else None
+        if self.type == "json":
+            return self._nested(raw, problems)
         try:
-            v = raw
-            if self.type == "json":
-                v = json.loads(raw) if isinstance(raw, str) else raw
-                for part in (self.json_path or "").split("."):
-                    if part:
-                        v = v.get(part) if isinstance(v, dict) else None
-                if v is None:
-                    return None
-            if self.convert:
-                v = CONVERSIONS[self.convert][0](v)
-            elif self.type != "json":
-                v = TYPE_CASTS[self.type](v)
-        except (TypeError, ValueError, OverflowError, OSError, AttributeError, json.JSONDecodeError) as exc:
+            v = CONVERSIONS[self.convert][0](raw) if self.convert else TYPE_CASTS[self.type](raw)
+        except _UNREADABLE as exc:
             raise RowError(f"{self.name}: cannot read {raw!r} as {self.convert or self.type}") from exc
-        if self.values is not None:
-            v = self.values.get(v, self.values.get("*", v))
-        return v
+        return self._mapped(v)
+
+    def _mapped(self, v: Any) -> Any:
+        if self.values is None:
+            return v
+        return self.values.get(v, self.values.get("*", v))
+
+    def _nested(self, raw: Any, problems: list[str] | None) -> Any:
+        """A JSON field: the value at ``path``, a scalar or a list of scalars, converted."""
+        try:
+            v = json.loads(raw) if isinstance(raw, str) else raw
+            for part in (self.json_path or "").split("."):
+                if part and v is not None:
+                    if not isinstance(v, dict):
+                        raise TypeError(f"{type(v).__name__} where an object with {part!r} belongs")
+                    v = v.get(part)
+            if v is None:  # absent, not malformed: a key the record does not have
+                return None
+            if not isinstance(v, list):
+                return self._mapped(self._element(v))
+        except _UNREADABLE as exc:
+            reason = f"{self.name}: cannot read {raw!r} as json{f' at {self.json_path}' if self.json_path else ''}"
+            if problems is None or self.required:
+                raise RowError(reason) from exc
+            problems.append(f"{reason} ({exc})")
+            return None
+        out = []
+        for i, item in enumerate(v):
+            try:
+                out.append(self._mapped(self._element(item)))
+            except _UNREADABLE as exc:
+                reason = f"{self.name}[{i}]: cannot read {item!r} as {self.convert or 'a scalar'}"
+                if problems is None:
+                    raise RowError(reason) from exc
+                problems.append(reason)
+        return out
+
+    def _element(self, v: Any) -> Any:
+        """One JSON scalar, converted: an object or a list (or null in a list) has the wrong shape."""
+        if v is None or isinstance(v, dict | list):
+            raise TypeError(f"{'null' if v is None else type(v).__name__} where a single value belongs")
+        return CONVERSIONS[self.convert][0](v) if self.convert else v
 
     def in_source(self, values: Iterable[Any]) -> list[tuple[Any, Any]]:
         """(value, its source representation) for each value that can exist in the source
@@ -287,6 +335,19 @@ class Entity:
         wanted = list(dict.fromkeys(values))
         out: dict[Any, Fetched] = {v: Fetched() for v in wanted}
         tamper = ROW_TAMPER.get()
+        # Counted against each customer by the read that takes the rows (SourceReader.lookup):
+        # a bulk load serves many customers, and one customer's read may load them itself.
+        token = SKIP_TALLY.set(None)
+        try:
+            self._rows_by(conn, field, wanted, out, tamper, where, fields)
+        finally:
+            SKIP_TALLY.reset(token)
+        return out
+
+    def _rows_by(self, conn: Connection, field: str, wanted: list[Any], out: dict[Any, Fetched],
+                 tamper: Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None,
+                 where: Callable[[EntityPart], Iterable[ColumnElement[bool]]] | None,
+                 fields: Sequence[str] | None) -> None:
         for p in self.parts:
             spec, names = p.fields[field], list(fields or p.fields)
             by_raw: dict[str, list[Any]] = {}  # raw keys compared as text, as the driver returns them
@@ -305,7 +366,6 @@ class Entity:
                     for v in by_raw.get(str(raw[-1]), ()):
                         row = raw[:-1]
                         out[v].add(p, names, tamper(p.table, names, row) if tamper else row)
-        return out
 
     def lookup_rows(
         self,
@@ -413,22 +473,35 @@ def order_rows(rows: list[dict[str, Any]], order_by: str, descending: bool = Tru
 
 @dataclass
 class Fetched:
-    """Converted rows plus the count of malformed rows skipped."""
+    """Converted rows plus the count of malformed rows and values skipped.
+
+    ``skipped`` counts one per row left out and one per nested value (or list element)
+    dropped from a row that was kept; ``skipped_raw`` holds each skip's raw row, so a
+    bulk read can tell whose it was."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+    skipped_raw: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, part: EntityPart, names: Sequence[str], raw: Sequence[Any]) -> None:
+        problems: list[str] = []
         try:
-            self.rows.append({n: part.fields[n].to_python(v) for n, v in zip(names, raw, strict=True)})
+            row = {n: part.fields[n].to_python(v, problems) for n, v in zip(names, raw, strict=True)}
         except RowError as exc:
-            self.skipped += 1
-            tally = SKIP_TALLY.get()
-            if tally is not None:
-                tally[0] += 1
-            if len(self.errors) < 5:
-                self.errors.append(str(exc))
+            self.skip(str(exc), dict(zip(names, raw, strict=True)))
+            return
+        self.rows.append(row)
+        for reason in problems:
+            self.skip(reason, dict(zip(names, raw, strict=True)))
+
+    def skip(self, reason: str, raw: dict[str, Any]) -> None:
+        """Count one malformed row or value (in this result and the read's tally)."""
+        self.skipped += 1
+        self.skipped_raw.append(raw)
+        count_skipped()
+        if len(self.errors) < 5:
+            self.errors.append(reason)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from tools.guard import DEADLINE, MalformedSource
-from tools.mapping.engine import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, order_rows
+from tools.mapping.engine import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, count_skipped, order_rows
 from tools.settings import Settings
 from tools.slices import Provenance, Slice
 from tools.sources.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch
@@ -78,7 +78,7 @@ class SourceReader:
         try:
             with self.engine.connect() as conn:
                 self._apply_deadline(conn)
-                return method(conn, customer, clock)
+                return counted(method(conn, customer, clock), tally)
         except SliceNotFound:
             if tally[0]:
                 raise MalformedSource(f"{tally[0]} malformed {self.source} rows skipped; "
@@ -115,7 +115,7 @@ class SourceReader:
                         tally = [0]
                         tally_token = SKIP_TALLY.set(tally)
                         try:
-                            out[customer.customer_id, name] = method(conn, customer, clock)
+                            out[customer.customer_id, name] = counted(method(conn, customer, clock), tally)
                         except NeedRows:
                             again.append((name, customer))
                         except SliceNotFound as exc:
@@ -167,9 +167,8 @@ class SourceReader:
             out.rows.extend(got[v].rows)
             out.skipped += got[v].skipped
             out.errors.extend(got[v].errors)
-        tally = SKIP_TALLY.get()
-        if tally is not None:
-            tally[0] += out.skipped
+            out.skipped_raw.extend(got[v].skipped_raw)
+        count_skipped(out.skipped)  # loaded without a tally (Entity.rows_by): this read's skips
         if order_by:
             order_rows(out.rows, order_by, descending, limit)
         elif limit is not None:
@@ -207,9 +206,10 @@ class SourceReader:
         clock: ReadClock,
         rows: Iterable[dict[str, Any]] = (),
         id_field: str = "id",
-        skipped: int = 0,
         extra_ids: Iterable[str] = (),
     ) -> Provenance:
+        """Provenance of a slice built from ``rows``; its ``skipped_rows`` is set when the read
+        ends (:func:`counted`), from everything the read skipped."""
         rows = list(rows)
         ids = [str(r[id_field]) for r in rows if r.get(id_field) is not None]
         ids.extend(extra_ids)
@@ -221,8 +221,16 @@ class SourceReader:
             source_updated_at=max(updated) if updated else None,
             fetched_at=clock.now(),
             as_of=clock.as_of,
-            skipped_rows=skipped,
         )
+
+
+def counted(result: Slice, tally: list[int]) -> Slice:
+    """The slice a read built, with every row and nested value the read skipped as malformed
+    counted in its provenance: those of every lookup it made (the rows that name the
+    customer's records, the records, their participants ...), not only the main one — a
+    list that comes back short or empty because rows failed is never taken for a clean one."""
+    result.provenance.skipped_rows = tally[0]
+    return result
 
 
 def first(rows: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -54,7 +54,7 @@ class BillingReader(SourceReader):
         pm = first(methods.rows)
         used = [*cust.rows, *subs.rows, *charges.rows, *methods.rows, *invoices.rows]
         return BillingStatus(
-            provenance=self.provenance(clock, used, skipped=sum(f.skipped for f in (cust, subs, charges, methods, invoices))),
+            provenance=self.provenance(clock, used),
             billing_id=billing_id,
             billing_email=c.get("email"),
             status=status,
@@ -80,8 +80,7 @@ class BillingReader(SourceReader):
         succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
                                 fields=["id", "amount", "updated_at"])
         return BillingInvoices(
-            provenance=self.provenance(clock, [*invoices.rows, *failed.rows],
-                                       skipped=invoices.skipped + failed.skipped + succeeded.skipped),
+            provenance=self.provenance(clock, [*invoices.rows, *failed.rows]),
             invoices=[Invoice(id=r["id"], number=r.get("number"), status=r.get("status"),
                               amount_due=r.get("amount_due"), amount_paid=r.get("amount_paid"),
                               amount_remaining=r.get("amount_remaining"),

@@ -28,5 +28,5 @@ class CalendarReader(SourceReader):
         meetings = [Meeting(id=e["id"], title=e.get("title"), start=e["start"], end=e.get("end"),
                             attendees=sorted(people[e["id"]]), upcoming=e["start"] > clock.as_of)
                     for e in fetched.rows]
-        return CalendarMeetings(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+        return CalendarMeetings(provenance=self.provenance(clock, fetched.rows),
                                 meetings=meetings)

@@ -31,7 +31,7 @@ class CallsReader(SourceReader):
             for r in self.lookup(conn, "highlight", "call_id", call_ids).rows:
                 moments[r["call_id"]].append(KeyMoment(kind=r.get("kind") or "moment", text=r.get("text")))
         return CallHighlights(
-            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows),
             calls=[CallSummary(id=c["id"], title=c.get("title"), date=c["started_at"],
                                duration_minutes=round(c["duration_s"] / 60) if c.get("duration_s") else None,
                                participants=sorted(people[c["id"]]), talk_ratio=c.get("talk_ratio"),

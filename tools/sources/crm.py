@@ -32,7 +32,7 @@ class CrmReader(SourceReader):
         r = fetched.rows[0]
         renewal = r.get("renewal_date")
         return CrmAccount(
-            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows),
             crm_id=r["id"],
             company_name=r["name"],
             domain=r.get("domain"),
@@ -70,7 +70,7 @@ class CrmReader(SourceReader):
         # Champions and sponsors first, then by most recent activity.
         rank = {"champion": 0, "exec sponsor": 1, "decision maker": 2}
         contacts.sort(key=lambda c: (rank.get(c.role or "", 9), -(c.last_activity.timestamp() if c.last_activity else 0)))
-        return CrmContacts(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped), contacts=contacts)
+        return CrmContacts(provenance=self.provenance(clock, fetched.rows), contacts=contacts)
 
     def read_opportunities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmOpportunities:
         crm_id = self.anchor(customer)
@@ -91,7 +91,7 @@ class CrmReader(SourceReader):
                 continue
             used.append(r)
         return CrmOpportunities(
-            provenance=self.provenance(clock, used, skipped=fetched.skipped), open=open_, closed=closed)
+            provenance=self.provenance(clock, used), open=open_, closed=closed)
 
     def read_activities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmActivities:
         crm_id = self.anchor(customer)
@@ -99,4 +99,4 @@ class CrmReader(SourceReader):
                               order_by="date", limit=20)
         acts = [Activity(date=r["date"], kind=r.get("kind") or "activity", summary=r.get("summary"))
                 for r in fetched.rows]
-        return CrmActivities(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped), activities=acts)
+        return CrmActivities(provenance=self.provenance(clock, fetched.rows), activities=acts)

@@ -18,7 +18,7 @@ class DocumentsReader(SourceReader):
         fetched = self.lookup(conn, "document", "domain", domains, window=("updated", None, clock.as_of),
                               order_by="updated", limit=MAX_DOCUMENTS)
         return Documents(
-            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows),
             documents=[Document(id=r["id"], title=r.get("title"), kind=r.get("kind"), updated=r.get("updated"),
                                 owner=r.get("owner"), url=r.get("url")) for r in fetched.rows],
         )

@@ -40,7 +40,7 @@ class EmailReader(SourceReader):
             by_thread[m["thread_id"]].append(m)
         threads = [self._thread(tid, msgs, people) for tid, msgs in by_thread.items()]
         threads.sort(key=lambda t: t.last_message_at or clock.as_of, reverse=True)
-        return EmailThreads(provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+        return EmailThreads(provenance=self.provenance(clock, fetched.rows),
                             threads=threads[:MAX_THREADS])
 
     @staticmethod

@@ -7,8 +7,9 @@ wraps the real source readers:
 * ``slow:<N>s`` — every call first waits N seconds on the guard's clock (beyond the
   source's timeout this is a ``timeout`` gap);
 * ``flaky:<p>`` — each attempt fails with probability p (deterministic per seed);
-* ``corrupt`` — about half the rows come back as garbage (wrong types, nulls) and
-  are skipped and counted by the mapping layer.
+* ``corrupt`` — about half the rows of every query a read makes come back as garbage
+  (wrong types, nulls; which ones is deterministic per seed) and are skipped and
+  counted by the mapping layer in the slice's ``skipped_rows``.
 """
 
 from __future__ import annotations

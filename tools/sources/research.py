@@ -19,7 +19,7 @@ class ResearchReader(SourceReader):
         fetched = self.lookup(conn, "article", "domain", domains, window=("published_at", since, clock.as_of),
                               order_by="published_at")
         return ResearchNews(
-            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows),
             articles=[NewsArticle(id=r["id"], headline=r["headline"], date=r["published_at"], kind=r.get("kind"),
                                   url=r.get("url")) for r in fetched.rows],
         )

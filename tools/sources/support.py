@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from tools.mapping.engine import count_skipped
 from tools.slices import SupportSummary, SupportTickets, Ticket
 from tools.sources.base import CustomerRef, ReadClock, SourceReader
 
@@ -22,16 +23,15 @@ class SupportReader(SourceReader):
         return self.lookup(conn, "ticket", "organization_id", [org_id], window=("created_at", None, clock.as_of),
                            fields=fields, order_by="created_at", limit=limit)
 
-    def _history(self, conn: Connection, ticket_ids: list[str]) -> Any:
-        fetched = self.lookup(conn, "ticket_history", "ticket_id", ticket_ids, order_by="updated", descending=False)
-        return fetched.rows, fetched.skipped
+    def _history(self, conn: Connection, ticket_ids: list[str]) -> list[dict[str, Any]]:
+        return self.lookup(conn, "ticket_history", "ticket_id", ticket_ids, order_by="updated", descending=False).rows
 
     def read_summary(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> SupportSummary:
         org_id = self.anchor(customer)
         s = self.mapping.settings
         fetched = self._tickets(conn, org_id, clock, fields=["id", "status", "type", "created_at", "updated_at"])
         tickets = fetched.rows
-        history, hist_skipped = self._history(conn, [t["id"] for t in tickets])
+        history = self._history(conn, [t["id"] for t in tickets])
 
         created = {t["id"]: t["created_at"] for t in tickets}
         solved_at: dict[str, Any] = {}
@@ -43,7 +43,7 @@ class SupportReader(SourceReader):
                 try:
                     csat[h["ticket_id"]] = float(h["value"])  # the latest rating wins
                 except (TypeError, ValueError):
-                    hist_skipped += 1
+                    count_skipped()  # an unreadable rating: left out, and counted
         hours = [(solved_at[t] - created[t]).total_seconds() / 3600 for t in solved_at if t in created]
 
         open_statuses = set(s.get("open_statuses", ["new", "open", "pending", "hold"]))
@@ -53,7 +53,7 @@ class SupportReader(SourceReader):
         repeat_type, repeat_n = recent_types.most_common(1)[0] if recent_types else (None, 0)
         newest = tickets[0] if tickets else None
         return SupportSummary(
-            provenance=self.provenance(clock, tickets, skipped=fetched.skipped + hist_skipped),
+            provenance=self.provenance(clock, tickets),
             organization_id=org_id,
             total_tickets=len(tickets),
             open_tickets=len(open_tickets),
@@ -71,7 +71,7 @@ class SupportReader(SourceReader):
         org_id = self.anchor(customer)
         fetched = self._tickets(conn, org_id, clock, limit=RECENT_TICKETS)
         return SupportTickets(
-            provenance=self.provenance(clock, fetched.rows, skipped=fetched.skipped),
+            provenance=self.provenance(clock, fetched.rows),
             tickets=[Ticket(id=r["id"], subject=r.get("subject"), status=r.get("status"),
                             priority=r.get("priority"), type=r.get("type"), created_at=r.get("created_at"),
                             updated_at=r.get("updated_at"), body=r.get("body"))
