@@ -11,13 +11,21 @@ from langgraph.store.memory import InMemoryStore
 from sqlalchemy import create_engine, delete, text, update
 from sqlalchemy.exc import DBAPIError
 
-from tools.access.audit import AuditLog, AuditRecord, audit_log, audit_log_table, parse_since
+from tools.access.audit import (
+    AuditLog,
+    AuditRecord,
+    audit_log,
+    audit_log_table,
+    audit_url,
+    parse_since,
+)
 from tools.access.gate import Access
 from tools.access.principal import Principal
 from tools.context.assembly import assemble_context
 from tools.context.read import resolve
 from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
+from tools.settings import Settings
 from tools.slices import SLICE_NAMES
 
 from .test_cli import custctx
@@ -96,6 +104,24 @@ def test_every_read_has_its_record(sqlite_ready):
     assert all(x.latency_ms >= 0 for x in recs)
 
 
+def test_the_audit_log_has_its_own_url(sqlite_ready, tmp_path, monkeypatch):
+    """CUSTCTX_AUDIT_URL moves the log out of the state database (default: the state database)."""
+    assert audit_url(Settings(home=tmp_path)) == f"sqlite:///{tmp_path / 'state.sqlite'}"
+    url = f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    monkeypatch.setenv("CUSTCTX_AUDIT_URL", url)
+    assert audit_url(Settings(home=tmp_path)) == url
+    r = sqlite_ready
+    settings = r.settings.model_copy(update={"audit_url": url, "home": tmp_path})
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    access = Access.for_principal(settings, Principal(tenant, "sam", "support_agent"))
+    acme, _ = resolve(ReadScope.build(settings, r.clock, access=access, index=r.index), "acme.com")
+    assemble_context(ReadScope.build(settings, r.clock, access=access), acme, ["billing.status"])
+    assert [(x.seq, x.slice) for x in audit_log(url).query(tenant)] == [(2, "billing.status"), (1, "crm.account")]
+    assert audit_log(r.settings.state_db_url).query(tenant) == []
+    (report,) = audit_log(url, tmp_path).verify(tenant)
+    assert report.intact and report.anchor is not None and report.anchor.seq == 2
+
+
 # ------------------------------------------------------------------- the command
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
@@ -112,6 +138,7 @@ def test_custctx_audit_reads_the_log(home):
     assert {(x["role"], x["user_name"], x["interface"], x["tenant"]) for x in recs} == {
         ("account_exec", "dana.scully", "cli", "default")}
     assert {x["decision"] for x in recs} == {"allowed", "masked", "denied"}
+    assert all(x["seq"] >= 1 and len(x["hash"]) == 64 for x in recs)  # each record's place in the chain
     massive = json.loads(custctx(home, "audit", "--customer", "massivedynamic.com", "--since", "1h", "--format",
                                  "json", check=True).stdout)
     assert [(x["slice"], x["decision"], x["detail"]) for x in massive] == [

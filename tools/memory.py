@@ -2,7 +2,12 @@
 conversation state.
 
 Namespace ``("customers", tenant, customer_id)``, key = slice name, value = the slice
-with its provenance and when it was stored. A slice is *fresh* while younger than
+with its provenance, when it was stored and a checksum: an HMAC-SHA256, keyed by the
+installation's secret (``memory.key`` in the data home, 0600, created on first use), over
+the tenant, customer, slice name, stored-at time and the slice's canonical JSON. A
+snapshot whose checksum fails — edited in the store's table, copied to another customer,
+or written before checksums — is treated as absent (logged and counted in ``rejected``):
+the read path reads the source instead, or reports a gap. A slice is *fresh* while younger than
 its TTL (``Settings.ttls``; 0 = always read live); older snapshots are kept so a
 failing source can be answered with the last snapshot, marked stale with its age.
 
@@ -12,6 +17,10 @@ stale-while-revalidate needs it and ``tools/`` must not import ``agent/``.
 
 from __future__ import annotations
 
+import hmac
+import logging
+import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -31,6 +40,68 @@ if TYPE_CHECKING:  # LangGraph (and LangChain under it) loads with the store, in
     from langgraph.store.base import BaseStore
 
 NAMESPACE_ROOT = "customers"
+KEY_FILE = "memory.key"
+REJECTED_TEMPLATE = ("long-term memory: snapshot {key} of {namespace} {why}: treated as absent "
+                     "(read from the source instead)")
+
+log = logging.getLogger(__name__)
+_keys: dict[tuple[str | None, ...], bytes] = {}
+_keys_lock = threading.Lock()
+
+
+def installation_key(home: Path | None = None) -> bytes:
+    """The secret that signs memory snapshots: ``memory.key`` in ``home`` (default: the data
+    home, ``CUSTCTX_HOME``), 32 random bytes as hex, readable only by the user, created on first
+    use. Every process of an installation must see the same file (copy it to every host that
+    shares a PostgreSQL store).
+
+    Raises:
+        ValueError: the file exists but holds no key.
+    """
+    env = (os.environ.get("CUSTCTX_HOME"), os.environ.get("XDG_DATA_HOME"), os.environ.get("HOME"))
+    cache = (str(home), *env) if home is not None else env
+    with _keys_lock:
+        if cache not in _keys:
+            if home is None:
+                from tools.settings import Settings
+
+                home = Settings().home
+            _keys[cache] = _load_or_create_key(Path(home) / KEY_FILE)
+        return _keys[cache]
+
+
+def _load_or_create_key(path: Path) -> bytes:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(32).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)  # atomic, and never over a key another process made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    text = path.read_text().strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise ValueError(f"{path} holds no memory key (64 hex digits); remove it to have a new one made "
+                         "(every snapshot in long-term memory is then read from its source again)")
+    return key
+
+
+def slice_checksum(key: bytes, tenant: str, customer_id: str, name: str, stored_at: str, slice_json: object) -> str:
+    """HMAC-SHA256 (hex) of a snapshot: its place (tenant, customer, slice name), when it was
+    stored and the slice as canonical JSON (orjson, keys sorted)."""
+    msg = orjson.dumps([tenant, customer_id, name, stored_at, slice_json], option=orjson.OPT_SORT_KEYS)
+    return hmac.digest(key, msg, "sha256").hex()  # one-shot (OpenSSL): a warm read checks every slice
 
 
 @dataclass(frozen=True)
@@ -45,10 +116,19 @@ class _StoreHandle:
     on that file), reads go straight to the store's table until the store is opened — so a
     warm read (everything fresh in memory) never loads LangGraph at all."""
 
-    def __init__(self, store: BaseStore | None, opener: Callable[[], BaseStore] | None, sqlite_path: str | None):
+    def __init__(self, store: BaseStore | None, opener: Callable[[], BaseStore] | None, sqlite_path: str | None,
+                 key: bytes | None = None):
         self.store, self.opener, self.sqlite_path = store, opener, sqlite_path
         self.lock = threading.Lock()
         self.reader: sqlite3.Connection | None = None
+        self._key = key
+        self.rejected = 0  # snapshots not served because their checksum failed
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = installation_key()
+        return self._key
 
     def get(self) -> BaseStore:
         with self.lock:
@@ -74,15 +154,23 @@ class _StoreHandle:
 
 
 class ContextMemory:
-    """Per-tenant slice snapshots in a BaseStore."""
+    """Per-tenant slice snapshots in a BaseStore, each signed and checked on read.
+
+    ``key``: the HMAC key of the snapshots (default: :func:`installation_key`, resolved on
+    first use)."""
 
     def __init__(self, store: BaseStore | None, tenant: str, ttls: dict[str, int],
                  clock: Callable[[], datetime] = utcnow, *, opener: Callable[[], BaseStore] | None = None,
-                 sqlite_path: str | None = None, _handle: _StoreHandle | None = None):
+                 sqlite_path: str | None = None, key: bytes | None = None, _handle: _StoreHandle | None = None):
         if not tenant:
             raise ValueError("a tenant is required for long-term memory")
-        self._handle = _handle or _StoreHandle(store, opener, sqlite_path)
+        self._handle = _handle or _StoreHandle(store, opener, sqlite_path, key)
         self.tenant, self.ttls, self.clock = tenant, ttls, clock
+
+    @property
+    def rejected(self) -> int:
+        """Snapshots not served since this memory was opened because their checksum failed."""
+        return self._handle.rejected
 
     @property
     def store(self) -> BaseStore:
@@ -101,8 +189,10 @@ class ContextMemory:
     def put(self, customer_id: str, s: Slice) -> None:
         if s.provenance.masked_fields:  # memory is full fidelity; masking happens per reader
             raise ValueError(f"refusing to store a masked copy of {s.name} in long-term memory")
+        data, stored_at = s.model_dump(mode="json"), self.clock().isoformat()
+        checksum = slice_checksum(self._handle.key, self.tenant, customer_id, s.name, stored_at, data)
         self.store.put(self.namespace(customer_id), s.name,
-                       {"slice": s.model_dump(mode="json"), "stored_at": self.clock().isoformat()}, index=False)
+                       {"slice": data, "stored_at": stored_at, "checksum": checksum}, index=False)
 
     def get(self, customer_id: str, name: str) -> CachedSlice | None:
         return self.get_many(customer_id, [name]).get(name)
@@ -117,13 +207,29 @@ class ContextMemory:
             rows = _sqlite_rows(self.store, ns)
         if rows is not None:  # the SQLite store: its rows read directly, without a transaction
             wanted = set(names)
-            return {k: self._cached(k, orjson.loads(v)) for k, v in rows if k in wanted}
-        from langgraph.store.base import GetOp, Item
+            values = [(k, orjson.loads(v)) for k, v in rows if k in wanted]
+        else:
+            from langgraph.store.base import GetOp, Item
 
-        items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
-        # a GetOp's result is the Item, or None when memory has no such key
-        return {n: self._cached(n, item.value) for n, item in zip(names, items, strict=True)
-                if isinstance(item, Item)}
+            items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
+            # a GetOp's result is the Item, or None when memory has no such key
+            values = [(n, item.value) for n, item in zip(names, items, strict=True) if isinstance(item, Item)]
+        return {k: self._cached(k, v) for k, v in values if self._intact(customer_id, k, v)}
+
+    def _intact(self, customer_id: str, name: str, value: object) -> bool:
+        """Whether a stored value is a snapshot this installation wrote, unchanged, for this place."""
+        if isinstance(value, dict) and isinstance(sig := value.get("checksum"), str) and isinstance(
+                at := value.get("stored_at"), str):
+            want = slice_checksum(self._handle.key, self.tenant, customer_id, name, at, value.get("slice"))
+            if hmac.compare_digest(sig.encode(), want.encode()):
+                return True
+            why, level = "failed its checksum (changed in the store, or copied from elsewhere)", logging.WARNING
+        else:
+            why, level = "has no checksum (written before checksums, or tampered with)", logging.INFO
+        with self._handle.lock:
+            self._handle.rejected += 1
+        log.log(level, REJECTED_TEMPLATE.format(key=name, namespace=".".join(self.namespace(customer_id)), why=why))
+        return False
 
     def _cached(self, name: str, value: dict) -> CachedSlice:
         s = parse_slice(name, value["slice"])

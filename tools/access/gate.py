@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
-from tools.access.audit import AuditLog, AuditRecord, Decision, audit_log
+from tools.access.audit import AuditLog, AuditRecord, Decision, audit_log_for
 from tools.access.policy import RolePolicy, load_policy, mask_slice
 from tools.access.principal import Principal
 from tools.settings import Settings
@@ -42,14 +42,14 @@ class Access:
 
     @classmethod
     def for_principal(cls, settings: Settings, principal: Principal) -> Access:
-        """The gate of ``principal`` under the configured policy, auditing into the state database.
+        """The gate of ``principal`` under the configured policy, auditing into the audit database.
 
         Raises:
             UnknownRole: the policy does not define the principal's role.
             PolicyError: the policy file cannot be read or is invalid.
         """
         policy = load_policy(str(settings.policy) if settings.policy else None)
-        return cls(principal, policy.role(principal.role), audit_log(settings.state_db_url))
+        return cls(principal, policy.role(principal.role), audit_log_for(settings))
 
     @property
     def tenant(self) -> str:
