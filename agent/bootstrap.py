@@ -57,9 +57,9 @@ def open_memory(settings: Settings) -> ContextMemory:
     url = settings.state_db_url
     backend, target = state_backend(url, "long-term memory")
     if backend == "sqlite" and target != ":memory:":  # opened on the first write; reads go to the file
-        return ContextMemory(None, settings.tenant, settings.ttls, sqlite_path=target,
+        return ContextMemory.of(None, settings, sqlite_path=target,
                              opener=lambda: _open_stores.enter_context(open_store(url)))
-    return ContextMemory(_open_stores.enter_context(open_store(url)), settings.tenant, settings.ttls)
+    return ContextMemory.of(_open_stores.enter_context(open_store(url)), settings)
 
 
 def ready(settings: Settings | None = None, progress: Progress | None = None, memory: bool = False) -> Ready:

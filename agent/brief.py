@@ -2,14 +2,19 @@
 
 Relationship Snapshot, Key Contacts, Commercial Summary, Recent Activity, Open
 Items, Context from <sources>, Missing Context — plus conflicts and provenance.
-Only facts present in the context's slices are written.
+Only facts present in the context's slices are written. Text written by customers or
+third parties that carries a suspected prompt injection is shown marked, quoted and
+escaped (:func:`untrusted_text`), never as a fact or an instruction.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from agent.injection import FLAG_MARKER, flagged_fields, injection_signals
 from tools.access.policy import masked_marker
 from tools.context.assembly import CustomerContext
 from tools.slices import (
@@ -47,6 +52,55 @@ def day(v: Any) -> str:
     return v.date().isoformat() if isinstance(v, datetime) else v.isoformat()
 
 
+# ------------------------------------------------------------------ untrusted text
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>#|!~{}()])")
+_FIELD_WORDS = {"body": "body", "last_message": "last message", "open_questions": "open questions",
+                "commitments": "commitments", "moments": "key moments", "subject": "subject", "title": "title",
+                "text": "text", "summary": "summary", "headline": "headline"}
+_QUOTE_MAX = 300
+
+
+def _escaped(text: str) -> str:
+    """One line, markdown and HTML inert (no link, image, tag or emphasis), at most ~300 characters."""
+    line = " ".join(text.split())
+    line = line if len(line) <= _QUOTE_MAX else line[:_QUOTE_MAX].rsplit(" ", 1)[0] + " …"
+    return _MARKDOWN.sub(r"\\\1", line)
+
+
+def untrusted_text(text: str | None, own: Sequence[str] = ()) -> str:
+    """Text from a customer or a third party as shown to people: unchanged when it looks ordinary;
+    a suspected prompt injection is marked with :data:`~agent.injection.FLAG_MARKER`, quoted and
+    escaped, so it reads as a quotation and never as a fact or an instruction.
+
+    Args:
+        text: The untrusted text (a subject, a chat message, a document title, ...).
+        own: Names or domains of the customer the text is about (their own company is not
+            "another customer").
+    """
+    if not text or not injection_signals(text, own):
+        return text or ""
+    return f'{FLAG_MARKER}: "{_escaped(text)}"'
+
+
+def quoted(text: str | None, own: Sequence[str] = ()) -> str:
+    """:func:`untrusted_text` in quotation marks when it looks ordinary (``"text"``)."""
+    shown = untrusted_text(text, own)
+    return shown if shown.startswith(FLAG_MARKER) else f'"{shown}"'
+
+
+def hidden_flag(slice_name: str, item: Any, shown: Sequence[str], own: Sequence[str] = ()) -> str:
+    """A note for an item whose untrusted fields that are *not* shown on its line (a ticket's body,
+    an email's last message) carry a suspected injection; empty otherwise."""
+    hidden = [f for f in flagged_fields(slice_name, item, own) if f not in shown]
+    return f" — {FLAG_MARKER} in its {' and '.join(_FIELD_WORDS.get(f, f) for f in hidden)}" if hidden else ""
+
+
+def customer_names(c: CustomerContext) -> list[str]:
+    """The customer's own names and domains (what "another customer" is told apart from)."""
+    acc = _typed(c, "crm.account", CrmAccount)
+    return [x for x in (c.name, *c.domains, acc.company_name if acc else None) if x]
+
+
 def _served(s: Any) -> str:
     p = s.provenance
     if p.served_from != "memory":
@@ -81,19 +135,22 @@ def _status(c: CustomerContext) -> str:
 
 def _timeline(c: CustomerContext) -> list[tuple[datetime, str, str]]:
     """Past interactions from every source, newest first: (when, channel, summary)."""
+    own = customer_names(c)
     items: list[tuple[datetime, str, str]] = []
     if acts := _typed(c, "crm.activities", CrmActivities):
-        items += [(a.date, f"CRM {a.kind}", a.summary or "") for a in acts.activities]
+        items += [(a.date, f"CRM {a.kind}", untrusted_text(a.summary, own)) for a in acts.activities]
     if mail := _typed(c, "email.threads", EmailThreads):
-        items += [(t.last_message_at, f"email ({t.last_direction})", t.subject or "")
-                  for t in mail.threads if t.last_message_at]
+        items += [(t.last_message_at, f"email ({t.last_direction})", untrusted_text(t.subject, own)
+                   + hidden_flag("email.threads", t, ["subject"], own)) for t in mail.threads if t.last_message_at]
     if cal := _typed(c, "calendar.meetings", CalendarMeetings):
-        items += [(m.start, "meeting", m.title or "") for m in cal.meetings if m.start and not m.upcoming]
+        items += [(m.start, "meeting", untrusted_text(m.title, own)) for m in cal.meetings
+                  if m.start and not m.upcoming]
     if calls := _typed(c, "calls.highlights", CallHighlights):
-        items += [(k.date, "call", k.title or "") for k in calls.calls if k.date]
+        items += [(k.date, "call", untrusted_text(k.title, own) + hidden_flag("calls.highlights", k, ["title"], own))
+                  for k in calls.calls if k.date]
     if tickets := _typed(c, "support.tickets", SupportTickets):
-        items += [(t.created_at, f"ticket #{t.id} ({t.status})", t.subject or "")
-                  for t in tickets.tickets if t.created_at]
+        items += [(t.created_at, f"ticket #{t.id} ({t.status})", untrusted_text(t.subject, own)
+                   + hidden_flag("support.tickets", t, ["subject"], own)) for t in tickets.tickets if t.created_at]
     return sorted(items, key=lambda x: x[0], reverse=True)
 
 
@@ -165,15 +222,19 @@ def _commercial(c: CustomerContext) -> list[str]:
 
 
 def _open_items(c: CustomerContext) -> list[str]:
+    own = customer_names(c)
     items: list[str] = []
     if mail := _typed(c, "email.threads", EmailThreads):
         for t in mail.threads:
-            items += [f"Commitment (email \"{t.subject}\"): {x}" for x in t.commitments]
-            items += [f"Open question (email \"{t.subject}\"): {q}" for q in t.open_questions]
+            subject = untrusted_text(t.subject, own)
+            items += [f"Commitment (email \"{subject}\"): {untrusted_text(x, own)}" for x in t.commitments]
+            items += [f"Open question (email \"{subject}\"): {untrusted_text(q, own)}" for q in t.open_questions]
     if cal := _typed(c, "calendar.meetings", CalendarMeetings):
-        items += [f"Upcoming meeting: {m.title} on {day(m.start)}" for m in cal.meetings if m.upcoming]
+        items += [f"Upcoming meeting: {untrusted_text(m.title, own)} on {day(m.start)}" for m in cal.meetings
+                  if m.upcoming]
     if tickets := _typed(c, "support.tickets", SupportTickets):
-        items += [f"Open ticket #{t.id} ({t.type or 'other'}, {t.priority or 'no priority'}): {t.subject}"
+        items += [f"Open ticket #{t.id} ({t.type or 'other'}, {t.priority or 'no priority'}): "
+                  f"{untrusted_text(t.subject, own)}{hidden_flag('support.tickets', t, ['subject'], own)}"
                   for t in tickets.tickets if t.status in ("new", "open", "pending", "hold")]
     elif sup := _typed(c, "support.summary", SupportSummary):
         if sup.open_tickets:
@@ -185,6 +246,7 @@ def _open_items(c: CustomerContext) -> list[str]:
 
 
 def _insights(c: CustomerContext) -> list[str]:
+    own = customer_names(c)
     lines: list[str] = []
     if u := _typed(c, "product.usage", ProductUsage):
         lines.append(f"- **Product**: {u.active_users_30d} active users (30 d), {u.active_users_7d} (7 d); "
@@ -200,13 +262,16 @@ def _insights(c: CustomerContext) -> list[str]:
     if calls := _typed(c, "calls.highlights", CallHighlights):
         for k in calls.calls:
             for m in k.moments:
-                lines.append(f"- **Call {day(k.date)} \"{k.title}\"** — {m.kind}: {m.text}")
+                lines.append(f"- **Call {day(k.date)} \"{untrusted_text(k.title, own)}\"** — {m.kind}: "
+                             f"{untrusted_text(m.text, own)}")
     if news := _typed(c, "research.news", ResearchNews):
-        lines += [f"- **News {day(a.date)}** ({a.kind}): {a.headline}" for a in news.articles]
+        lines += [f"- **News {day(a.date)}** ({a.kind}): {untrusted_text(a.headline, own)}" for a in news.articles]
     if chat := _typed(c, "chat.mentions", ChatMentions):
-        lines += [f"- **Chat {day(m.ts)} #{(m.channel or '').lstrip('#')}** ({m.author}): {m.text}" for m in chat.mentions[:5]]
+        lines += [f"- **Chat {day(m.ts)} #{(m.channel or '').lstrip('#')}** ({m.author}): {untrusted_text(m.text, own)}"
+                  for m in chat.mentions[:5]]
     if docs := _typed(c, "docs.documents", Documents):
-        lines += [f"- **Document** ({d.kind}, {day(d.updated)}): {d.title}" for d in docs.documents[:5]]
+        lines += [f"- **Document** ({d.kind}, {day(d.updated)}): {untrusted_text(d.title, own)}"
+                  for d in docs.documents[:5]]
     return lines or ["- _Nothing further from the connected sources._"]
 
 

@@ -185,4 +185,4 @@ def context_memory(store: BaseStore | None, settings: Settings) -> ContextMemory
 
                 _fallback_store = InMemoryStore()
             store = _fallback_store
-    return ContextMemory(store, settings.tenant, settings.ttls)
+    return ContextMemory.of(store, settings)

@@ -144,7 +144,7 @@ class Runner:
         return services(self.settings).clock
 
     def memory(self) -> ContextMemory:
-        return ContextMemory(self.store, self.settings.tenant, self.settings.ttls)
+        return ContextMemory.of(self.store, self.settings)
 
     def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
         """Resolve a customer reference as ``principal`` may, in a request of its own: a customer

@@ -138,6 +138,28 @@ def leak_count(output: Any, forbidden: Iterable[str]) -> Result:
     return result("leaks", float(len(hits)), ", ".join(hits[:10]))
 
 
+# ------------------------------------------------------------------ injections
+def injection_marked(output: str, flagged: Sequence[str], clean: Sequence[str], marker: str) -> Result:
+    """Untrusted passages that carry an injection are shown, and only on lines that carry ``marker``;
+    ordinary passages (``clean``) are shown on lines without it. Markdown escapes are ignored."""
+    lines = [line.replace("\\", "") for line in output.splitlines()]
+    problems = []
+    for p in flagged:
+        hits = [line for line in lines if p in line]
+        if not hits:
+            problems.append(f"not shown: {p!r}")
+        elif any(marker not in line for line in hits):
+            problems.append(f"shown unmarked: {p!r}")
+    for p in clean:
+        hits = [line for line in lines if p in line]
+        if not hits:
+            problems.append(f"not shown: {p!r}")
+        elif any(marker in line for line in hits):
+            problems.append(f"marked although ordinary: {p!r}")
+    total = len(flagged) + len(clean)
+    return result("injection_marked", (total - len(problems)) / total if total else 1.0, "; ".join(problems))
+
+
 # ----------------------------------------------------------------------- costs
 def token_ratio(tokens_shown: int, full_dump_tokens: int) -> Result:
     """Tokens shown to the model for this step vs. a full-context dump of the customer (lower is better)."""

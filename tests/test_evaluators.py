@@ -108,7 +108,7 @@ def test_breaking_a_fact_fails_the_gate(sqlite_warehouse, tmp_path, one_case, mo
 def test_custctx_eval_writes_the_report_and_gates(tmp_path):
     proc = custctx(tmp_path / "home", "eval", "--suite", "injection", "--out", str(tmp_path / "out"), "--gate")
     assert proc.returncode == 0, proc.stderr
-    assert "| injection | 3 | 3 |" in proc.stdout
+    assert "| injection | 18 | 18 |" in proc.stdout
     assert (tmp_path / "out" / "results.json").exists()
     bad = custctx(tmp_path / "home", "eval", "--suite", "nope", "--out", str(tmp_path / "out"))
     assert bad.returncode == 2 and "unknown suite" in bad.stderr

@@ -56,7 +56,7 @@ def world(warehouse, tmp_path):
     """A fresh state database (identity index, memory, watermarks) over the shared warehouse."""
     r = ready(settings_for(warehouse, tmp_path, guard=QUICK_GUARD))
     with open_store(r.settings.state_db_url) as store:
-        yield r, store, ContextMemory(store, r.settings.tenant, r.settings.ttls)
+        yield r, store, ContextMemory.of(store, r.settings)
 
 
 def ids(r, *refs: str) -> set[str]:

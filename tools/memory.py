@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy.engine import make_url
@@ -36,8 +36,12 @@ from sqlalchemy.engine import make_url
 from tools.slices import Slice, parse_slice
 from tools.sources.base import utcnow
 
-if TYPE_CHECKING:  # LangGraph (and LangChain under it) loads with the store, in open_store
+if TYPE_CHECKING:
     from langgraph.store.base import BaseStore
+
+    from tools.settings import (
+        Settings,  # LangGraph (and LangChain under it) loads with the store, in open_store
+    )
 
 NAMESPACE_ROOT = "customers"
 KEY_FILE = "memory.key"
@@ -166,6 +170,19 @@ class ContextMemory:
             raise ValueError("a tenant is required for long-term memory")
         self._handle = _handle or _StoreHandle(store, opener, sqlite_path, key)
         self.tenant, self.ttls, self.clock = tenant, ttls, clock
+
+    @classmethod
+    def of(cls, store: BaseStore | None, settings: Settings, clock: Callable[[], datetime] = utcnow,
+           **kw: Any) -> ContextMemory:
+        """Long-term memory as ``settings`` configure it: their tenant and TTLs, and the
+        installation key in their data home — so every process of an installation, however
+        it was configured (environment or code), signs and checks snapshots alike."""
+        return cls(store, settings.tenant, settings.ttls, clock, key=installation_key(settings.home), **kw)
+
+    @property
+    def key(self) -> bytes:
+        """The key snapshots are signed with (a copy of this memory over another store must use it)."""
+        return self._handle.key
 
     @property
     def rejected(self) -> int:

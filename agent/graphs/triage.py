@@ -85,8 +85,9 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
 def enforce(decision: TriageDecision, ticket: TicketInput, fetched: set[str]) -> TriageDecision:
     """Rules that hold whatever the model said: injection flag, grounded evidence, team and SLA.
 
-    The flag never sets the category or priority: those follow what the ticket is about
-    (``agent.offline.triage``), so a real outage that also carries an injection keeps its P1.
+    The flag is added and changes nothing else: category and priority stay what the ticket is
+    about (the rubric sets the injected text aside), so an outage that also carries an
+    injection keeps its P1.
     """
     signals = ticket_signals(ticket)
     update: dict[str, Any] = {

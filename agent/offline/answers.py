@@ -2,6 +2,8 @@
 
 Every line is built from fields of a fetched slice and cites it as ``[slice.name]``;
 nothing is written that no slice contains. Intents come from ``agent.offline.planning``.
+Text from customers or third parties is quoted; a passage that carries a suspected prompt
+injection is marked as such (``agent.brief.quoted``) and never repeated as a fact.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
-from agent.brief import day
+from agent.brief import day, hidden_flag, quoted
 from agent.offline.planning import HEALTH_SLICES
 from tools.access.policy import masked_marker
 from tools.slices import (
@@ -34,6 +36,20 @@ from tools.slices import (
 )
 
 Slices = dict[str, Slice]
+
+
+class CustomerSlices(dict[str, Slice]):
+    """A customer's slices together with the customer's name: their own company is not
+    "another customer" when untrusted text is checked for injections."""
+
+    def __init__(self, slices: Slices, customer: str = ""):
+        super().__init__(slices)
+        self.customer = customer
+
+
+def _own(s: Slices) -> list[str]:
+    a = _get(s, "crm.account", CrmAccount)
+    return [x for x in (getattr(s, "customer", ""), a.company_name if a else None, a.domain if a else None) if x]
 
 
 def usd(v: float | None) -> str:
@@ -145,9 +161,11 @@ def support_lines(s: Slices) -> list[str]:
     tk = _get(s, "support.tickets", SupportTickets)
     if tk:
         live = [t for t in tk.tickets if t.status in ("new", "open", "pending", "hold")]
+        own = _own(s)
         for t in live[:5]:
-            out.append(f"- Open ticket #{t.id} \"{t.subject}\" ({t.status}, {t.type or 'untyped'}, "
-                       f"opened {day(t.created_at)}) [support.tickets]")
+            out.append(f"- Open ticket #{t.id} {quoted(t.subject, own)} ({t.status}, {t.type or 'untyped'}, "
+                       f"opened {day(t.created_at)}){hidden_flag('support.tickets', t, ['subject'], own)} "
+                       "[support.tickets]")
         if not live:
             out.append("- No open tickets among the recent ones [support.tickets]")
     return out
@@ -179,8 +197,9 @@ def activity_lines(s: Slices) -> list[str]:
     a = _get(s, "crm.activities", CrmActivities)
     if not a:
         return []
-    return [f"- {day(x.date)} {x.kind}: {x.summary or '—'} [crm.activities]" for x in a.activities[:5]] \
-        or ["- No CRM activity recorded [crm.activities]"]
+    own = _own(s)
+    return [f"- {day(x.date)} {x.kind}: {quoted(x.summary, own) if x.summary else '—'} [crm.activities]"
+            for x in a.activities[:5]] or ["- No CRM activity recorded [crm.activities]"]
 
 
 def email_lines(s: Slices) -> list[str]:
@@ -188,11 +207,15 @@ def email_lines(s: Slices) -> list[str]:
     if not e:
         return []
     out = []
+    own = _own(s)
     for t in e.threads[:4]:
-        out.append(f"- Email \"{t.subject}\" — {n_of(t.messages, 'message')}, last {day(t.last_message_at)}"
-                   + (f" ({t.last_direction})" if t.last_direction else "") + " [email.threads]")
-        out += [f"  - open question: \"{q}\" [email.threads]" for q in t.open_questions[:2]]
-        out += [f"  - commitment: \"{c}\" [email.threads]" for c in t.commitments[:2]]
+        shown = ["subject", *(["open_questions"] if len(t.open_questions) <= 2 else []),
+                 *(["commitments"] if len(t.commitments) <= 2 else [])]
+        out.append(f"- Email {quoted(t.subject, own)} — {n_of(t.messages, 'message')}, last {day(t.last_message_at)}"
+                   + (f" ({t.last_direction})" if t.last_direction else "")
+                   + hidden_flag("email.threads", t, shown, own) + " [email.threads]")
+        out += [f"  - open question: {quoted(q, own)} [email.threads]" for q in t.open_questions[:2]]
+        out += [f"  - commitment: {quoted(c, own)} [email.threads]" for c in t.commitments[:2]]
     return out or ["- No email threads in the last 60 days [email.threads]"]
 
 
@@ -200,7 +223,8 @@ def meeting_lines(s: Slices) -> list[str]:
     m = _get(s, "calendar.meetings", CalendarMeetings)
     if not m:
         return []
-    return [f"- {'Upcoming' if x.upcoming else 'Past'} meeting \"{x.title}\" {day(x.start)}"
+    own = _own(s)
+    return [f"- {'Upcoming' if x.upcoming else 'Past'} meeting {quoted(x.title, own)} {day(x.start)}"
             + (f" with {', '.join(x.attendees[:4])}" if x.attendees else "") + " [calendar.meetings]"
             for x in m.meetings[:5]] or ["- No meetings within 30 days [calendar.meetings]"]
 
@@ -210,9 +234,12 @@ def call_lines(s: Slices) -> list[str]:
     if not c:
         return []
     out = []
+    own = _own(s)
     for x in c.calls[:4]:
-        moments = "; ".join(f"{k.kind}: \"{k.text}\"" for k in x.moments[:4])
-        out.append(f"- Call \"{x.title}\" {day(x.date)}" + (f" — {moments}" if moments else "") + " [calls.highlights]")
+        moments = "; ".join(f"{k.kind}: {quoted(k.text, own)}" for k in x.moments[:4])
+        hidden = hidden_flag("calls.highlights", x, ["title", *(["moments"] if len(x.moments) <= 4 else [])], own)
+        out.append(f"- Call {quoted(x.title, own)} {day(x.date)}" + (f" — {moments}" if moments else "") + hidden
+                   + " [calls.highlights]")
     return out or ["- No recorded calls [calls.highlights]"]
 
 
@@ -220,7 +247,8 @@ def chat_lines(s: Slices) -> list[str]:
     c = _get(s, "chat.mentions", ChatMentions)
     if not c:
         return []
-    return [f"- {day(x.ts)} #{x.channel} {x.author}: \"{x.text}\" [chat.mentions]" for x in c.mentions[:5]] \
+    own = _own(s)
+    return [f"- {day(x.ts)} #{x.channel} {x.author}: {quoted(x.text, own)} [chat.mentions]" for x in c.mentions[:5]] \
         or ["- No internal mentions in 30 days [chat.mentions]"]
 
 
@@ -228,7 +256,8 @@ def document_lines(s: Slices) -> list[str]:
     d = _get(s, "docs.documents", Documents)
     if not d:
         return []
-    return [f"- {x.kind or 'document'} \"{x.title}\", updated {day(x.updated)} [docs.documents]"
+    own = _own(s)
+    return [f"- {x.kind or 'document'} {quoted(x.title, own)}, updated {day(x.updated)} [docs.documents]"
             for x in d.documents[:6]] or ["- No shared documents [docs.documents]"]
 
 
@@ -236,7 +265,8 @@ def news_lines(s: Slices) -> list[str]:
     n = _get(s, "research.news", ResearchNews)
     if not n:
         return []
-    return [f"- News {day(a.date)}: \"{a.headline}\"" + (f" ({a.kind})" if a.kind else "") + " [research.news]"
+    own = _own(s)
+    return [f"- News {day(a.date)}: {quoted(a.headline, own)}" + (f" ({a.kind})" if a.kind else "") + " [research.news]"
             for a in n.articles[:4]] or ["- No company news in the last 30 days [research.news]"]
 
 
@@ -279,6 +309,7 @@ def compose_answer(name: str, intents: list[str], slices: Slices, gaps: list[Sou
                    traits: dict[str, Any], as_of: date | datetime | str | None = None,
                    conflicts: list[dict[str, Any]] | None = None) -> str:
     """The offline model's answer: one section per intent, every fact cited."""
+    slices = CustomerSlices(slices, name)
     lines: list[str] = []
     seen: set[str] = set()
     for intent in intents:
@@ -302,6 +333,7 @@ def compose_answer(name: str, intents: list[str], slices: Slices, gaps: list[Sou
 
 def review_summary(name: str, slices: Slices, gaps: list[SourceGap], traits: dict[str, Any]) -> str:
     """Three to five grounded sentences: status and health, the main risk or opportunity, next action."""
+    own = _own(CustomerSlices(slices, name))
     acc = _get(slices, "crm.account", CrmAccount)
     bil = _get(slices, "billing.status", BillingStatus)
     opps = _get(slices, "crm.opportunities", CrmOpportunities)
@@ -328,7 +360,8 @@ def review_summary(name: str, slices: Slices, gaps: list[SourceGap], traits: dic
     if bil and bil.status == "past_due":
         out.append(f"Next action: resolve the past-due balance of {usd(bil.balance_due)} [billing.status].")
     elif upcoming:
-        out.append(f"Next action: prepare for \"{upcoming[0].title}\" on {day(upcoming[0].start)} [calendar.meetings].")
+        out.append(f"Next action: prepare for {quoted(upcoming[0].title, own)} on {day(upcoming[0].start)} "
+                   "[calendar.meetings].")
     if gaps:
         out.append("Missing: " + ", ".join(f"{g.slice} ({g.kind})" for g in gaps[:6]) + ".")
     return " ".join(out) or f"No context could be read for {name}."

@@ -9,8 +9,11 @@ The rubric is the one at the top of ``tools/embedded/triage_tickets.yaml``:
   (outage, locked out, billing problem while already past due); P2 a blocking issue
   for an enterprise or mid-market customer, or any ticket from an account that renews
   within ``renewal_soon_days`` and is at risk; P4 a how-to or feature request from a
-  self-serve or healthy account; P3 everything else. A suspected prompt injection is
-  security / P3 and is never acted upon;
+  self-serve or healthy account; P3 everything else;
+* a suspected prompt injection (``agent.injection``) is flagged and never acted upon; the
+  category and priority come from what the ticket is about with the flagged passages set
+  aside — an enterprise "production down" ticket that also carries an injection is P1 and
+  flagged; a ticket that is nothing but an injection (no issue of its own) is security / P3;
 * **sentiment** from the text alone (same text, same sentiment).
 
 No randomness, no network, no model. Context that is missing (a source down) never
@@ -24,7 +27,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from agent.injection import injection_signals, normalize
+from agent.injection import normalize, set_aside, ticket_own, ticket_signals
 from agent.results import (
     SLA_HOURS,
     TEAM_FOR,
@@ -179,7 +182,10 @@ def _first(pattern: re.Pattern[str], text: str) -> str | None:
 
 def classify(ticket: TicketInput) -> tuple[Category, str, float]:
     """Category from the ticket text, the cue it rests on, and how sure the text rule is (0..1)."""
-    text = normalize(ticket.text)
+    return _classify(normalize(ticket.text), ticket.issue_type)
+
+
+def _classify(text: str, issue_type: str | None) -> tuple[Category, str, float]:
     problem = _BUG.search(text) is not None
     ordered: list[tuple[Category, re.Pattern[str], bool]] = [
         ("security", _SECURITY, True), ("cancellation", _CANCEL, True), ("feature_request", _FEATURE, True),
@@ -194,9 +200,9 @@ def classify(ticket: TicketInput) -> tuple[Category, str, float]:
     for category, pattern in weak:
         if cue := _first(pattern, text):
             return category, f"'{cue}'", 0.7
-    hint = _ISSUE_TYPE_HINT.get((ticket.issue_type or "").strip().lower())
+    hint = _ISSUE_TYPE_HINT.get((issue_type or "").strip().lower())
     if hint:
-        return hint, f"form issue type {ticket.issue_type}", 0.6
+        return hint, f"form issue type {issue_type}", 0.6
     return "how_to", "no specific cue", 0.35
 
 
@@ -380,22 +386,24 @@ def decide(ticket: TicketInput, slices: Mapping[str, Slice], traits: Traits, as_
     if not traits.based_on and slices:
         traits = derive_traits(dict(slices), thresholds, ChurnWeights())
     ctx = _Context(slices, traits, as_of, thresholds)
-    text = normalize(ticket.text)
-    signals = injection_signals(text)
-    suspected = bool(signals)
-    category, cue, confidence = classify(ticket)
+    signals = ticket_signals(ticket)
+    # what the ticket is about, with the injected passages set aside: they neither raise nor lower it
+    text = set_aside(ticket.text, ticket_own(ticket)) if signals else normalize(ticket.text)
+    category, cue, confidence = _classify(text, None if signals else ticket.issue_type)
     priority: Priority
-    if suspected:
-        category, priority = "security", "P3"
+    if signals and confidence < 0.9:  # no issue of its own besides the injection
+        category, priority, confidence = "security", "P3", 0.9
         summary = (f"Suspected prompt injection ({', '.join(signals)}): the text asks the assistant to act "
                    "rather than describing a problem; routed to security at P3 for review and not acted upon.")
-        confidence = 0.9
     else:
         incident = category == "security" and _SECURITY.search(text) is not None
         priority, reason = _priority(category, text, incident, ctx)
         summary = f"{_LABEL[category]} ({cue}): {priority} because {reason}."
+        if signals:
+            summary += (f" The ticket also carries a suspected prompt injection ({', '.join(signals)}): that "
+                        "text was set aside for this decision and not acted upon.")
     hint = _ISSUE_TYPE_HINT.get((ticket.issue_type or "").strip().lower())
-    if hint is not None and not suspected:
+    if hint is not None and not signals:
         confidence += 0.05 if hint == category else -0.05
     confidence -= 0.12 * len(ctx.missing) + 0.05 * len(ctx.stale) + (0.1 if ctx.tier is None else 0.0)
     if ctx.missing:
@@ -405,5 +413,5 @@ def decide(ticket: TicketInput, slices: Mapping[str, Slice], traits: Traits, as_
     return TriageDecision(
         ticket_id=ticket.id, category=category, priority=priority, sentiment=sentiment_of(ticket.text),
         team=TEAM_FOR[category], sla_hours=SLA_HOURS[priority], confidence=round(min(0.98, max(0.1, confidence)), 2),
-        suspected_injection=suspected, injection_signals=signals, evidence=_evidence(ctx), rationale=summary,
+        suspected_injection=bool(signals), injection_signals=signals, evidence=_evidence(ctx), rationale=summary,
     )

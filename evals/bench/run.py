@@ -600,7 +600,7 @@ def run_bench(out_dir: Path, customers: int = DEFAULT_CUSTOMERS, reviews: Sequen
         write_bench(report, out_dir)
 
     with open_store(settings.state_db_url) as store:
-        memory = ContextMemory(store, settings.tenant, settings.ttls)
+        memory = ContextMemory.of(store, settings)
         rows, report.active = measure_refresh(settings, memory, progress, (*STORY_DOMAINS, large.domain))
         add(*rows)
         held = [ns[2] for ns in store.list_namespaces(prefix=("customers", settings.tenant), limit=10**7)]

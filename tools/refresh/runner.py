@@ -226,7 +226,7 @@ class _Chunks:
         self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
         self.access = refresh_access(settings, memory.tenant)
         self.buffer = _WriteBuffer(memory.store)
-        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock)
+        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock, key=memory.key)
         self.bulk = None if slice_parallel else _Bulk(settings, self.clock, self.guard, self.buffered, self.buffer,
                                                       self.access)
         # Refresh reads live, through the buffered memory (its writes land in one transaction per chunk).
@@ -317,7 +317,7 @@ def default_workers(settings: Settings, customers: int) -> int:
 _worker: _Chunks | None = None
 
 
-def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], concurrency: int) -> None:
+def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], key: bytes, concurrency: int) -> None:
     """A worker process's own store connection, guard, access gate and chunk runner."""
     import atexit
     from contextlib import ExitStack
@@ -326,7 +326,7 @@ def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], concurr
     stack = ExitStack()
     atexit.register(stack.close)
     store = stack.enter_context(open_store(settings.state_db_url))
-    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls), None, concurrency)
+    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls, key=key), None, concurrency)
 
 
 def _work(chunk: list[tuple[str, list[str]]], keep_customers: bool) -> dict[str, Any]:
@@ -343,7 +343,7 @@ def _run_in_processes(settings: Settings, memory: ContextMemory, work: Iterable[
         raise ValueError("a refresh with worker processes needs memory on the real clock")
     ctx = multiprocessing.get_context("spawn")  # no inherited connections or locks
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                             initargs=(settings, memory.tenant, dict(memory.ttls), concurrency)) as pool:
+                             initargs=(settings, memory.tenant, dict(memory.ttls), memory.key, concurrency)) as pool:
         inflight: deque[tuple[Future, int]] = deque()
         for chunk in _chunks(((cid, list(names)) for cid, names in work), CHUNK):
             inflight.append((pool.submit(_work, chunk, tally.keep_customers), len(chunk)))
