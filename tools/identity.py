@@ -39,6 +39,12 @@ FREEMAIL = frozenset({
 _DOMAIN = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)/?$", re.IGNORECASE)
 _BATCH = 20_000
 
+MAX_REFERENCE_LENGTH = 320
+"""Longest customer reference accepted (characters, after trimming): an email address has at
+most 254, a domain 253, an id or a company name far fewer. Longer ones are refused before
+any query (a name search with a huge LIKE pattern fails inside SQLite)."""
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
 state = MetaData()
 identity_customer = Table(
     "identity_customer", state,
@@ -92,6 +98,22 @@ class AmbiguousCustomer(ReferenceError_):
         self.query, self.candidates = query, candidates
         names = "; ".join(f"{c.name} ({c.domain or c.customer_id})" for c in candidates)
         super().__init__(f"{query!r} matches {len(candidates)} customers: {names}. Use a domain, email or id.")
+
+
+def check_reference(text: str, what: str = "a customer reference") -> str:
+    """``text`` trimmed, if it can be a reference; else a one-line :class:`BadReference` (too
+    long, or not text: NUL characters or invalid UTF-8 a database cannot take).
+
+    Raises:
+        BadReference: the message names the limit, never echoes a huge value.
+    """
+    q = text.strip()
+    if len(q) > MAX_REFERENCE_LENGTH:
+        raise BadReference(f"{what} has {len(q):,} characters; at most {MAX_REFERENCE_LENGTH} are accepted "
+                           "(give an email, a domain, an id or a name)")
+    if _NOT_TEXT.search(q):
+        raise BadReference(f"{what} holds a NUL character or invalid UTF-8: {q[:40]!r}")
+    return q
 
 
 # ---------------------------------------------------------------- normalising
@@ -328,7 +350,7 @@ class IdentityIndex:
         Returns the customer and what matched (``email``, ``domain``, ``crm_id``, ``name``, ...).
         Raises BadReference, AmbiguousCustomer or CustomerNotFound with a one-line message.
         """
-        q = query.strip()
+        q = check_reference(query)
         if not q:
             raise BadReference("Give a customer: an email, a domain, an id or a name.")
         if "@" in q:

@@ -7,13 +7,17 @@ Precedence: an explicit argument > the environment > the default. Nested values 
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import types
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SOURCE_NAMES: tuple[str, ...] = (
     "crm", "billing", "product", "support", "email",
@@ -192,6 +196,30 @@ class Settings(BaseSettings):
     serve_max_concurrency: int = Field(
         default=8, ge=1, description="Requests the API and MCP servers work on at once; the rest wait their turn.")
 
+    @field_validator("ttls")
+    @classmethod
+    def _known_slices_over_defaults(cls, ttls: dict[str, int]) -> dict[str, int]:
+        """Slice names must be known (a misspelt one would silently do nothing) and TTLs >= 0;
+        the slices given override the catalogue's TTLs, the others keep theirs."""
+        unknown = sorted(set(ttls) - set(DEFAULT_TTLS))
+        if unknown:
+            raise ValueError(f"unknown slice{'s' if len(unknown) > 1 else ''} {_named(unknown, DEFAULT_TTLS)}; "
+                             f"the slices are {', '.join(DEFAULT_TTLS)}")
+        negative = sorted(name for name, seconds in ttls.items() if seconds < 0)
+        if negative:
+            raise ValueError(f"a TTL is seconds >= 0 (0: always read live), not {ttls[negative[0]]} for {negative[0]}")
+        return {**DEFAULT_TTLS, **ttls}
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, sources: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        """Source names must be known: a misspelt one would configure nothing."""
+        unknown = sorted(set(sources) - set(SOURCE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown source{'s' if len(unknown) > 1 else ''} {_named(unknown, SOURCE_NAMES)}; "
+                             f"the sources are {', '.join(SOURCE_NAMES)}")
+        return sources
+
     def source(self, name: str) -> SourceConfig:
         """The configuration of source ``name``, with defaults filled in."""
         cfg = self.sources.get(name) or SourceConfig()
@@ -209,3 +237,113 @@ class Settings(BaseSettings):
     @property
     def state_db_url(self) -> str:
         return self.state_url or f"sqlite:///{self.home / 'state.sqlite'}"
+
+
+def _named(unknown: list[str], known: Mapping[str, Any] | tuple[str, ...]) -> str:
+    """``'billng.status' (did you mean billing.status?)``, for each unknown name."""
+    def one(name: str) -> str:
+        close = difflib.get_close_matches(name, list(known), n=1)
+        return f"{name[:60]!r}" + (f" (did you mean {close[0]}?)" if close else "")
+
+    return ", ".join(one(n) for n in unknown)
+
+
+# ------------------------------------------------------------------ errors
+# What a setting accepts, by its type, for the one-line error of a bad value.
+_ACCEPTS: dict[Any, str] = {
+    float: "a number, e.g. 2.5", int: "a whole number, e.g. 3", bool: "true or false", str: "text",
+    datetime: "an ISO date/time, e.g. 2026-01-15T12:00:00Z", Path: "a file path",
+}
+_FIELD_ACCEPTS = {
+    "ttls": 'a JSON object of slice name to seconds, e.g. {"billing.status": 600}',
+    "sources": 'a JSON object of source name to {url, mapping, enabled, timeout_s}, or '
+               "CUSTCTX_SOURCES__<SOURCE>__URL=...",
+}
+
+
+def _annotation_at(loc: tuple[int | str, ...]) -> Any:
+    """The type the setting at ``loc`` (an error's location in Settings) is declared with."""
+    model: Any = Settings
+    annotation: Any = None
+    rest = list(loc)
+    while rest:
+        part = rest.pop(0)
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
+            return annotation
+        annotation = fields[part].annotation
+        while True:
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if get_origin(annotation) in (Union, types.UnionType) and len(args) == 1:
+                annotation = args[0]
+            elif get_origin(annotation) is dict and rest:
+                annotation, rest = get_args(annotation)[1], rest[1:]  # a dict key: its value type
+            else:
+                break
+        model = annotation
+    return annotation
+
+
+def _accepts(loc: tuple[int | str, ...]) -> str | None:
+    if len(loc) == 1 and loc[0] in _FIELD_ACCEPTS:
+        return _FIELD_ACCEPTS[str(loc[0])]
+    annotation = _annotation_at(loc)
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return f"a JSON object with {', '.join(annotation.model_fields)}"
+    return _ACCEPTS.get(annotation)
+
+
+def _variable(loc: tuple[int | str, ...], environ: Mapping[str, str], msg: str) -> tuple[str, str | None, str]:
+    """The environment variable a setting came from (the longest prefix of its location that
+    is set; nested settings use ``__``), its value, and the part of the location inside it.
+    A refused key of a nested setting (``CUSTCTX_SOURCES__SUPORT__URL``) is found by the
+    quoted name the message gives."""
+    upper = {k.upper(): v for k, v in environ.items()}
+    parts = [str(p) for p in loc]
+    for n in range(len(parts), 0, -1):
+        name = "CUSTCTX_" + "__".join(p.upper() for p in parts[:n])
+        if name in upper:
+            return name, upper[name], ".".join(parts[n:])
+    name = "CUSTCTX_" + "__".join(p.upper() for p in parts)
+    quoted = {q.upper() for q in re.findall(r"'([^']+)'", msg)}
+    nested = sorted(k for k in upper if k.startswith(name + "__") and k[len(name) + 2:].split("__")[0] in quoted)
+    if nested:
+        return nested[0], upper[nested[0]], ""
+    return name, None, ""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def settings_error(exc: BaseException, environ: Mapping[str, str] | None = None) -> str | None:
+    """One line for a settings error (a CUSTCTX_* value that cannot be used): which variable,
+    its value, what is wrong and what it accepts; None when ``exc`` is no settings error.
+
+    Example: ``CUSTCTX_GUARD__TIMEOUT_S='abc': Input should be a valid number, unable to parse
+    string as a number (expects a number, e.g. 2.5)``.
+    """
+    environ = os.environ if environ is None else environ
+    if isinstance(exc, SettingsError):  # pydantic-settings could not even decode the value (JSON)
+        m = re.search(r'field "([^"]+)"', str(exc))
+        if not m:
+            return f"a CUSTCTX_ setting cannot be read: {' '.join(str(exc).split())}"
+        name, value, _ = _variable((m.group(1),), environ, "")
+        accepts = _accepts((m.group(1),))
+        return (f"{name}{'=' + _shown(value) if value is not None else ''} cannot be read: "
+                f"{' '.join(str(exc.__cause__ or 'not valid JSON').split())}"
+                + (f" (expects {accepts})" if accepts else ""))
+    if not isinstance(exc, ValidationError) or exc.title != Settings.__name__:
+        return None
+    lines = []
+    for e in exc.errors():
+        msg = " ".join(str(e["msg"]).removeprefix("Value error, ").split())
+        name, value, inner = _variable(tuple(e["loc"]), environ, msg)
+        shown = _shown(value) if value is not None else _shown(e.get("input"))
+        accepts = _accepts(tuple(e["loc"]))
+        lines.append(f"{name}={shown}: {inner + ': ' if inner else ''}{msg}"
+                     + (f" (expects {accepts})" if accepts else ""))
+    return "; ".join(lines)

@@ -44,17 +44,28 @@ def _loaded(names: tuple[tuple[str, str], ...]) -> tuple[type[BaseException], ..
     return tuple(cls for cls in found if isinstance(cls, type) and issubclass(cls, BaseException))
 
 
+def _settings_error(exc: Exception) -> str | None:
+    """The one-line description of a bad CUSTCTX_* setting, if ``exc`` is one."""
+    settings = sys.modules.get("tools.settings")  # not imported: no Settings was built, none failed
+    describe = getattr(settings, "settings_error", None)
+    return describe(exc) if describe is not None else None
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr, never a traceback (unless CUSTCTX_DEBUG).
 
-    Exit codes: 1 data errors (and the commands' own: unknown customer), 2 bad option or an
-    unusable model setting, 3 ambiguous reference (the commands'), 4 the model gave no answer.
+    Exit codes: 1 data errors (and the commands' own: unknown customer), 2 bad option, a bad
+    CUSTCTX_* setting or an unusable model setting, 3 ambiguous reference (the commands'),
+    4 the model gave no answer.
     """
     try:
         app()
     except Exception as exc:
         if os.environ.get("CUSTCTX_DEBUG"):
             raise
+        if line := _settings_error(exc):
+            err.print(f"error: {line}", markup=False)
+            sys.exit(EXIT_BAD_OPTION)
         if isinstance(exc, _loaded(MODEL_ERRORS)):
             line = " ".join(str(exc).split()) or type(exc).__name__
             line = line if line.startswith("model ") else f"model: {line}"

@@ -9,21 +9,43 @@ product's modules are imported inside the helpers that need them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from tools.access.gate import Access
     from tools.settings import Settings
     from tools.sources.base import CustomerRef
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# C0 and C1 control characters but newline and tab: a terminal acts on them (ESC starts a
+# sequence that can move the cursor, retitle the window, …), so data shows them as escapes.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+class TextConsole(Console):
+    """A console that prints text as it is: no rich markup (``[bold]``, ``[/]`` in a customer
+    name or a reference is text, never a style or a MarkupError) unless a call passes
+    ``markup=True`` for its own literal styling, and control characters made visible. Every
+    string reaches the terminal through ``render_str`` — ``print`` arguments and table cells alike."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(markup=False, highlight=False, soft_wrap=True, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(_CONTROL.sub(lambda m: repr(m.group())[1:-1], text), **kwargs)
+
+
+err = TextConsole(stderr=True)
+out = TextConsole()
 
 ProgressCallback = Callable[[str, int, int], None]
 """``(stage, done, total)``: what long work reports its progress to."""
@@ -44,7 +66,7 @@ AsOpt = Annotated[str | None, typer.Option(
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr and return the exit to raise (``raise fail(...)``)."""
-    err.print(f"[red]error:[/red] {message}", markup=True)
+    err.print(f"[red]error:[/red] {escape(message)}", markup=True)
     return typer.Exit(code)
 
 
