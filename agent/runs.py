@@ -5,6 +5,7 @@ MCP server and the HTTP API all call these."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -14,23 +15,42 @@ from langgraph.store.base import BaseStore
 
 from agent.checkpoint import open_checkpointer
 from agent.graphs import assistant, review, triage
+from agent.graphs.nodes import NO_CUSTOMER_GIVEN, THREAD_NOT_CONTINUED
+from agent.graphs.triage import ticket_customer
 from agent.run_context import RunContext, RunServices, bound, services
 from agent.threads import ThreadLocks, roll_back_interrupted_turns
+from tools.access.gate import FORBIDDEN_TEMPLATE
+from tools.access.policy import Refused
 from tools.access.principal import Principal, default_principal
 from tools.context.assembly import CustomerContext, assemble_context, expand_slices
-from tools.context.read import resolve
+from tools.context.read import resolve, visible
 from tools.context.scope import ReadScope
-from tools.identity import IdentityIndex
+from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
 from tools.sources.base import CustomerRef, ReadClock
+from tools.sources.tickets import TicketInput, TicketNotFound, get_ticket, open_tickets
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+    from tools.refresh.jobs import RefreshReport
+
 
 def new_thread_id() -> str:
     return "t-" + uuid.uuid4().hex[:12]
+
+
+TICKETS = "support.tickets"
+#: What a missing ticket's owner is looked up as: a support organization no customer has.
+NO_TICKET = TicketInput(organization_id="-")
+
+
+def _may_read_tickets(scope: ReadScope) -> None:
+    """A support-source ticket is a ``support.tickets`` record: refused, before anything is read, to a
+    role the policy denies that slice (its subject and text would reach the triage's output)."""
+    if scope.access is not None and not scope.access.allows(TICKETS):
+        raise Refused(FORBIDDEN_TEMPLATE.format(role=scope.access.role.name, slice=TICKETS))
 
 
 class Runner:
@@ -97,17 +117,130 @@ class Runner:
         inp: dict[str, Any] = {"messages": [HumanMessage(question)]}
         if customer:
             inp["customer"] = customer
+        scope = scope or self.request(principal, fresh=fresh)
         with self.threads.hold(thread_id):  # waits for another process's turn, else ThreadBusy
             roll_back_interrupted_turns(self.assistant, thread_id)  # a turn a dead process left half-done
+            if refused := self.thread_refusal(thread_id, customer, scope):  # nothing written to the thread
+                return {"thread_id": thread_id, "error": refused}
             config = {"configurable": {"thread_id": thread_id},
                       "recursion_limit": assistant.recursion_limit(self.settings, max_plan_steps)}
             out = self._run(self.assistant, inp, config, scope, principal, fresh, model, chat_model, max_plan_steps)
         return {**(out.get("result") or {}), "thread_id": thread_id, "error": out.get("error")}
 
-    def thread_customer(self, thread_id: str) -> str | None:
-        """The customer a conversation thread is about (None: no such thread yet)."""
+    def thread_customer(self, thread_id: str, scope: ReadScope | None = None) -> str | None:
+        """The customer a conversation thread is about (None: no such thread yet). With a request's
+        ``scope``, None too for a thread whose customer that principal may not see: for it the
+        thread does not exist (its customer is never named)."""
+        values = self._thread_values(thread_id)
+        kept = values.get("customer_id")
+        if scope is not None and kept and not self._sees(scope, kept):
+            return None
+        return values.get("customer_name")
+
+    def _thread_values(self, thread_id: str) -> dict[str, Any]:
         snap = self.assistant.get_state({"configurable": {"thread_id": thread_id}})
-        return snap.values.get("customer_name") if snap and snap.values else None
+        return dict(snap.values) if snap and snap.values else {}
+
+    def _sees(self, scope: ReadScope, customer_id: str) -> bool:
+        customer = self.index.get(customer_id)
+        return customer is not None and visible(scope, customer)
+
+    def thread_refusal(self, thread_id: str, customer: str | None, scope: ReadScope) -> str | None:
+        """Why a turn on a thread whose customer the scope's principal may not see is refused before
+        the graph runs (so nothing is added to that thread), else None. Without ``customer`` the error
+        is a new thread's ("no customer given"); with one, that customer's own error, else a refusal
+        that names nothing of the thread."""
+        kept = self._thread_values(thread_id).get("customer_id")
+        if not kept or self._sees(scope, kept):
+            return None
+        if not customer:
+            return NO_CUSTOMER_GIVEN
+        try:
+            resolve(scope, customer)
+        except (AmbiguousCustomer, CustomerNotFound, BadReference) as exc:
+            return str(exc)
+        return THREAD_NOT_CONTINUED
+
+    # ------------------------------------------------------------- refresh
+    def event(self, kind: str, ref: str, *, scope: ReadScope | None = None,
+              principal: Principal | None = None) -> tuple[CustomerRef, RefreshReport]:
+        """A source event (``ticket.created``, ...) for one customer, refreshed as ``principal``: its role
+        needs the access policy's ``refresh`` permission (``Refused`` before anything is resolved), the
+        customer is resolved as it may see customers, and the refresh reads — and is audited — as it,
+        into its tenant's memory.
+
+        Raises:
+            Refused; ValueError for an unknown event kind; the identity errors of ``ref``.
+        """
+        from tools.refresh.jobs import event_slices, refresh_event
+
+        scope = scope or self.request(principal)
+        if scope.access is not None:
+            scope.access.role.require_refresh()
+        event_slices(kind)
+        customer, _ = resolve(scope, ref)
+        report = refresh_event(self.settings, scope.memory or self.memory(), kind, customer.customer_id,
+                               caller=scope.principal)
+        return customer, report
+
+    # ------------------------------------------------------------- tickets
+    def ticket(self, ticket_id: str, customer: str | None = None, *, scope: ReadScope | None = None,
+               principal: Principal | None = None) -> TicketInput:
+        """A support-source ticket by id, as ``principal`` may see it: the ticket's customer (its
+        requester's) is resolved and row-checked in the request's scope before anything of the ticket
+        is returned. A missing ticket, one whose customer the principal may not see and one of another
+        customer than ``customer`` all raise the same ``TicketNotFound`` after the same work (a missing
+        ticket pays the row check a hidden one pays). A stored ticket is a ``support.tickets``
+        record: a role the policy denies that slice may not look tickets up at all.
+
+        Raises:
+            Refused (the role may not read support.tickets), TicketNotFound, TicketSourceUnavailable;
+            the identity errors of ``customer``.
+        """
+        scope = scope or self.request(principal)
+        _may_read_tickets(scope)
+        named = resolve(scope, customer)[0].customer_id if customer else None
+        try:
+            ticket = get_ticket(self.settings, ticket_id)
+        except TicketNotFound:
+            ticket_customer(scope, NO_TICKET)  # the owner lookup and row check a hidden ticket pays
+            raise
+        owner = ticket_customer(scope, ticket)
+        if owner is None or (named is not None and owner[1].customer_id != named):
+            raise TicketNotFound(ticket.id or str(ticket_id))
+        return ticket
+
+    def open_tickets(self, limit: int | None = None, customer: str | None = None, *,
+                     scope: ReadScope | None = None, principal: Principal | None = None) -> Iterator[TicketInput]:
+        """Tickets waiting for triage (oldest first) that ``principal`` may see — with ``customer``, only
+        that customer's; ``limit`` counts the tickets returned. A ticket whose customer the principal may
+        not see is left out, never named. The query runs at once (``TicketSourceUnavailable`` here).
+
+        Raises:
+            Refused (the role may not read support.tickets), TicketSourceUnavailable; the identity
+            errors of ``customer``.
+        """
+        scope = scope or self.request(principal)
+        _may_read_tickets(scope)
+        named = resolve(scope, customer)[0].customer_id if customer else None
+        stream = open_tickets(self.settings)
+
+        def visible_only() -> Iterator[TicketInput]:
+            shown = 0
+            try:
+                for ticket in stream:
+                    if limit is not None and shown >= limit:
+                        return
+                    owner = ticket_customer(scope, ticket)
+                    if owner is not None and named in (None, owner[1].customer_id):
+                        shown += 1
+                        yield ticket
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+
+        return visible_only()
 
     def triage(self, ticket: dict[str, Any], customer: str | None = None, *, scope: ReadScope | None = None,
                principal: Principal | None = None, model: str | None = None,

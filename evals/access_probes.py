@@ -1,22 +1,31 @@
 """Access-control probes over evals/datasets/access.yaml: what each principal may see of
 each story customer, and the checks that find a leak, a missing mask or a missing audit
-record. Used by the `access` eval suite and by tests/test_access_probes.py."""
+record — through the context read path and through the other entry points (tickets by id,
+threads continued by another principal, events, and the timing of hidden vs missing
+references). Used by the `access` eval suite and by tests/test_access_probes.py."""
 
 from __future__ import annotations
 
 import json
 import re
+import statistics
+import time
+import uuid
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tools.access.audit import audit_log
-from tools.access.policy import marker
+from tools.access.policy import Refused, marker
 from tools.access.principal import Principal
 from tools.slices import SLICE_NAMES
+
+if TYPE_CHECKING:
+    from agent.runs import Runner
 
 DATASET = yaml.safe_load((Path(__file__).parent / "datasets" / "access.yaml").read_text(encoding="utf-8"))
 CUSTOMERS: list[dict[str, Any]] = DATASET["customers"]
@@ -33,6 +42,7 @@ class Expect:
     visible: frozenset[str]
     forbidden: frozenset[str]
     masked: dict[str, tuple[str, ...]]
+    refresh: bool = False
 
     @property
     def label(self) -> str:
@@ -49,7 +59,7 @@ def expectations() -> list[Expect]:
         visible = frozenset(REFS if p["visible"] == "all" else p["visible"])
         assert visible <= set(REFS) and set(p["forbidden"]) <= set(SLICE_NAMES), p["as"]
         out.append(Expect(role, user, visible, frozenset(p["forbidden"]),
-                          {k: tuple(v) for k, v in (p.get("masked") or {}).items()}))
+                          {k: tuple(v) for k, v in (p.get("masked") or {}).items()}, bool(p.get("refresh"))))
     return out
 
 
@@ -196,3 +206,223 @@ def check_audit(recs: list, exp: Expect, visible: bool, reads: int = 1) -> list[
     if {x.slice for x in recs if x.decision == "denied"} != set(exp.forbidden):
         problems.append("audit: denied records do not match the forbidden slices")
     return problems
+
+
+# ------------------------------------------------------------ the other entry points
+ENTRY = DATASET["entry_points"]
+
+
+@dataclass
+class Probe:
+    """One probe of an entry point: problems (``LEAK …`` ones are leaks), audit problems, its time,
+    and informational figures (the timing probe's medians)."""
+
+    case: str
+    problems: list[str]
+    audit: list[str]
+    ms: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+def _leaks(text: str, base: Baseline, exp: Expect) -> list[str]:
+    return [f"LEAK {why}: {n!r}" for n, why in needles(base, exp).items() if n in text]
+
+
+def _hidden_audit(settings: Any, base: Baseline, since: Any, interface: str, exp: Expect) -> list[str]:
+    """A hidden customer's records: at most its row check, nothing read."""
+    read = [x for x in audited(settings, base.customer_id, since, interface, exp)
+            if not (x.detail or "").startswith("row check")]
+    return [f"audit: {len(read)} slice record(s) for a hidden customer"] if read else []
+
+
+def story_tickets(runner: Runner, baseline: dict[str, Baseline]) -> dict[str, str]:
+    """One support-source ticket id per story customer that has one (its requester's customer, as
+    the runner's admin sees it): from the open queue, then the labelled triage tickets."""
+    from agent.graphs.triage import ticket_customer
+    from tools.embedded.triage import load_triage_tickets
+    from tools.sources.tickets import TicketNotFound
+
+    scope = runner.request()
+    by_id = {b.customer_id: ref for ref, b in baseline.items()}
+    found: dict[str, str] = {}
+    candidates = [t.id for t in runner.open_tickets(scope=scope)] + [str(t["id"]) for t in load_triage_tickets()]
+    for tid in candidates:
+        try:
+            ticket = runner.ticket(str(tid), scope=scope)
+        except TicketNotFound:
+            continue
+        owner = ticket_customer(scope, ticket)
+        if owner is not None and (ref := by_id.get(owner[1].customer_id)) and ref not in found:
+            found[ref] = str(tid)
+    return found
+
+
+def ticket_probes(runner: Runner, baseline: dict[str, Baseline], tickets: dict[str, str]) -> Iterator[Probe]:
+    """Every principal × every story customer's ticket by id: a visible one is triaged for its own
+    customer (no leak in the result), a hidden one raises the not-found error of a missing ticket
+    after reading nothing of the customer, and a visible one with another visible customer named
+    is not found either. A role denied support.tickets may not look tickets up at all (refused
+    before anything is read: a ticket's subject is a support.tickets record)."""
+    from tools.sources.base import utcnow
+    from tools.sources.tickets import TicketNotFound
+
+    for exp in EXPECT:
+        try:
+            runner.ticket(ENTRY["missing_ticket"], scope=runner.request(exp.principal("runner")))
+            missing = ""
+        except (TicketNotFound, Refused) as exc:
+            missing = str(exc).replace(ENTRY["missing_ticket"], "X")
+        for ref, tid in tickets.items():
+            base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
+            scope = runner.request(exp.principal("runner"))
+            problems: list[str] = []
+            try:
+                ticket = runner.ticket(tid, scope=scope)
+            except Refused:
+                if "support.tickets" not in exp.forbidden:
+                    problems.append(f"ticket {tid} refused to a role that may read support.tickets")
+                recs = audited(runner.settings, base.customer_id, since, "runner", exp)
+                audit = [f"audit: {len(recs)} record(s) for a refused lookup"] if recs else []
+                yield Probe(f"ticket {exp.label} × {ref} (#{tid})", problems, audit, (time.perf_counter() - t0) * 1000)
+                continue
+            except TicketNotFound as exc:
+                if ref in exp.visible:
+                    problems.append(f"visible ticket {tid} not found")
+                elif str(exc).replace(tid, "X") != missing:
+                    problems.append(f"hidden ticket {tid}: {exc} differs from a missing ticket's error")
+                audit = _hidden_audit(runner.settings, base, since, "runner", exp)
+            else:
+                if ref not in exp.visible or "support.tickets" in exp.forbidden:
+                    problems.append(f"ticket {tid} returned to {exp.label}")
+                res = runner.triage(ticket.model_dump(mode="json"), scope=scope)
+                if res.get("error") or (res.get("customer") or {}).get("name") != base.name:
+                    problems.append(f"ticket {tid} triaged as {res.get('error') or res.get('customer')}")
+                problems += _leaks(json.dumps(res, ensure_ascii=False, default=str), base, exp)
+                recs = audited(runner.settings, base.customer_id, since, "runner", exp)
+                audit = [] if {x.slice for x in recs} >= set(res.get("slices_used") or []) else \
+                    ["audit: a slice the triage used has no record"]
+                other = next((r for r in REFS if r in exp.visible and r != ref), None)
+                if other is not None:
+                    try:
+                        runner.ticket(tid, other, scope=scope)
+                        problems.append(f"ticket {tid} of {ref} found as {other}'s")
+                    except TicketNotFound as exc:
+                        if str(exc).replace(tid, "X") != missing:
+                            problems.append(f"ticket {tid} named with {other}: {exc}")
+            yield Probe(f"ticket {exp.label} × {ref} (#{tid})", problems, audit, (time.perf_counter() - t0) * 1000)
+
+
+def thread_probes(runner: Runner, baseline: dict[str, Baseline]) -> Iterator[Probe]:
+    """A conversation an admin started about each story customer, continued by every principal: one who
+    sees the customer gets an answer about it; one who does not gets exactly what a thread that does
+    not exist gives (its customer never named, nothing read, nothing added to the thread)."""
+    from tools.sources.base import utcnow
+
+    admin = Principal(TENANT, "root", "admin", interface="runner")
+    threads = {}
+    for ref in REFS:
+        threads[ref] = f"probe-{uuid.uuid4().hex[:12]}"
+        runner.ask("What's their billing status?", ref, threads[ref], principal=admin)
+    for exp in EXPECT:
+        for ref in REFS:
+            base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
+            scope = runner.request(exp.principal("runner"))
+            named = runner.thread_customer(threads[ref], scope)
+            res = runner.ask("and their usage?", None, threads[ref], scope=scope)
+            problems: list[str] = []
+            if ref in exp.visible:
+                audit = []
+                if named != base.name or res.get("error") or (res.get("customer") or {}).get("name") != base.name:
+                    problems.append(f"visible thread: named {named!r}, error {res.get('error')!r}")
+                problems += _leaks(json.dumps(res, ensure_ascii=False, default=str), base, exp)
+            else:
+                gone = runner.ask("and their usage?", None, f"probe-none-{uuid.uuid4().hex[:12]}",
+                                  scope=runner.request(exp.principal("runner")))
+                same = {k: v for k, v in res.items() if k != "thread_id"} == \
+                    {k: v for k, v in gone.items() if k != "thread_id"}
+                if named is not None or not same:
+                    problems.append(f"hidden thread: named {named!r}, answered {res.get('error')!r}")
+                if base.name in json.dumps(res, ensure_ascii=False, default=str) or ref in str(res.get("error")):
+                    problems.append("LEAK hidden thread names its customer")
+                audit = _hidden_audit(runner.settings, base, since, "runner", exp)
+            yield Probe(f"thread {exp.label} × {ref}", problems, audit, (time.perf_counter() - t0) * 1000)
+
+
+def event_probes(runner: Runner, baseline: dict[str, Baseline]) -> Iterator[Probe]:
+    """An event for every story customer sent by every principal: refused before anything is resolved
+    for a role without ``refresh``; else refreshed for a customer it sees (every read audited as the
+    caller, none as the refresh job) and not found for one it does not."""
+    from tools.identity import CustomerNotFound
+    from tools.sources.base import utcnow
+
+    for exp in EXPECT:
+        for ref in REFS:
+            base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
+            problems: list[str] = []
+            try:
+                runner.event("ticket.created", ref, principal=exp.principal("http"))
+                outcome = "refreshed"
+            except Refused:
+                outcome = "refused"
+            except CustomerNotFound:
+                outcome = "not found"
+            want = "refused" if not exp.refresh else "refreshed" if ref in exp.visible else "not found"
+            if outcome != want:
+                problems.append(f"event: {outcome}, expected {want}")
+            recs = [x for x in audit_log(runner.settings.state_db_url).query(TENANT, base.customer_id, since,
+                                                                              limit=None)]
+            mine = audited(runner.settings, base.customer_id, since, "http", exp)
+            audit = []
+            if len(mine) != len(recs):
+                audit.append(f"audit: {len(recs) - len(mine)} record(s) not under the caller")
+            if want == "refreshed" and not mine:
+                audit.append("audit: the refresh has no record")
+            if want == "refused" and recs:
+                audit.append("audit: a refused event read something")
+            yield Probe(f"event {exp.label} × {ref}", problems, audit, (time.perf_counter() - t0) * 1000)
+
+
+def timing_probes(runner: Runner) -> Iterator[Probe]:
+    """Hidden vs non-existent references through the read path (``custctx context``'s: resolve as the
+    principal may, then read; ``ticket:ID``: the ticket lookup by id), ``requests`` each, interleaved
+    after a warm-up: their medians must not differ by more than ``max_gap_ms`` — a difference would
+    tell a hidden customer (or ticket) from a missing one."""
+    from tools.context.assembly import read_customer_context
+    from tools.identity import CustomerNotFound
+    from tools.sources.tickets import TicketNotFound
+
+    spec = ENTRY["timing"]
+    exp = next(e for e in EXPECT if e.label == spec["as"])
+    n, gap, warm = int(spec["requests"]), float(spec["max_gap_ms"]), 20
+
+    def concrete_ref(ref: str) -> str:
+        if ref.startswith("billing-id-of:"):
+            return "billing:" + runner.resolve(ref.partition(":")[2])[0].anchors["billing"]
+        return ref
+
+    for hidden_ref, missing_ref in spec["pairs"]:
+        hidden, missing = concrete_ref(hidden_ref), concrete_ref(missing_ref)
+        times: dict[str, list[float]] = {hidden: [], missing: []}
+        problems: list[str] = []
+        t0 = time.perf_counter()
+        for i in range(warm + n):
+            for ref in (hidden, missing) if i % 2 == 0 else (missing, hidden):
+                started = time.perf_counter()
+                try:
+                    if ref.startswith("ticket:"):  # a ticket by id: its owner resolved and row-checked
+                        runner.ticket(ref.partition(":")[2], scope=runner.request(exp.principal("cli")))
+                    else:
+                        read_customer_context(runner.request(exp.principal("cli")), ref, list(SLICE_NAMES))
+                    problems.append(f"{ref} was found")
+                except (CustomerNotFound, TicketNotFound):
+                    pass
+                if i >= warm:
+                    times[ref].append((time.perf_counter() - started) * 1000)
+        mh, mm = statistics.median(times[hidden]), statistics.median(times[missing])
+        note = f"medians over {n} requests each: hidden {mh:.2f} ms, missing {mm:.2f} ms (gap {abs(mh - mm):.2f} ms)"
+        if abs(mh - mm) > gap:
+            problems.append(f"timing tells them apart: {note}")
+        yield Probe(f"timing {exp.label}: {hidden_ref} vs {missing_ref}", sorted(set(problems)), [],
+                    (time.perf_counter() - t0) * 1000,
+                    {"hidden_median_ms": round(mh, 3), "missing_median_ms": round(mm, 3)}, note)

@@ -281,7 +281,10 @@ class Suites:
 
     def access(self, trial: int) -> Iterator[CaseResult]:
         """Every principal of access.yaml × every story customer, all slices, through the CLI's read
-        path: zero leaks, the policy's slices and masks exactly, every read audited."""
+        path: zero leaks, the policy's slices and masks exactly, every read audited. Then the other
+        entry points for every principal × story customer — the customer's ticket by id, a thread an
+        admin started continued by the principal, an event — and the timing of hidden vs missing
+        references (their medians are reported as hidden_median_ms / missing_median_ms)."""
         from agent.brief import render_brief
         from evals import access_probes as ap
         from tools.access.principal import Principal
@@ -319,6 +322,17 @@ class Suites:
                               ev.result("audit_complete", float(not audit), "; ".join(audit))]
                     yield CaseResult("access", f"{exp.label} × {ref}", trial, _passed(scores), scores,
                                      (time.perf_counter() - t0) * 1000, 0)
+            probes = itertools.chain(ap.ticket_probes(runner, baseline, ap.story_tickets(runner, baseline)),
+                                     ap.thread_probes(runner, baseline), ap.event_probes(runner, baseline),
+                                     ap.timing_probes(runner))
+            for p in probes:
+                leaks = [x for x in p.problems if x.startswith("LEAK")]
+                scores = [ev.result("leaks", float(len(leaks)), "; ".join(leaks[:3])),
+                          ev.result("access_policy", float(len(p.problems) == len(leaks)),
+                                    "; ".join(x for x in p.problems if not x.startswith("LEAK"))[:300]),
+                          ev.result("audit_complete", float(not p.audit), "; ".join(p.audit)),
+                          *(ev.result(k, v, p.note) for k, v in p.metrics.items())]
+                yield CaseResult("access", p.case, trial, _passed(scores), scores, p.ms, 0, note=p.note)
 
 
 def _merge(base: Any, value: Any) -> Any:
@@ -328,7 +342,7 @@ def _merge(base: Any, value: Any) -> Any:
 
 
 LOWER_IS_BETTER = {"unsupported_claims", "leaks", "forbidden_slices", "token_ratio"}
-INFORMATIONAL = {"token_ratio"}
+INFORMATIONAL = {"token_ratio", "hidden_median_ms", "missing_median_ms"}  # the access suite's timing medians
 
 
 def _passed(scores: list[dict[str, Any]]) -> bool:

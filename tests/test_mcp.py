@@ -4,12 +4,14 @@ MCP Python client over stdio and over streamable HTTP."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -85,8 +87,33 @@ CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+MCP_KEY = "k-mcp-agent-3c1d"  # the HTTP transport's bearer key (support_agent, as the stdio server's default)
+
+
+def write_keys(home) -> str:
+    path = home / "mcp-keys.json"
+    path.write_text(json.dumps({MCP_KEY: {"user": "mcp-http", "role": "support_agent"}}), encoding="utf-8")
+    return str(path)
+
+
+def authorized(url: str, key: str = MCP_KEY) -> Any:
+    """A streamable-HTTP transport to ``url`` sending ``Authorization: Bearer <key>``."""
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    @asynccontextmanager
+    async def transport():  # noqa: ANN202
+        async with create_mcp_http_client(headers={"Authorization": f"Bearer {key}"}) as http, \
+                streamable_http_client(url, http_client=http) as streams:
+            yield streams
+
+    return transport()
+
+
 async def conversation(target: Any) -> dict[str, Any]:
     """One client session: list the tools, make every call in CALLS, and one by canonical id."""
+    if isinstance(target, str):
+        target = authorized(target)
     async with Client(target, read_timeout_seconds=120) as client:
         listed = await client.list_tools()
         out: dict[str, Any] = {"tools": {t.name: t for t in listed.tools}}
@@ -113,8 +140,9 @@ def stdio_session(home):
 @pytest.fixture(scope="module")
 def http_server(home):
     port = free_port()
+    env = {**server_env(home), "CUSTCTX_API_KEYS_FILE": write_keys(home)}
     proc = subprocess.Popen(custctx_cmd("serve", "mcp", "--transport", "http", "--port", str(port)),
-                            env=server_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_until_up(proc, f"http://127.0.0.1:{port}/healthz")

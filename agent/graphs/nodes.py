@@ -25,6 +25,8 @@ from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
 
 FETCH = "fetch_slice"
+NO_CUSTOMER_GIVEN = "No customer given: name one by email, domain, id or name."
+THREAD_NOT_CONTINUED = "This conversation cannot be continued: start a new one."
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -62,13 +64,17 @@ def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, An
     ref = (state.get("customer") or "").strip()
     scope = run_services(runtime).scope
     assert scope.index is not None  # run services are built with the process's identity index
-    if (kept_id := state.get("customer_id")) and (not ref or ref == state.get("resolved_ref")):
-        kept = scope.index.get(kept_id)  # whoever continues a thread must still see its customer
-        if kept is not None and not visible(scope, kept):
-            return {**base, "error": str(CustomerNotFound(state.get("resolved_ref") or kept.name, []))}
+    # Whoever continues a thread must still see its customer. A thread whose customer the principal
+    # may not see is, for it, a thread with no customer: nothing of it (its customer, the reference
+    # it was started with) is named, and it is not continued with another customer either (its
+    # earlier turns would be sent to the model).
+    kept_id = state.get("customer_id")
+    kept = scope.index.get(kept_id) if kept_id else None
+    hidden_thread = bool(kept_id) and (kept is None or not visible(scope, kept))
+    if kept_id and not hidden_thread and (not ref or ref == state.get("resolved_ref")):
         return base
     if not ref:
-        return {**base, "error": "No customer given: name one by email, domain, id or name."}
+        return {**base, "error": NO_CUSTOMER_GIVEN}
     try:
         customer, matched_by = resolve(scope, ref)
     except AmbiguousCustomer as exc:
@@ -76,6 +82,8 @@ def resolve_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, An
         return {**base, "error": f"{exc} Candidates: {names}."}
     except (CustomerNotFound, BadReference) as exc:
         return {**base, "error": str(exc)}
+    if hidden_thread:
+        return {**base, "error": THREAD_NOT_CONTINUED}
     return {**base, "customer_id": customer.customer_id, "customer_name": customer.name,
             "matched_by": matched_by, "resolved_ref": ref}
 

@@ -31,25 +31,67 @@ from agent.results import SLA_HOURS, TEAM_FOR, TriageDecision
 from agent.run_context import RunContext, run_services
 from agent.state import State, TriageInput, TriageOutput
 from agent.steps import TRIAGE_STEPS
-from tools.sources.tickets import TicketInput
+from tools.context.read import row_check_unmatched, visible
+from tools.context.scope import ReadScope
+from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
+from tools.sources.base import CustomerRef
+from tools.sources.tickets import TicketInput, TicketNotFound
 from tools.traits import derive_traits
+
+NO_CUSTOMER = "the ticket names no requester email or organization that matches a customer: give the customer"
+OTHER_CUSTOMER = "the ticket's requester is not a contact of {customer!r}: give the requester's own customer, or none"
+
+
+def ticket_customer(scope: ReadScope, ticket: TicketInput) -> tuple[str, CustomerRef] | None:
+    """Whose ticket this is, as the scope's principal may see customers.
+
+    The ticket belongs to the customer the first of its references (requester email, then support
+    organization) matches in the identity index — whether or not the principal may see it: a
+    requester of a hidden customer does not fall through to another reference. That customer is
+    row-checked in the request's scope; the reference and the customer are returned when the
+    principal sees it, else None — no match and a hidden customer are the same answer, after the
+    same work (a ticket no reference matches pays the row check a hidden one pays)."""
+    assert scope.index is not None  # a request's scope carries the process's identity index
+    for ref in ticket.customer_refs():
+        try:
+            customer, _ = scope.index.resolve(ref)
+        except (CustomerNotFound, AmbiguousCustomer, BadReference):
+            continue
+        return (ref, customer) if visible(scope, customer) else None
+    row_check_unmatched(scope)
+    return None
 
 
 def resolve_ticket_customer(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The customer is the one given, else the ticket requester's (by email, then organization)."""
+    """Whose ticket this is, before anything of the ticket is used.
+
+    A ticket belongs to the customer its requester resolves to (email, then support organization) as
+    the run's principal may see customers. A ticket with an id is a support-source ticket: when no
+    customer the principal sees owns it, or it belongs to another customer than the one given, it is
+    not found — the error a missing ticket gets, naming nothing of the ticket. A ticket given as input
+    (a file, an API body: the caller wrote it) is triaged for the customer given, else its requester's.
+    """
     ticket = TicketInput.model_validate(state.get("ticket") or {})
-    if state.get("customer"):
-        return resolve_customer(state, runtime)
-    tries = [t for t in (ticket.requester_email, f"support:{ticket.organization_id}" if ticket.organization_id
-                         else None) if t]
-    last: dict[str, Any] = {}
-    for ref in tries:
-        last = resolve_customer({**state, "customer": ref}, runtime)
-        if not last.get("error"):
-            return last
-    return last or {**resolve_customer(state, runtime),
-                    "error": f"ticket {ticket.id or '(from file)'} names no requester email or organization "
-                             "that matches a customer"}
+    scope = run_services(runtime).scope
+    given = (state.get("customer") or "").strip()
+    named = resolve_customer(state, runtime) if given else None  # the caller's customer first, as the interfaces
+    if named is not None and named.get("error"):
+        return named
+    owner = ticket_customer(scope, ticket)
+    owner_id = owner[1].customer_id if owner else None
+
+    def failed(message: str) -> dict[str, Any]:
+        return {**resolve_customer({**state, "customer": ""}, runtime), "error": message}
+
+    if ticket.id is not None and (owner_id is None or (named is not None and owner_id != named["customer_id"])):
+        return failed(str(TicketNotFound(ticket.id)))
+    if named is not None:
+        if owner_id is not None and owner_id != named["customer_id"]:
+            return failed(OTHER_CUSTOMER.format(customer=given))
+        return named
+    if owner is None:
+        return failed(NO_CUSTOMER)
+    return resolve_customer({**state, "customer": owner[0]}, runtime)
 
 
 def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:

@@ -13,7 +13,8 @@ The endpoints are thin: they parse the request and call ``agent.interfaces.servi
 
 from __future__ import annotations
 
-import json
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -26,7 +27,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.interfaces.service import (
     ApiKeys,
@@ -40,14 +43,24 @@ from agent.interfaces.service import (
     ticket_input,
 )
 from agent.models import ModelError
+from tools.access.policy import Refused
 from tools.access.principal import Principal
 from tools.context.assembly import UnknownSlice
 from tools.context.view import reference_view
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.settings import Settings
-from tools.sources.tickets import TicketInput, TicketNotFound, TicketSourceUnavailable
+from tools.sources.tickets import (
+    MAX_JSON_BYTES,
+    MAX_JSON_DEPTH,
+    JsonInputError,
+    TicketInput,
+    TicketNotFound,
+    TicketSourceUnavailable,
+    load_json_input,
+)
 
 T = TypeVar("T")
+log = logging.getLogger("custctx.api")
 
 
 # ------------------------------------------------------------------ errors
@@ -93,7 +106,7 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError(503, "source_unavailable", first)
     if isinstance(exc, NotAvailable):
         return ApiError(501, "not_implemented", first)
-    if isinstance(exc, policy_errors()):
+    if isinstance(exc, (Refused, *policy_errors())):  # a permission the role lacks, or a role the policy lacks
         return ApiError(403, "forbidden", first)
     if isinstance(exc, ModelError):  # the model behind this server gave no answer: a bad gateway
         return ApiError(502, "model_unavailable", first)
@@ -101,7 +114,7 @@ def as_api_error(exc: Exception) -> ApiError:
 
 
 SERVICE_ERRORS = (AmbiguousCustomer, CustomerNotFound, BadReference, UnknownSlice, WorkflowFailed, InvalidRequest,
-                  TicketNotFound, TicketSourceUnavailable, NotAvailable, ModelError, *policy_errors())
+                  TicketNotFound, TicketSourceUnavailable, NotAvailable, ModelError, Refused, *policy_errors())
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No API key, or an unknown one."},
     403: {"model": ErrorBody, "description": "The key's role is not defined by the access policy."},
@@ -112,8 +125,12 @@ CUSTOMER_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No customer matches the reference (with the closest names)."},
     409: {"model": ErrorBody, "description": "The reference matches several customers: `candidates` lists them."},
 }
-WORKFLOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+BODY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **CUSTOMER_RESPONSES,
+    413: {"model": ErrorBody, "description": "The body is larger than 1 MiB (the connection is then closed)."},
+}
+WORKFLOW_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **BODY_RESPONSES,
     502: {"model": ErrorBody, "description": "The chat model gave no answer (unreachable, timed out, rate "
                                              "limited or failing after retries, misconfigured): the message names "
                                              "the model, its endpoint and the cause."},
@@ -191,6 +208,7 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
                               "(the reference get_customer_context shape plus gaps, conflicts and provenance), "
                               "ticket triage, account reviews, source events and source health.")
     install_error_handlers(app)
+    app.add_middleware(RequestGuard)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the server is up (no key needed, no data)")
     async def healthz(request: Request) -> dict[str, Any]:
@@ -226,8 +244,12 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
     async def reviews(request: Request, who: Caller, body: ReviewRequest) -> dict[str, Any]:
         return await run_service(request, lambda s: s.review(body.customer, principal=who))
 
-    @app.post("/v1/events", tags=["refresh"], responses={**CUSTOMER_RESPONSES, 501: {"model": ErrorBody}},
-              summary="A source event for one customer (e.g. ticket.created): refresh its long-term memory")
+    @app.post("/v1/events", tags=["refresh"], responses={
+        **BODY_RESPONSES, 501: {"model": ErrorBody},
+        403: {"model": ErrorBody, "description": "The key's role may not trigger a refresh (the access policy's "
+                                                 "`refresh` permission), or is not defined by the policy."}},
+              summary="A source event for one customer (e.g. ticket.created): refresh its long-term memory "
+                      "(needs the refresh permission; audited as the caller)")
     async def events(request: Request, who: Caller, body: EventRequest) -> dict[str, Any]:
         return await run_service(request, lambda s: s.event(body.kind, body.customer, principal=who))
 
@@ -258,8 +280,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}"
                              for e in exc.errors())
-        return error_response(422, "invalid_request", problems or "invalid request",
-                              details=json.loads(json.dumps(exc.errors(), default=str)))
+        # Not the rejected input itself: it may be huge, or a value JSON cannot carry (NaN).
+        details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg")), "type": str(e.get("type"))}
+                   for e in exc.errors()]
+        return error_response(422, "invalid_request", " ".join(problems.split()) or "invalid request",
+                              details=details)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -269,6 +294,97 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> JSONResponse:
         return error_response(500, "internal_error", f"the server failed ({type(exc).__name__}); see its log")
+
+
+_JSON_TYPE = re.compile(r"^application/(?:[\w.-]+\+)?json\s*(?:;|$)")
+
+
+class _ClientGone(Exception):
+    """The client disconnected while sending its body: there is no one to answer."""
+
+
+class RequestGuard:
+    """The app's outer layer (inside Starlette's ServerErrorMiddleware, around everything else).
+
+    Bodies: at most ``MAX_JSON_BYTES`` (413 ``body_too_large``, and the connection is closed
+    rather than the rest of the body read); a body sent as JSON (``application/json``,
+    ``…+json`` or no content type) must be JSON within the input limits of
+    ``tools.sources.tickets.load_json_input`` — no NaN or Infinity, nested at most
+    ``MAX_JSON_DEPTH`` levels, valid text — or it is refused with 422 ``invalid_request``
+    before an endpoint parses it (Python's json takes NaN, and recurses on deep nesting).
+
+    Errors: an exception no handler answered is logged and answered with the JSON 500 here,
+    not re-raised: Starlette's ServerErrorMiddleware re-raises after answering, and the
+    server then closes the keep-alive connection under the client's next request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            if scope["method"] in ("POST", "PUT", "PATCH"):
+                refusal, receive = await self._checked_body(scope, receive)
+                if refusal is not None:
+                    await refusal(scope, receive, tracked)
+                    return
+            await self.app(scope, receive, tracked)
+        except _ClientGone:
+            return
+        except Exception as exc:
+            log.exception("%s %s failed", scope["method"], str(scope.get("path"))[:200])
+            if started:
+                raise  # half an answer is out: only closing the connection ends it
+            crash = error_response(500, "internal_error", f"the server failed ({type(exc).__name__}); see its log")
+            await crash(scope, receive, send)
+
+    @staticmethod
+    async def _checked_body(scope: Scope, receive: Receive) -> tuple[JSONResponse | None, Receive]:
+        """The refusal of a body over the limits (or None), and a ``receive`` that replays it."""
+        headers = Headers(scope=scope)
+        too_large = error_response(413, "body_too_large", f"the request body is larger than {MAX_JSON_BYTES:,} "
+                                   "bytes", {"Connection": "close"})
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+            return too_large, receive
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise _ClientGone()
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_JSON_BYTES:
+                return too_large, receive
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        content_type = headers.get("content-type", "").strip().lower()
+        if body and (not content_type or _JSON_TYPE.match(content_type)):
+            try:
+                load_json_input(body, MAX_JSON_BYTES, MAX_JSON_DEPTH)
+            except JsonInputError as exc:
+                return error_response(422, "invalid_request", f"the request body: {exc}"), receive
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: the client's disconnect, when it comes
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return None, replay
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None,

@@ -4,9 +4,11 @@ Tools: ``get_customer_context`` exactly as the reference defines it (``customer_
 or ``customer_id``, ``include_history``) returning the reference JSON shape plus gaps,
 conflicts and provenance; ``get_customer_slices`` (named slices only);
 ``triage_ticket``; ``generate_account_review``. The tools call the same Runner as the
-CLI (``agent.interfaces.service.ContextService``). Every call is made for one principal taken
-from configuration (``CUSTCTX_MCP__ROLE`` / ``CUSTCTX_MCP__USER``, tenant
-``CUSTCTX_TENANT``), never from the model's arguments.
+CLI (``agent.interfaces.service.ContextService``). Every call is made for a principal, never
+taken from the model's arguments: over stdio the configured one (``CUSTCTX_MCP__ROLE`` /
+``CUSTCTX_MCP__USER``, tenant ``CUSTCTX_TENANT``); over HTTP the one each request's bearer token
+maps to in the HTTP API's key file (``CUSTCTX_API_KEYS_FILE``, checked by the SDK's auth
+middleware through :class:`ApiKeyVerifier`; no key or an unknown key: 401).
 
 A tool docstring is a prompt for the model; maintainer notes are ``#`` comments.
 """
@@ -19,31 +21,46 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, Literal
 
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field, WithJsonSchema
+from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import AnyHttpUrl, Field, ValidationError, WithJsonSchema
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from agent.interfaces.service import (
     QUICK_SLICES,
+    ApiKeys,
+    ConfigError,
     ContextService,
     InvalidRequest,
     NotAvailable,
     WorkflowFailed,
     check_role,
+    key_digest,
+    load_api_keys,
     mcp_principal,
     policy_errors,
     ticket_input,
 )
 from agent.models import ModelError
+from tools.access.policy import Refused
+from tools.access.principal import Principal
 from tools.context.assembly import CustomerContext, UnknownSlice
 from tools.context.view import reference_view
-from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, is_email
+from tools.identity import (
+    AmbiguousCustomer,
+    BadReference,
+    CustomerNotFound,
+    check_reference,
+    is_email,
+)
 from tools.settings import Settings
 from tools.slices import SLICE_NAMES
-from tools.sources.tickets import TicketNotFound, TicketSourceUnavailable
+from tools.sources.tickets import MAX_JSON_BYTES, TicketNotFound, TicketSourceUnavailable
 
 SliceName = Literal[SLICE_NAMES]  # type: ignore[valid-type]  # the enum in the tool schema
 
@@ -70,7 +87,7 @@ def _optional_text(description: str) -> Any:
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     CustomerNotFound, BadReference, UnknownSlice, InvalidRequest, WorkflowFailed, TicketNotFound,
-    TicketSourceUnavailable, NotAvailable, ModelError, *policy_errors())
+    TicketSourceUnavailable, NotAvailable, ModelError, Refused, *policy_errors())
 """Failures a model can act on (or report: the server's own model gave no answer, naming the model,
 its endpoint and the cause), reported as tool errors with their one-line message."""
 
@@ -88,6 +105,25 @@ def tool_errors() -> Iterator[None]:
         raise ToolError(str(exc).splitlines()[0]) from None
 
 
+class CustomerContextServer(MCPServer):
+    """The MCP server, with arguments that fail the tool's schema (a number for a string, a
+    nested list, NaN) reported as a one-line tool error naming each argument and the problem,
+    like every other failure the model can act on (the SDK's text spans several lines)."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any],
+                        context: Any = None) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(exc, UnexpectedToolError) or not isinstance(cause, ValidationError):
+                raise
+            problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'arguments'}: {e['msg']}"
+                                 for e in cause.errors())
+            raise ToolError(f"Error executing tool {name}: invalid arguments: {' '.join(problems.split())}") \
+                from cause
+
+
 def context_reference(ctx: CustomerContext) -> dict[str, Any]:
     """The reference response shape, with the slices that were read."""
     return reference_view(ctx, include_slices=True)
@@ -100,12 +136,55 @@ def slices_view(ctx: CustomerContext) -> dict[str, Any]:
                                  "conflicts")} | {"name": ctx.name}
 
 
-def build_server(service: ContextService) -> MCPServer:
-    """The MCP server with its four tools, bound to one service and the configured principal."""
+class ApiKeyVerifier:
+    """The SDK's ``TokenVerifier`` over the HTTP API's key file: a bearer token is an API key, and
+    the access token it yields carries the key's principal (tenant, user, role) in its claims. The
+    SDK binds each HTTP session to the (client, subject) that opened it, so one key's session cannot
+    be used with another key."""
+
+    def __init__(self, keys: ApiKeys):
+        self.keys = keys
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        who = self.keys.principal(token)
+        if who is None:
+            return None
+        return AccessToken(token=key_digest(token), client_id=who.user, scopes=[], subject=who.label(),
+                           claims={"tenant": who.tenant, "user": who.user, "role": who.role, "scope": who.scope})
+
+
+NO_TOKEN = "an API key is required: send 'Authorization: Bearer <key>' (a key of CUSTCTX_API_KEYS_FILE)"
+NO_KEYS_FILE = ("the MCP server over HTTP authenticates every request with the HTTP API's keys: set "
+                "CUSTCTX_API_KEYS_FILE to the key file (docs/SERVING.md), or serve over stdio")
+
+
+def token_principal() -> Principal:
+    """The principal of the current HTTP request's bearer token (set by the SDK's auth middleware)."""
+    token = get_access_token()
+    claims = (token.claims or {}) if token is not None else {}
+    if not claims.get("role"):
+        raise ToolError(NO_TOKEN)
+    return Principal(tenant=str(claims["tenant"]), user=str(claims["user"]), role=str(claims["role"]),
+                     scope=str(claims.get("scope") or "customers"), interface="mcp")
+
+
+def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: str = "http://127.0.0.1") -> MCPServer:
+    """The MCP server with its four tools, bound to one service.
+
+    ``keys`` (the HTTP transport): every request must carry a bearer token from that key file and each
+    call reads as that key's principal. None (stdio, in-process): every call reads as the configured
+    principal. ``url``: the server's own base URL (the issuer its auth settings name).
+    """
     settings = service.settings
-    principal = mcp_principal(settings)
-    server = MCPServer("custctx", title="Customer context", instructions=INSTRUCTIONS, version="0.1.0",
-                       log_level="WARNING")
+    configured = mcp_principal(settings)
+
+    def caller() -> Principal:
+        return configured if keys is None else token_principal()
+
+    auth = None if keys is None else AuthSettings(issuer_url=AnyHttpUrl(url), resource_server_url=None)
+    server = CustomerContextServer("custctx", title="Customer context", instructions=INSTRUCTIONS,
+                                   version="0.1.0", log_level="WARNING", auth=auth,
+                                   token_verifier=None if keys is None else ApiKeyVerifier(keys))
     read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     def tool(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -149,10 +228,10 @@ def build_server(service: ContextService) -> MCPServer:
         with tool_errors():
             if not customer_email and not customer_id:
                 raise InvalidRequest("give customer_email or customer_id")
-            if customer_email and not is_email(customer_email):
+            if customer_email and not is_email(check_reference(customer_email, "customer_email")):
                 raise InvalidRequest(f"customer_email {customer_email!r} is not an email address; pass ids, "
                                      "domains or names as customer_id")
-            scope = service.request(principal)
+            scope = service.request(caller())
             if customer_email and customer_id and (service.resolve(customer_email, scope=scope)[0].customer_id
                                                    != service.resolve(customer_id, scope=scope)[0].customer_id):
                 raise InvalidRequest("customer_email and customer_id name different customers; give one")
@@ -180,7 +259,7 @@ def build_server(service: ContextService) -> MCPServer:
             slices: One or more slice names from the list above.
         """
         with tool_errors():
-            return slices_view(service.context(customer, list(slices), principal=principal))
+            return slices_view(service.context(customer, list(slices), principal=caller()))
 
     @tool
     def triage_ticket(
@@ -213,7 +292,7 @@ def build_server(service: ContextService) -> MCPServer:
         with tool_errors():
             ticket = ticket_input(settings, ticket_id, {"subject": subject, "description": description,
                                                         "requester_email": requester_email})
-            return service.triage(ticket, customer, principal=principal)
+            return service.triage(ticket, customer, principal=caller())
 
     @tool
     def generate_account_review(
@@ -229,7 +308,7 @@ def build_server(service: ContextService) -> MCPServer:
             customer: Customer email, domain, id (c_..., crm:1001) or company name.
         """
         with tool_errors():
-            result = service.review(customer, principal=principal)
+            result = service.review(customer, principal=caller())
             return CallToolResult(content=[TextContent(type="text", text=result["markdown"])],
                                   structured_content=result)
 
@@ -244,14 +323,24 @@ def serve(transport: Literal["stdio", "http"] = "stdio", host: str = "127.0.0.1"
           settings: Settings | None = None) -> None:
     """Run the MCP server until the client disconnects (stdio) or the process is stopped (HTTP)."""
     settings = settings or Settings()
-    check_role(settings, settings.mcp.role)
+    keys = None
+    if transport == "http":  # keys checked before anything else starts: no file, no server
+        if settings.api_keys_file is None:
+            raise ConfigError(NO_KEYS_FILE)
+        keys = load_api_keys(settings.api_keys_file, settings.tenant, interface="mcp")
+        for role in keys.roles():
+            check_role(settings, role)
+    else:
+        check_role(settings, settings.mcp.role)
     service = ContextService(settings)  # seeds / indexes first, so the first call is fast
     try:
-        server = build_server(service)
+        server = build_server(service, keys, url=f"http://{host}:{port}")
         if transport == "stdio":
             server.run("stdio")
         else:
             print(f"custctx MCP server (streamable HTTP) on http://{host}:{port}/mcp", file=sys.stderr, flush=True)
-            server.run("streamable-http", host=host, port=port)
+            # The HTTP API's body limit; the SDK parses each message with pydantic-core, which
+            # stops at 200 levels of nesting, and every argument is a flat string, list or flag.
+            server.run("streamable-http", host=host, port=port, max_request_body_size=MAX_JSON_BYTES)
     finally:
         service.close()

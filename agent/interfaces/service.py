@@ -33,13 +33,11 @@ from tools.access.principal import Principal
 from tools.context.assembly import CustomerContext
 from tools.context.read import resolve
 from tools.context.scope import ReadScope, default_guard
-from tools.identity import is_email
-from tools.memory import ContextMemory
 from tools.settings import Settings
 from tools.slices import SLICE_NAMES
 from tools.sources.base import CustomerRef
 from tools.sources.health import check_sources
-from tools.sources.tickets import TicketInput, get_ticket
+from tools.sources.tickets import TicketInput, check_ticket_input
 
 T = TypeVar("T")
 
@@ -172,8 +170,9 @@ def load_api_keys(path: Path | None, tenant: str, interface: str = "http") -> Ap
     return ApiKeys(entries)
 
 
-def ticket_input(settings: Settings, ticket_id: str | None, fields: dict[str, Any] | None) -> TicketInput:
-    """A ticket from the support source by id, or from the given fields (subject, description, ...).
+def ticket_input(settings: Settings, ticket_id: str | None, fields: dict[str, Any] | None) -> TicketInput | str:
+    """The id of a support-source ticket (read by :meth:`ContextService.triage` as the caller may see
+    it), or the ticket made of the given fields (subject, description, ...).
 
     Raises:
         InvalidRequest: neither or both given, or the fields are not a usable ticket.
@@ -184,16 +183,16 @@ def ticket_input(settings: Settings, ticket_id: str | None, fields: dict[str, An
         raise InvalidRequest("give either a ticket id, or the ticket itself (subject and/or description, "
                              "requester_email), not both")
     if ticket_id is not None:
-        return get_ticket(settings, ticket_id)
+        return str(ticket_id)
     try:
         ticket = TicketInput.model_validate(fields)
     except ValidationError as exc:
         raise InvalidRequest("; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'ticket'}: {e['msg']}"
                                        for e in exc.errors())) from None
-    if not ticket.subject.strip() and not ticket.description.strip():
-        raise InvalidRequest("the ticket needs a subject or a description")
-    if ticket.requester_email is not None and not is_email(ticket.requester_email):
-        raise InvalidRequest(f"requester_email {ticket.requester_email!r} is not an email address")
+    try:
+        check_ticket_input(ticket)  # no text, text over the limits, a requester email that is not one
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
     return ticket
 
 
@@ -247,13 +246,21 @@ class ContextService:
         return [h.model_dump(mode="json") for h in report]
 
     # ------------------------------------------------------------- workflows
-    def triage(self, ticket: TicketInput, customer: str | None = None, *,
+    def triage(self, ticket: TicketInput | str, customer: str | None = None, *,
                principal: Principal | None = None) -> dict[str, Any]:
-        """Triage one ticket; the customer is the one given, else the requester's."""
+        """Triage one ticket — given, or a support-source ticket by id — for the customer it belongs to.
+
+        A ticket by id is read as the caller may see it (``Runner.ticket``): its customer is resolved
+        and row-checked first; a hidden ticket or one of another customer than ``customer`` raises
+        ``TicketNotFound`` like a missing one."""
         scope = self.runner.request(principal)
         if customer:
             self.resolve(customer, scope=scope)  # the graph's resolution is this one (same request)
-        result = self._run(lambda: self.runner.triage(ticket.model_dump(mode="json"), customer, scope=scope))
+        if isinstance(ticket, str):
+            ticket_id = ticket
+            ticket = self._run(lambda: self.runner.ticket(ticket_id, customer, scope=scope))
+        given = ticket
+        result = self._run(lambda: self.runner.triage(given.model_dump(mode="json"), customer, scope=scope))
         if result.get("error"):
             raise WorkflowFailed(result["error"])
         return {k: v for k, v in result.items() if k != "error"}
@@ -269,15 +276,23 @@ class ContextService:
                 **{k: v for k, v in result.items() if k != "error"}}
 
     def event(self, kind: str, ref: str, *, principal: Principal | None = None) -> dict[str, Any]:
-        """Apply a source event (e.g. ``ticket.created``) to one customer's long-term memory."""
-        customer, _ = self.resolve(ref, principal)
+        """Apply a source event (e.g. ``ticket.created``) to one customer's long-term memory.
+
+        Needs the ``refresh`` permission of the access policy (``Refused`` otherwise, before the
+        customer is even resolved); the customer is resolved as the caller may see it, and the
+        refresh reads as the caller, into the caller's tenant, audited under the caller
+        (``Runner.event``)."""
+        scope = self.runner.request(principal)
+        if scope.access is not None:
+            scope.access.role.require_refresh()
         try:
-            from tools.refresh.jobs import refresh_event
+            from tools.refresh.jobs import event_slices
         except ImportError as exc:
             raise NotAvailable(f"event-driven refresh is not available in this build ({exc})") from None
-        memory = ContextMemory(self.runner.store, self.settings.tenant, self.settings.ttls)
         try:
-            report = self._run(lambda: refresh_event(self.settings, memory, kind, customer.customer_id))
+            event_slices(kind)
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
+        self.resolve(ref, scope=scope)  # the reference checks every endpoint applies; resolved once per request
+        customer, report = self._run(lambda: self.runner.event(kind, ref.strip(), scope=scope))
         return {"kind": kind, "customer_id": customer.customer_id, "name": customer.name, **asdict(report)}

@@ -11,7 +11,13 @@ another; the format is in docs/ACCESS.md). Per role:
 - ``customers``: ``all``, or a row filter on the customer's CRM account: ``require``
   (field → value(s), all must hold; ``{user}`` / ``{tenant}`` are the principal's),
   ``exclude`` (field → value(s), none may hold) and ``without_crm_record`` (allow / deny);
-- ``audit_log``: whether the role may read the audit log.
+- ``audit_log``: whether the role may read the audit log;
+- ``refresh``: whether the role may trigger a refresh of long-term memory (``POST /v1/events``,
+  ``custctx event`` / ``refresh``); the refresh then reads as that principal.
+
+A slice's provenance may name records of another slice (``billing.status`` is built from the
+open invoices and the last charge, ``support.summary`` from the tickets): a role the policy
+denies that other slice does not see those record ids either (:func:`hide_shared_records`).
 
 Everything here is pure: no source, memory or audit access (``tools/access/gate.py`` does that).
 A policy is validated when loaded — an unknown slice, a field path that does not exist
@@ -23,6 +29,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -44,6 +51,14 @@ class PolicyError(ValueError):
 
 class UnknownRole(PolicyError):
     """A principal whose role the policy does not define."""
+
+
+class Refused(PermissionError):
+    """The principal's role may not do this; the message names the role and the permission."""
+
+
+REFRESH_REFUSED = ("the {role} role may not trigger a refresh of long-term memory (the access policy's `refresh` "
+                   "permission; docs/ACCESS.md)")
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,7 @@ class RolePolicy:
     mask: dict[str, tuple[str, ...]]
     rows: RowFilter | None  # None: every customer
     audit_log: bool = False
+    refresh: bool = False  # may trigger a refresh of long-term memory
 
     def allows(self, slice_name: str) -> bool:
         return _matches(slice_name, self.allow) and not _matches(slice_name, self.deny)
@@ -93,6 +109,11 @@ class RolePolicy:
             if _norm(getattr(account, fname)) in {_norm(u) for u in unwanted}:
                 return False, f"{fname} is {getattr(account, fname)}"
         return True, f"row filter passed ({self.rows.describe()})"
+
+    def require_refresh(self) -> None:
+        """Raises ``Refused`` unless this role may trigger a refresh."""
+        if not self.refresh:
+            raise Refused(REFRESH_REFUSED.format(role=self.name))
 
 
 @dataclass(frozen=True)
@@ -159,7 +180,7 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
 
 def _role(name: str, spec: dict[str, Any], where: str) -> RolePolicy:
     at = f"{where}: role {name}"
-    unknown = set(spec) - {"description", "slices", "mask", "customers", "audit_log"}
+    unknown = set(spec) - {"description", "slices", "mask", "customers", "audit_log", "refresh"}
     if unknown:
         raise PolicyError(f"{at}: unknown key(s) {', '.join(sorted(unknown))}")
     slices = spec.get("slices") or {}
@@ -174,7 +195,14 @@ def _role(name: str, spec: dict[str, Any], where: str) -> RolePolicy:
                       allow=_names(slices.get("allow", ["*"]), f"{at}: slices.allow"),
                       deny=_names(slices.get("deny", []), f"{at}: slices.deny"),
                       mask=mask, rows=_rows(spec.get("customers", "all"), at),
-                      audit_log=bool(spec.get("audit_log", False)))
+                      audit_log=_flag(spec, "audit_log", at), refresh=_flag(spec, "refresh", at))
+
+
+def _flag(spec: dict[str, Any], key: str, at: str) -> bool:
+    value = spec.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{at}: {key} must be true or false, not {value!r}")
+    return value
 
 
 def _rows(spec: Any, at: str) -> RowFilter | None:
@@ -226,6 +254,29 @@ def _check_path(model: type[BaseModel], path: str, at: str) -> None:
 
 # ------------------------------------------------------------------ masking
 _STEP = re.compile(r"([A-Za-z_0-9]+)(?:\[(\d+)\])?")
+
+#: Record ids a slice's provenance names that are another slice's records: (slice, other slice) → a
+#: test that keeps an id as the slice's own. ``billing.status`` reads the Stripe customer
+#: (``cus_``), subscription (``sub_``) and payment method (``pm_`` / ``card_`` / ``src_``) and also
+#: the open invoices and the last succeeded charge — the invoice history; any id not known to be
+#: its own counts as the invoice history (fail closed). ``support.summary`` is built from the
+#: tickets themselves: every id is a ``support.tickets`` record.
+SHARED_RECORDS: dict[tuple[str, str], Callable[[str], bool]] = {
+    ("billing.status", "billing.invoices"): lambda rid: rid.startswith(("cus_", "sub_", "pm_", "card_", "src_")),
+    ("support.summary", "support.tickets"): lambda rid: False,
+}
+
+
+def hide_shared_records(s: Slice, role: RolePolicy) -> Slice:
+    """``s`` without the record ids of slices ``role`` may not read (a copy; ``s`` is untouched):
+    ids are an inference channel — invoice and charge ids in billing.status's provenance would show
+    the invoice history to a role denied billing.invoices."""
+    tests = [own for (name, other), own in SHARED_RECORDS.items() if name == s.name and not role.allows(other)]
+    ids = s.provenance.record_ids
+    kept = [i for i in ids if all(own(i) for own in tests)]
+    if len(kept) == len(ids):
+        return s
+    return s.model_copy(update={"provenance": s.provenance.model_copy(update={"record_ids": kept})})
 
 
 def mask_slice(s: Slice, paths: tuple[str, ...], role: str) -> Slice:

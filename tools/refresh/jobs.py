@@ -54,6 +54,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
 from sqlalchemy.types import NullType
 
+from tools.access.principal import Principal
 from tools.context.assembly import expand_slices
 from tools.context.scope import default_guard
 from tools.guard import SourceGuard, summarize
@@ -403,14 +404,16 @@ def _book_size(settings: Settings) -> int:
 # ------------------------------------------------------------------ the four refreshes
 def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int = 4,
                  progress: Progress | None = None, customers: Iterable[str] | None = None,
-                 guard: SourceGuard | None = None, workers: int | None = None) -> RefreshReport:
+                 guard: SourceGuard | None = None, workers: int | None = None,
+                 caller: Principal | None = None) -> RefreshReport:
     """Materialise every slice of every active customer (or of ``customers``, canonical ids).
 
     A refresh of the whole book also records each source's watermarks (taken before
     reading, so changes made while it runs are picked up by the next incremental
     refresh) — for the sources all of whose reads succeeded. ``workers``: processes to
     spread the chunks over (None: ``default_workers``; they use the settings' guard, so a
-    caller's own ``guard`` or memory clock keeps the refresh in this process).
+    caller's own ``guard`` or memory clock keeps the refresh in this process). ``caller``: the
+    principal that asked for it (``run_chunks``; None: the ``refresh`` job).
     """
     started = time.perf_counter()
     report = RefreshReport(mode="full")
@@ -426,7 +429,7 @@ def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int 
     tally = _Tally(report, keep_customers=not whole_book, keep_writes=False)
     run_chunks(settings, memory, ((cid, names) for cid in ids), tally, concurrency=concurrency, guard=guard,
                progress=progress, stage="full refresh", total=total,
-               workers=_workers(settings, memory, guard, workers, total))
+               workers=_workers(settings, memory, guard, workers, total), caller=caller)
     report.changed_by_source = {s: report.customers for s in sources}
     _commit(settings, marks, tally, report)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -435,9 +438,9 @@ def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int 
 
 def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrency: int = 4,
                         progress: Progress | None = None, guard: SourceGuard | None = None,
-                        workers: int | None = None) -> RefreshReport:
-    """Refresh only the customers whose source rows changed since the last run (``workers``:
-    as :func:`refresh_full`)."""
+                        workers: int | None = None, caller: Principal | None = None) -> RefreshReport:
+    """Refresh only the customers whose source rows changed since the last run (``workers``,
+    ``caller``: as :func:`refresh_full`)."""
     started = time.perf_counter()
     user_guard = guard
     report = RefreshReport(mode="incremental")
@@ -479,13 +482,13 @@ def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrenc
         before = report.customers
         run_chunks(settings, memory, ((cid, full_names) for cid in _book(settings)), tally, concurrency=concurrency,
                    guard=guard, progress=progress, stage="refresh (no watermark yet)", total=total,
-                   workers=_workers(settings, memory, user_guard, workers, total))
+                   workers=_workers(settings, memory, user_guard, workers, total), caller=caller)
         for s in full_sources:
             report.changed_by_source[s] = report.customers - before
     ordered = [(cid, [n for n in SLICE_NAMES if n in plan[cid]]) for cid in sorted(plan)]
     run_chunks(settings, memory, ordered, tally, concurrency=concurrency, guard=guard, progress=progress,
                stage="incremental refresh", total=len(ordered),
-               workers=_workers(settings, memory, user_guard, workers, len(ordered)))
+               workers=_workers(settings, memory, user_guard, workers, len(ordered)), caller=caller)
     for s, cids in per_source.items():
         report.changed_by_source[s] = len(cids)
     report.refreshed = list(dict.fromkeys(report.refreshed))
@@ -497,8 +500,9 @@ def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrenc
 
 def refresh_customer(settings: Settings, memory: ContextMemory, customer_id: str,
                      slices: list[str] | None = None, *, guard: SourceGuard | None = None,
-                     mode: str = "customer") -> RefreshReport:
-    """Read one customer's slices (all, or ``slices``: names or sources) live and write them.
+                     mode: str = "customer", caller: Principal | None = None) -> RefreshReport:
+    """Read one customer's slices (all, or ``slices``: names or sources) live and write them
+    (as ``caller``, when a principal asked: ``run_chunks``).
 
     ``customer_id`` is a canonical id or any reference the identity index resolves;
     raises its one-line errors (CustomerNotFound, AmbiguousCustomer, BadReference) and
@@ -513,7 +517,7 @@ def refresh_customer(settings: Settings, memory: ContextMemory, customer_id: str
     report = RefreshReport(mode=mode)
     tally = _Tally(report, keep_customers=True, keep_writes=True)
     run_chunks(settings, memory, [(ref.customer_id, names)], tally, concurrency=1, guard=guard, progress=None,
-               stage=mode, total=1, slice_parallel=True)
+               stage=mode, total=1, slice_parallel=True, caller=caller)
     report.changed_by_source = {s: 1 for s in dict.fromkeys(SLICE_MODELS[n].source for n in names)}
     report.watermarks = watermarks(settings)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -529,10 +533,11 @@ def event_slices(kind: str) -> list[str]:
 
 
 def refresh_event(settings: Settings, memory: ContextMemory, kind: str, customer_id: str, *,
-                  guard: SourceGuard | None = None) -> RefreshReport:
+                  guard: SourceGuard | None = None, caller: Principal | None = None) -> RefreshReport:
     """An event happened for a customer (``ticket.created``, ``invoice.paid``, ...): read the
-    slices it invalidates live and write them to memory at once."""
-    report = refresh_customer(settings, memory, customer_id, event_slices(kind), guard=guard, mode="event")
+    slices it invalidates live and write them to memory at once (as ``caller``: ``run_chunks``)."""
+    report = refresh_customer(settings, memory, customer_id, event_slices(kind), guard=guard, mode="event",
+                              caller=caller)
     report.event = kind
     return report
 

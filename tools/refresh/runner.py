@@ -220,11 +220,11 @@ class _Chunks:
     """Reads chunks of ``(customer id, slice names)`` and writes them to memory (one per process)."""
 
     def __init__(self, settings: Settings, memory: ContextMemory, guard: SourceGuard | None, concurrency: int,
-                 slice_parallel: bool = False):
+                 slice_parallel: bool = False, caller: Principal | None = None):
         self.settings, self.memory, self.slice_parallel = settings, memory, slice_parallel
         self.guard = guard or default_guard(settings)
         self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
-        self.access = refresh_access(settings, memory.tenant)
+        self.access = refresh_access(settings, memory.tenant, caller)
         self.buffer = _WriteBuffer(memory.store)
         self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock, key=memory.key)
         self.bulk = None if slice_parallel else _Bulk(settings, self.clock, self.guard, self.buffered, self.buffer,
@@ -258,7 +258,7 @@ class _Chunks:
             if ref is None:  # gone from the identity index since it was listed
                 tally.unknown(cid)
                 continue
-            jobs.append((ref, names))
+            jobs.append((ref, [n for n in names if self.access.allows(n)]))  # a caller's role: its slices
         with self.access.batch():  # the chunk's audit records in one transaction
             got, again = self.bulk.read(jobs) if self.bulk else ({}, jobs)
             futures = {ref.customer_id: self.pool.submit(self.one, ref, names) for ref, names in again if names}
@@ -272,7 +272,8 @@ class _Chunks:
 
 def run_chunks(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
                tally: _Tally, *, concurrency: int, guard: SourceGuard | None, progress: Progress | None,
-               stage: str, total: int, slice_parallel: bool = False, workers: int = 1) -> None:
+               stage: str, total: int, slice_parallel: bool = False, workers: int = 1,
+               caller: Principal | None = None) -> None:
     """Read ``(customer id, slices)`` live and write them to memory, a chunk at a time.
 
     Each chunk is read in bulk, one source at a time (:meth:`SourceReader.read_many`: a few
@@ -282,6 +283,8 @@ def run_chunks(settings: Settings, memory: ContextMemory, work: Iterable[tuple[s
     at a time through ``read_slices``, ``concurrency`` customers at a time.
     ``slice_parallel``: one customer's slices in parallel, as a context read does (no bulk
     read). ``workers`` > 1: chunks go to that many processes (see the module docstring).
+    ``caller``: the principal that asked for the refresh (reads and audit records are its; only
+    the slices its role may read are refreshed); None: the ``refresh`` job as admin.
     """
     done = 0
     if progress:
@@ -294,9 +297,9 @@ def run_chunks(settings: Settings, memory: ContextMemory, work: Iterable[tuple[s
             progress(stage, done, max(total, done))
 
     if workers > 1 and not slice_parallel:
-        _run_in_processes(settings, memory, work, tally, concurrency, workers, step)
+        _run_in_processes(settings, memory, work, tally, concurrency, workers, step, caller)
         return
-    runner = _Chunks(settings, memory, guard, concurrency, slice_parallel)
+    runner = _Chunks(settings, memory, guard, concurrency, slice_parallel, caller)
     try:
         for chunk in _chunks(work, CHUNK):
             runner.run(chunk, tally)
@@ -317,7 +320,8 @@ def default_workers(settings: Settings, customers: int) -> int:
 _worker: _Chunks | None = None
 
 
-def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], key: bytes, concurrency: int) -> None:
+def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], key: bytes, concurrency: int,
+                  caller: Principal | None = None) -> None:
     """A worker process's own store connection, guard, access gate and chunk runner."""
     import atexit
     from contextlib import ExitStack
@@ -326,7 +330,7 @@ def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], key: by
     stack = ExitStack()
     atexit.register(stack.close)
     store = stack.enter_context(open_store(settings.state_db_url))
-    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls, key=key), None, concurrency)
+    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls, key=key), None, concurrency, caller=caller)
 
 
 def _work(chunk: list[tuple[str, list[str]]], keep_customers: bool) -> dict[str, Any]:
@@ -337,13 +341,15 @@ def _work(chunk: list[tuple[str, list[str]]], keep_customers: bool) -> dict[str,
 
 
 def _run_in_processes(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
-                      tally: _Tally, concurrency: int, workers: int, step: Callable[[int], None]) -> None:
+                      tally: _Tally, concurrency: int, workers: int, step: Callable[[int], None],
+                      caller: Principal | None = None) -> None:
     """Chunks to ``workers`` processes, at most two each in flight (bounded memory), merged in order."""
     if memory.clock is not utcnow:
         raise ValueError("a refresh with worker processes needs memory on the real clock")
     ctx = multiprocessing.get_context("spawn")  # no inherited connections or locks
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
-                             initargs=(settings, memory.tenant, dict(memory.ttls), memory.key, concurrency)) as pool:
+                             initargs=(settings, memory.tenant, dict(memory.ttls), memory.key, concurrency,
+                                       caller)) as pool:
         inflight: deque[tuple[Future, int]] = deque()
         for chunk in _chunks(((cid, list(names)) for cid, names in work), CHUNK):
             inflight.append((pool.submit(_work, chunk, tally.keep_customers), len(chunk)))
@@ -433,9 +439,14 @@ class _Bulk:
 REFRESH_USER = "refresh"
 
 
-def refresh_access(settings: Settings, tenant: str) -> Access:
-    """Refresh jobs read as the policy's ``admin`` role (they materialise full-fidelity memory;
-    masking happens when memory is read), under the user ``refresh`` on the ``refresh``
-    interface, so every refresh read has its audit record like any other read."""
+def refresh_access(settings: Settings, tenant: str, caller: Principal | None = None) -> Access:
+    """The gate a refresh reads through. Asked for by a principal (``caller``: an event over the HTTP
+    API, ``custctx event --as``), the caller's own gate: its reads and audit records are the
+    caller's (user, role, interface), and only the slices its role may read are refreshed. Else
+    the scheduled job: the policy's ``admin`` role, user ``refresh``, interface ``refresh``. Either
+    way memory gets full-fidelity slices (masking happens when memory is read) and every refresh
+    read has its audit record like any other read."""
+    if caller is not None:
+        return Access.for_principal(settings, caller)
     return Access.for_principal(settings, Principal(tenant, REFRESH_USER, "admin", interface="refresh"))
 

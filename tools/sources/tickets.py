@@ -36,17 +36,39 @@ TRIAGE_STATUSES: tuple[str, ...] = ("new", "open", "pending")
 TICKET_ENTITY = "ticket_request"
 _STREAM_BATCH = 500
 
+MAX_JSON_BYTES = 1_048_576
+"""Largest JSON document accepted as input (a ticket file, an HTTP API body): 1 MiB."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays accepted in JSON input (a ticket needs 1, an API body 2)."""
+MAX_SUBJECT_CHARS = 1_000
+"""Longest subject of a ticket given as input (a file, an API body, an MCP call)."""
+MAX_DESCRIPTION_CHARS = 65_536
+"""Longest description of a ticket given as input; Zendesk caps a comment at 64 KiB too."""
+MAX_EMAIL_CHARS = 320
+"""Longest requester email of a ticket given as input (an address has at most 254)."""
+
 
 class TicketSourceUnavailable(RuntimeError):
     """The support source is not connected, or cannot be read; the message says which and why."""
 
 
 class TicketNotFound(LookupError):
-    """No ticket with that id in the support source."""
+    """No ticket with that id in the support source — or none the caller may see: a ticket of a customer
+    the caller's row filter hides, or of another customer than the one the caller named, is reported
+    with this same error and message."""
 
     def __init__(self, ticket_id: str, hint: str = ""):
         self.ticket_id = ticket_id
         super().__init__(f"no ticket {ticket_id} in the support source{hint}")
+
+
+class JsonInputError(ValueError):
+    """JSON input that cannot be used: not JSON, NaN or Infinity, too large or too deeply
+    nested. The message is one line; ``too_large`` tells a size refusal (HTTP 413) apart."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
 
 
 class TicketInput(BaseModel):
@@ -80,6 +102,14 @@ class TicketInput(BaseModel):
     def text(self) -> str:
         """Subject and description together: what the triage rules read."""
         return f"{self.subject}\n{self.description}".strip()
+
+    def customer_refs(self) -> list[str]:
+        """The references that say whose ticket this is, in order: the requester's email, then the
+        requester's support organization (``support:<id>``). A ticket belongs to the customer the
+        first of them resolves to; callers resolve them as their principal may (a hidden customer's
+        ticket is not found, like a missing one)."""
+        refs = [self.requester_email, f"support:{self.organization_id}" if self.organization_id else None]
+        return [r for r in refs if r]
 
 
 # ------------------------------------------------------------------- support source
@@ -194,26 +224,103 @@ def ticket_from_file(path: Path) -> TicketInput:
     """
     path = Path(path)
     try:
+        if path.stat().st_size > MAX_JSON_BYTES:  # not read at all: the file could be anything
+            raise ValueError(f"{path}: the ticket file is larger than {MAX_JSON_BYTES:,} bytes")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read the ticket file: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        data = load_json_input(text)
+    except JsonInputError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with subject and description, got {type(data).__name__}")
     unknown = sorted(set(data) - set(TicketInput.model_fields))
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(TicketInput.model_fields)}")
+        shown = ", ".join(repr(k[:40]) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{path}: unknown key(s) {shown}; known: {', '.join(TicketInput.model_fields)}")
     try:
         ticket = TicketInput.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'ticket'}: {e['msg']}" for e in exc.errors())
         raise ValueError(f"{path}: {problems}") from None
-    if not ticket.subject.strip() and not ticket.description.strip():
-        raise ValueError(f"{path}: the ticket needs a subject or a description")
-    if ticket.requester_email is not None and not is_email(ticket.requester_email):
-        raise ValueError(f"{path}: requester_email {ticket.requester_email!r} is not an email address")
+    try:
+        check_ticket_input(ticket)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return ticket
+
+
+def check_ticket_input(ticket: TicketInput) -> None:
+    """Refuse a ticket given as input (not read from the support source) that cannot be triaged:
+    no subject and no description, text over the limits, a requester email that is not one.
+
+    Raises:
+        ValueError: one line saying what is wrong.
+    """
+    if not ticket.subject.strip() and not ticket.description.strip():
+        raise ValueError("the ticket needs a subject or a description")
+    for name, text, limit in (("subject", ticket.subject, MAX_SUBJECT_CHARS),
+                              ("description", ticket.description, MAX_DESCRIPTION_CHARS),
+                              ("requester_email", ticket.requester_email or "", MAX_EMAIL_CHARS)):
+        if len(text) > limit:
+            raise ValueError(f"the ticket's {name} has {len(text):,} characters; at most {limit:,} are accepted")
+    if ticket.requester_email is not None and not is_email(ticket.requester_email):
+        raise ValueError(f"requester_email {ticket.requester_email!r} is not an email address")
+
+
+# ------------------------------------------------------------------- JSON input
+def _refuse_constant(name: str) -> Any:
+    raise JsonInputError(f"{name} is not a JSON number: send finite numbers only")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise JsonInputError(f"the number {text[:40]} is too large: send finite numbers only")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_structure(data: Any, max_depth: int) -> None:
+    """Refuse nesting deeper than ``max_depth`` and strings that are not text (an unpaired
+    surrogate such as ``"\\ud800"`` cannot be stored, matched or encoded as UTF-8)."""
+    stack = [(data, 1)] if isinstance(data, str | dict | list) else []
+    while stack:  # iterative: a deep document must not exhaust Python's recursion here either
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise JsonInputError("a JSON string holds an unpaired surrogate (e.g. \\ud800): send valid text")
+            continue
+        if depth > max_depth:  # only strings, objects and arrays are on the stack
+            raise JsonInputError(f"the JSON document nests deeper than {max_depth} levels")
+        children = [*value, *value.values()] if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, str | dict | list))
+
+
+def load_json_input(text: str | bytes, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON that came from outside (a ticket file, an HTTP API body) within limits.
+
+    Refused, each with a one-line :class:`JsonInputError`: more than ``max_bytes`` bytes,
+    objects and arrays nested deeper than ``max_depth``, ``NaN`` / ``Infinity`` / a number
+    too large for a float (Python's json accepts them; JSON does not), integers too long
+    to convert, text that is not JSON.
+    """
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise JsonInputError(f"the JSON document has {size:,} bytes; at most {max_bytes:,} are accepted",
+                             too_large=True)
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except JsonInputError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise JsonInputError(f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # the C scanner stops at the interpreter's limit, far beyond max_depth
+        raise JsonInputError(f"the JSON document nests deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # e.g. an integer of more than 4,300 digits
+        raise JsonInputError(f"not valid JSON: {' '.join(str(exc).split())[:200]}") from None
+    _check_structure(data, max_depth)
+    return data

@@ -34,8 +34,9 @@ def _warn_if_exposed(host: str, what: str) -> None:
 @commands.command("mcp")
 def serve_mcp(
     transport: Annotated[Transport, typer.Option(
-        help="stdio: for a client that launches the server (Claude Desktop, IDEs); http: streamable HTTP at "
-             "http://HOST:PORT/mcp.")] = Transport.stdio,
+        help="stdio: for a client that launches the server (Claude Desktop, IDEs), reading as CUSTCTX_MCP__ROLE / "
+             "__USER; http: streamable HTTP at http://HOST:PORT/mcp, each request reading as the principal its "
+             "bearer key maps to in CUSTCTX_API_KEYS_FILE (required).")] = Transport.stdio,
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port for --transport http.")] = 8765,
 ) -> None:
@@ -44,7 +45,7 @@ def serve_mcp(
     from agent.interfaces.service import ConfigError
 
     if transport is Transport.http:
-        _warn_if_exposed(host, "the MCP server (no authentication of its own)")
+        _warn_if_exposed(host, "the MCP server")
     try:
         serve("stdio" if transport is Transport.stdio else "http", host=host, port=port)
     except ConfigError as exc:

@@ -25,6 +25,8 @@ from agent.interfaces.cli.common import (
 if TYPE_CHECKING:
     from agent.runs import Runner
 
+NO_THREAD = "give --customer (email, domain, id or name), or --thread of an existing conversation"
+
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help='"offline" (default) or an OpenAI-compatible model name (needs OPENAI_API_KEY).')]
 
@@ -83,8 +85,8 @@ def ask(
         scope = runner.request(fresh=fresh)  # one request: resolved here, not again by the graph
         if customer:
             resolve_or_exit(lambda q: resolve(scope, q), customer, format)
-        elif not thread or runner.thread_customer(thread) is None:
-            raise fail("give --customer (email, domain, id or name), or --thread of an existing conversation", 2)
+        elif not thread or runner.thread_customer(thread, scope) is None:  # a hidden thread: as if none
+            raise fail(NO_THREAD, 2)
         result = runner.ask(question, customer, thread or new_thread_id(), scope=scope, model=model, fresh=fresh)
     if result.get("error"):
         raise fail(result["error"], 1)
@@ -102,16 +104,20 @@ def chat(
 ) -> None:
     """Interactive chat about one customer; the thread persists (resume it with --thread)."""
     from agent.runs import new_thread_id
+    from tools.context.read import resolve
 
     with _runner(as_) as runner:
-        known = runner.thread_customer(thread) if thread else None
+        scope = runner.request()
+        known = runner.thread_customer(thread, scope) if thread else None  # a hidden thread's: None, never named
         if customer:
-            ref, _ = resolve_or_exit(runner.resolve, customer, format)
+            ref, _ = resolve_or_exit(lambda q: resolve(scope, q), customer, format)
+            if thread and (refused := runner.thread_refusal(thread, customer, scope)):
+                raise fail(refused, 1)
             name = ref.name
         elif known:
             name = known
         else:
-            raise fail("give --customer (email, domain, id or name), or --thread of an existing conversation", 2)
+            raise fail(NO_THREAD, 2)
         thread = thread or new_thread_id()
         interactive = sys.stdin.isatty()
         err.print(f"Chatting about {name} (thread {thread}). /exit or an empty line ends; "
@@ -162,33 +168,36 @@ def triage_cmd(
     as_: AsOpt = None,
 ) -> None:
     """Triage tickets: category, priority P1-P4, sentiment, team, SLA, injection flag, evidence."""
+    from tools.access.policy import Refused
+    from tools.context.read import resolve
     from tools.sources.tickets import (
         TicketInput,
         TicketNotFound,
         TicketSourceUnavailable,
-        get_ticket,
-        open_tickets,
         ticket_from_file,
     )
 
     if sum(x is not None and x is not False for x in (ticket, file, open_)) != 1:
         raise fail("give exactly one of --ticket ID, --file PATH or --open", 2)
     with _runner(as_) as runner:
+        # One request: the customer and every ticket's customer are resolved and row-checked once, and a
+        # ticket of a customer the principal may not see is not found (by id) or left out (the queue).
+        scope = runner.request()
+        if customer:
+            resolve_or_exit(lambda q: resolve(scope, q), customer, format)
         try:
             tickets: Iterable[TicketInput]
             if file is not None:
                 tickets = [ticket_from_file(file)]
             elif ticket is not None:
-                tickets = [get_ticket(runner.settings, ticket)]
+                tickets = [runner.ticket(ticket, customer, scope=scope)]
             else:
-                tickets = open_tickets(runner.settings, limit)
-        except (TicketNotFound, TicketSourceUnavailable, ValueError) as exc:
+                tickets = runner.open_tickets(limit, customer, scope=scope)
+        except (TicketNotFound, TicketSourceUnavailable, Refused, ValueError) as exc:
             raise fail(str(exc).splitlines()[0], 1) from None
-        if customer:
-            resolve_or_exit(runner.resolve, customer, format)
         results, failed = [], 0
         for t in tickets:
-            res = runner.triage(t.model_dump(mode="json"), customer, model=model)
+            res = runner.triage(t.model_dump(mode="json"), customer, scope=scope, model=model)
             if res.get("error"):
                 failed += 1
                 res = {"ticket_id": t.id, "error": res["error"]}
@@ -309,29 +318,36 @@ def demo(
     as_: AsOpt = None,
 ) -> None:
     """End-to-end demo on the embedded default: a support conversation, ticket triage, a review."""
+    from rich.markup import escape
+
     from agent.reviews import run_reviews
     from agent.runs import new_thread_id
+    from tools.access.policy import Refused
     from tools.book import AccountEntry
-    from tools.sources.tickets import get_ticket
+    from tools.sources.tickets import TicketNotFound
 
     with _runner(as_) as runner:
         thread = new_thread_id()
-        out.print(f"[bold]1. Support assistant[/bold] — a conversation about Acme Corp (thread {thread})")
+        out.print(f"[bold]1. Support assistant[/bold] — a conversation about Acme Corp (thread {escape(thread)})",
+                  markup=True)
         for i, q in enumerate(("What's their billing status?", "and their usage?", "What's going on with them?")):
             res = runner.ask(q, "acme.com" if i == 0 else None, thread, model=model)
-            out.print(f"\n[cyan]you>[/cyan] {q}")
+            out.print(f"\n[cyan]you>[/cyan] {escape(q)}", markup=True)
             if res.get("error"):  # e.g. --as a role that may not see Acme Corp
                 out.print(f"error: {res['error']}", markup=False)
                 continue
             _print_turn(res, Format.markdown)
         out.print("\n[bold]2. Ticket triage[/bold] — the same 'card declined' text from two customers, "
-                  "and a prompt injection")
+                  "and a prompt injection", markup=True)
         for ticket_id in ("1001", "1015", "1010"):
-            d = runner.triage(get_ticket(runner.settings, ticket_id).model_dump(mode="json"), model=model)
+            try:  # read as the principal may: another owner's ticket is not found for an account executive
+                d = runner.triage(runner.ticket(ticket_id).model_dump(mode="json"), model=model)
+            except (TicketNotFound, Refused) as exc:
+                d = {"error": str(exc)}
             out.print("")
             out.print(f"### Ticket #{ticket_id} — error: {d['error']}" if d.get("error")
                       else "\n".join(_decision_markdown(d)), markup=False)
-        out.print(f"\n[bold]3. Account review[/bold] — Acme Corp, written to {out_dir}/")
+        out.print(f"\n[bold]3. Account review[/bold] — Acme Corp, written to {escape(str(out_dir))}/", markup=True)
         ref, _ = resolve_or_exit(runner.resolve, "acme.com")
 
         def one(entry: AccountEntry) -> tuple[str, dict]:
