@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from typing import Any
 from urllib.parse import quote
 
@@ -186,12 +186,11 @@ as_bodies = st.one_of(  # (endpoint, body): usable bodies, bodies shaped like ea
 # ------------------------------------------------------------------ properties
 @contextmanager
 def captured_stderr() -> Iterator[io.StringIO]:
-    buf, old = io.StringIO(), common.err.file
-    common.err.file = buf
-    try:
+    # sys.stderr swapped, not the console's file: the console resolves sys.stderr on every print,
+    # so later tests' own capture (CliRunner, capsys) keeps working
+    buf = io.StringIO()
+    with redirect_stderr(buf):
         yield buf
-    finally:
-        common.err.file = old
 
 
 @PROPERTY

@@ -124,7 +124,7 @@ def test_breaking_the_policy_fails_the_gate(sqlite_warehouse, tmp_path):
     assert broken != policy
     (tmp_path / "policy.yaml").write_text(broken, encoding="utf-8")
     good = run_eval(settings_for(sqlite_warehouse, tmp_path / "a"), ["access"])
-    assert good.gate_passed and len(good.results) == 91
+    assert good.gate_passed and len(good.results) == 339  # context 7×13 + tickets, threads, events, timing
     bad = run_eval(settings_for(sqlite_warehouse, tmp_path / "b", policy=tmp_path / "policy.yaml"), ["access"])
     failing = {key for key, *_, ok in bad.gate() if not ok}
     assert {"leaks", "access_policy"} <= failing
