@@ -2,13 +2,12 @@
 each story customer, and the checks that find a leak, a missing mask or a missing audit
 record — through the context read path and through the other entry points (tickets by id,
 threads continued by another principal, events, and the timing of hidden vs missing
-references). Used by the `access` eval suite and by tests/test_access_probes.py."""
+references). Used by the `access` eval suite (evals/access_suite.py) and by tests/test_access_probes.py."""
 
 from __future__ import annotations
 
 import json
 import re
-import statistics
 import time
 import uuid
 from collections import Counter
@@ -22,7 +21,8 @@ import yaml
 from tools.access.audit import audit_log
 from tools.access.policy import Refused, marker
 from tools.access.principal import Principal
-from tools.slices import SLICE_NAMES
+from tools.settings import OPTIONAL_SOURCES
+from tools.slices import SLICE_MODELS, SLICE_NAMES
 
 if TYPE_CHECKING:
     from agent.runs import Runner
@@ -191,6 +191,13 @@ def audited(settings, customer_id: str, since, interface: str, exp: Expect) -> l
             if x.interface == interface and x.role == exp.role and x.user_name == exp.user]
 
 
+def every_slice(exp: Expect) -> list[str]:
+    """What "every slice" reads for ``exp``'s principal on the embedded fixtures: the catalogue but the
+    slices of an optional source (commerce: not connected there) — except those the role may not
+    read, which come back forbidden whatever is connected."""
+    return [n for n in SLICE_NAMES if SLICE_MODELS[n].source not in OPTIONAL_SOURCES or n in exp.forbidden]
+
+
 def check_audit(recs: list, exp: Expect, visible: bool, reads: int = 1) -> list[str]:
     """Every slice read has its record; a row filter adds its row check; a hidden customer only that."""
     rows = 1 if exp.role in ("support_agent", "account_exec") else 0
@@ -199,7 +206,7 @@ def check_audit(recs: list, exp: Expect, visible: bool, reads: int = 1) -> list[
         return [] if ok else [f"audit: {len(recs)} records for a hidden customer"]
     per_slice = Counter(x.slice for x in recs if not (x.detail or "").startswith("row check"))
     problems = []
-    if per_slice != Counter({n: reads for n in SLICE_NAMES}):
+    if per_slice != Counter({n: reads for n in every_slice(exp)}):
         problems.append(f"audit: records per slice {dict(per_slice)}")
     if sum((x.detail or "").startswith("row check") for x in recs) != rows:
         problems.append("audit: row check missing or repeated")
@@ -383,46 +390,8 @@ def event_probes(runner: Runner, baseline: dict[str, Baseline]) -> Iterator[Prob
             yield Probe(f"event {exp.label} × {ref}", problems, audit, (time.perf_counter() - t0) * 1000)
 
 
-def timing_probes(runner: Runner) -> Iterator[Probe]:
-    """Hidden vs non-existent references through the read path (``custctx context``'s: resolve as the
-    principal may, then read; ``ticket:ID``: the ticket lookup by id), ``requests`` each, interleaved
-    after a warm-up: their medians must not differ by more than ``max_gap_ms`` — a difference would
-    tell a hidden customer (or ticket) from a missing one."""
-    from tools.context.assembly import read_customer_context
-    from tools.identity import CustomerNotFound
-    from tools.sources.tickets import TicketNotFound
-
-    spec = ENTRY["timing"]
-    exp = next(e for e in EXPECT if e.label == spec["as"])
-    n, gap, warm = int(spec["requests"]), float(spec["max_gap_ms"]), 20
-
-    def concrete_ref(ref: str) -> str:
-        if ref.startswith("billing-id-of:"):
-            return "billing:" + runner.resolve(ref.partition(":")[2])[0].anchors["billing"]
-        return ref
-
-    for hidden_ref, missing_ref in spec["pairs"]:
-        hidden, missing = concrete_ref(hidden_ref), concrete_ref(missing_ref)
-        times: dict[str, list[float]] = {hidden: [], missing: []}
-        problems: list[str] = []
-        t0 = time.perf_counter()
-        for i in range(warm + n):
-            for ref in (hidden, missing) if i % 2 == 0 else (missing, hidden):
-                started = time.perf_counter()
-                try:
-                    if ref.startswith("ticket:"):  # a ticket by id: its owner resolved and row-checked
-                        runner.ticket(ref.partition(":")[2], scope=runner.request(exp.principal("cli")))
-                    else:
-                        read_customer_context(runner.request(exp.principal("cli")), ref, list(SLICE_NAMES))
-                    problems.append(f"{ref} was found")
-                except (CustomerNotFound, TicketNotFound):
-                    pass
-                if i >= warm:
-                    times[ref].append((time.perf_counter() - started) * 1000)
-        mh, mm = statistics.median(times[hidden]), statistics.median(times[missing])
-        note = f"medians over {n} requests each: hidden {mh:.2f} ms, missing {mm:.2f} ms (gap {abs(mh - mm):.2f} ms)"
-        if abs(mh - mm) > gap:
-            problems.append(f"timing tells them apart: {note}")
-        yield Probe(f"timing {exp.label}: {hidden_ref} vs {missing_ref}", sorted(set(problems)), [],
-                    (time.perf_counter() - t0) * 1000,
-                    {"hidden_median_ms": round(mh, 3), "missing_median_ms": round(mm, 3)}, note)
+def concrete_ref(runner: Runner, ref: str) -> str:
+    """A timing pair's reference: ``billing-id-of:REF`` is REF's billing id (``billing:cus_…``)."""
+    if ref.startswith("billing-id-of:"):
+        return "billing:" + runner.resolve(ref.partition(":")[2])[0].anchors["billing"]
+    return ref

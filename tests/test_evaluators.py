@@ -123,9 +123,10 @@ def test_breaking_the_policy_fails_the_gate(sqlite_warehouse, tmp_path):
                             "      crm.account: [contract_value]\n", 1)
     assert broken != policy
     (tmp_path / "policy.yaml").write_text(broken, encoding="utf-8")
-    good = run_eval(settings_for(sqlite_warehouse, tmp_path / "a"), ["access"])
+    good = run_eval(settings_for(sqlite_warehouse, tmp_path / "a"), ["access"], entry_points=())
     assert good.gate_passed and len(good.results) == 339  # context 7×13 + tickets, threads, events, timing
-    bad = run_eval(settings_for(sqlite_warehouse, tmp_path / "b", policy=tmp_path / "policy.yaml"), ["access"])
+    bad = run_eval(settings_for(sqlite_warehouse, tmp_path / "b", policy=tmp_path / "policy.yaml"), ["access"],
+                   entry_points=())
     failing = {key for key, *_, ok in bad.gate() if not ok}
     assert {"leaks", "access_policy"} <= failing
     assert any("support_agent" in r.case and "acme.com" in r.case and not r.passed for r in bad.results)

@@ -20,19 +20,27 @@ def eval_cmd(
     model: Annotated[str | None, typer.Option("--model", help='"offline" (default) or an OpenAI-compatible model.')] = None,
     trials: Annotated[int, typer.Option(min=1, max=20, help="Runs per case; the report gives pass^k.")] = 1,
     gate: Annotated[bool, typer.Option("--gate", help="Exit 1 when the offline thresholds are not met.")] = False,
+    entry_points: Annotated[str | None, typer.Option(
+        "--entry-points", help="Entry points the access suite drives: cli, http, mcp, langgraph (comma-separated), "
+                               "all, or none (default: cli,http,mcp).")] = None,
 ) -> None:
     """Run the eval suites and write a markdown report and JSON with the full settings."""
     from agent.bootstrap import ready
     from agent.run_context import remember
+    from evals.access_suite import entry_points_option
     from evals.runner import SUITES, run_eval, write_report
 
+    try:
+        drive = entry_points_option(entry_points)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
     suites = [s for item in (suite or list(SUITES)) for s in item.split(",") if s.strip()]
     with progress_bar() as update:
         r = ready(progress=update)
     remember(r)
     try:
         with progress_bar() as update:
-            report = run_eval(r.settings, suites, model=model, trials=trials, progress=update)
+            report = run_eval(r.settings, suites, model=model, trials=trials, progress=update, entry_points=drive)
     except ValueError as exc:
         raise fail(str(exc), 2) from None
     md, js = write_report(report, out_dir)
