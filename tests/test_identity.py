@@ -80,3 +80,21 @@ def test_every_story_customer_resolves_to_a_distinct_customer(sqlite_ready):
                "acmelogistics.com"]
     ids = {sqlite_ready.index.resolve(d)[0].customer_id for d in domains}
     assert len(ids) == len(domains)
+
+
+def test_a_story_person_resolves_by_app_user_id_and_anonymous_ids(sqlite_ready):
+    from sqlalchemy import select
+
+    from tools.embedded import tables as T
+    from tools.embedded.story import ACME_VISITOR_ANONYMOUS_ID
+    from tools.sources.registry import engine_for
+
+    with engine_for(sqlite_ready.settings.source("product").url).connect() as conn:
+        user, anon = conn.execute(select(T.sg_identifies.c.user_id, T.sg_identifies.c.anonymous_id)
+                                  .where(T.sg_identifies.c.email == "rhoda.runner@acme.com")).one()
+    for ref, how in ((f"user:{user}", "user_id"), (f"anon:{anon}", "anonymous_id"), (user, "id"),
+                     (f"anon:{ACME_VISITOR_ANONYMOUS_ID}", "anonymous_id")):
+        customer, matched = sqlite_ready.index.resolve(ref)
+        assert (customer.name, matched) == ("Acme Corp", how), ref
+    with pytest.raises(CustomerNotFound):
+        sqlite_ready.index.resolve("user:usr_99999999")

@@ -7,6 +7,10 @@
 * **Retries** with exponential backoff and jitter (tenacity), on transient errors
   only: connection failures, operational errors, injected outages. Not-found,
   malformed mappings and bad input are never retried.
+* **Misconfiguration** — SQL the database refuses because the mapping or the URL is
+  wrong (no such column or table, a syntax error, no such database, bad credentials):
+  one attempt, never retried, not held against the breaker (the database answered),
+  logged once per source and message, and marked ``misconfigured`` in the outcome.
 * **Circuit breaker** per source: after ``breaker_failures`` consecutive failed
   calls the source is not touched for ``breaker_reset_s``; then one probe call is
   let through, and its outcome closes or re-opens the breaker.
@@ -18,6 +22,8 @@ Time comes from an injectable :class:`Clock`, so tests run without real sleeps.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +32,13 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
@@ -88,8 +100,39 @@ def guarded_sleep(seconds: float) -> None:
         raise SourceTimeout(f"no answer within the deadline (needed {seconds:g} s)")
 
 
+# SQLSTATE classes and codes of a configuration the database refuses (PostgreSQL and any
+# driver that reports SQLSTATE): 42 syntax error or access rule violation (42703 undefined
+# column, 42P01 undefined table, 42601 syntax error, 42883 undefined function, 42501 no
+# privilege), 3D000 no such database, 3F000 no such schema, 28 bad credentials.
+_CONFIG_SQLSTATES = ("42", "3D000", "3F000", "28")
+# The same refusals as SQLite words them (sqlite3 gives no codes for them), and libpq at connect.
+_CONFIG_MESSAGES = re.compile(
+    r"no such (column|table|function|module)|syntax error|ambiguous column name|unable to open database file"
+    r"|wrong number of arguments to function|misuse of (aggregate|window) function|has no column named"
+    r"|no such collation sequence"
+    # PostgreSQL's refusals at connect time, which carry no SQLSTATE
+    r'|database "[^"]*" does not exist|role "[^"]*" does not exist|password authentication failed',
+    re.IGNORECASE)
+
+
+def misconfiguration(exc: BaseException) -> str | None:
+    """The one-line reason when ``exc`` is the database refusing a mapping's SQL or the
+    source's URL (a configuration error: retrying cannot help), else None."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return None
+    orig = exc.orig
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(state, str) and state:
+        return summarize(exc) if state.startswith(_CONFIG_SQLSTATES) else None
+    if isinstance(exc, ProgrammingError) or _CONFIG_MESSAGES.search(str(orig)):
+        return summarize(exc)
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, SourceTimeout | MalformedSource):
+        return False
+    if misconfiguration(exc) is not None:
         return False
     if isinstance(exc, TransientSourceError | OperationalError | DisconnectionError | PoolTimeout):
         return True
@@ -145,11 +188,31 @@ class CallOutcome:
     latency_ms: float
     attempts: int = 0
     error: str | None = None
+    #: The failure is the source's configuration (its mapping or URL), not the source:
+    #: ``status`` is ``unavailable``, ``error`` the database's one line; never retried.
+    misconfigured: bool = False
 
 
 def summarize(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
+
+
+log = logging.getLogger(__name__)
+MISCONFIGURED_TEMPLATE = ("{source} source is misconfigured: {error} (check its mapping and URL: "
+                          "`custctx mappings check`); not retried")
+_reported: set[tuple[str, str]] = set()
+_reported_lock = threading.Lock()
+
+
+def _report_once(source: str, error: str) -> None:
+    """Log a configuration error the first time this process meets it (every read of a
+    misconfigured source fails alike; one line says it)."""
+    with _reported_lock:
+        if (source, error) in _reported:
+            return
+        _reported.add((source, error))
+    log.warning(MISCONFIGURED_TEMPLATE.format(source=source, error=error))
 
 
 class SourceGuard:
@@ -182,9 +245,9 @@ class SourceGuard:
         start = self.clock.monotonic()
         breaker = self.breaker(source)
 
-        def outcome(status, attempts=0, error=None) -> CallOutcome:  # noqa: ANN001
+        def outcome(status, attempts=0, error=None, misconfigured=False) -> CallOutcome:  # noqa: ANN001
             return CallOutcome(source, slice_name, status, round((self.clock.monotonic() - start) * 1000, 2),
-                               attempts, error)
+                               attempts, error, misconfigured)
 
         if not breaker.allow(start):
             msg = (f"circuit open after {breaker.failures} failed calls; "
@@ -213,6 +276,11 @@ class SourceGuard:
             breaker.record(True, self.clock.monotonic())
             return None, outcome("not_found", attempts, str(exc)), exc
         except (SourceTimeout, SQLAlchemyError, TransientSourceError, MalformedSource) as exc:
+            if (problem := misconfiguration(exc)) is not None:
+                # The database answered: the breaker is for sources that do not.
+                breaker.record(True, self.clock.monotonic())
+                _report_once(source, problem)
+                return None, outcome("unavailable", attempts, f"misconfigured: {problem}", misconfigured=True), exc
             breaker.record(False, self.clock.monotonic())
             if isinstance(exc, SourceTimeout) or deadline.passed():
                 budget = timeout_s or self.settings.timeout_s

@@ -2,9 +2,12 @@
 
 The index is built from the identity keys each mapping declares (CRM company id,
 billing customer id and ``crm_company_id`` link, support organization id, product
-group id, contact and billing emails, domains, names). Source records that share a
-linkable key (anything but a name) are the same customer: full-outer semantics, so
-a customer known to one system only still resolves.
+group id, contact and billing emails, domains, names; and for people: application
+user ids, anonymous ids, support user ids, name + postcode). Which records are one
+customer is :mod:`tools.identity_graph`'s rule: records that share an identifying
+value are one (full-outer semantics: a customer known to one system only still
+resolves); a value shared by several records of one source links none; a person
+rides with the one customer their keys point to, or is a customer of their own.
 """
 
 from __future__ import annotations
@@ -12,16 +15,40 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import re
-import unicodedata
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sqlalchemy import Column, MetaData, String, Table, Text, delete, func, insert, or_, select
-from sqlalchemy.engine import Engine, RowMapping
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+)
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import SQLAlchemyError
 
+from tools.guard import misconfiguration
+from tools.identity_graph import (
+    FREEMAIL,
+    PERSON,
+    Group,
+    Node,
+    NodeId,
+    group_records,
+    name_postcode,
+    normalize_email,
+    normalize_name,
+)
 from tools.mapping.engine import Mapping
 from tools.mapping.loader import load_mapping
 from tools.settings import Settings
@@ -29,13 +56,17 @@ from tools.sources.base import CustomerRef, is_email
 from tools.sources.registry import engine_for
 
 #: Sources whose records are customers; their priority decides the canonical record.
-ANCHORED_SOURCES: tuple[str, ...] = ("crm", "billing", "support", "product")
-ID_KINDS = {"crm": "crm_id", "billing": "billing_id", "support": "support_id", "product": "product_id"}
-FREEMAIL = frozenset({
-    "gmail.com", "googlemail.com", "yahoo.com", "hotmail.com", "outlook.com", "live.com", "icloud.com",
-    "me.com", "aol.com", "proton.me", "protonmail.com", "gmx.com", "gmx.de", "mail.com", "yandex.ru",
-    "qq.com", "163.com",
-})
+ANCHORED_SOURCES: tuple[str, ...] = ("crm", "billing", "support", "product", "commerce")
+log = logging.getLogger(__name__)
+ID_KINDS = {"crm": "crm_id", "billing": "billing_id", "support": "support_id", "product": "product_id",
+            "commerce": "commerce_id"}
+#: Explicit reference prefixes of people's keys (``user:<app user id>``, ...) → key kind.
+PERSON_PREFIXES = {"user": "user_id", "anon": "anonymous_id", "support_user": "support_user_id",
+                   "zendesk_user": "support_user_id"}
+#: Key kinds a bare reference (no prefix) is looked up as, besides the record ids.
+BARE_KINDS = ("user_id", "anonymous_id")
+NAME_POSTCODE = "name+postcode:"
+__all__ = ["FREEMAIL", "normalize_email", "normalize_name"]  # re-exported from tools.identity_graph
 _DOMAIN = re.compile(r"^(?:[a-z][a-z0-9+.-]*://)?(?:www\.)?([a-z0-9-]+(?:\.[a-z0-9-]+)+)/?$", re.IGNORECASE)
 _BATCH = 20_000
 
@@ -55,6 +86,7 @@ identity_customer = Table(
     Column("anchors", Text, nullable=False),  # JSON {source: record id}
     Column("domains", Text, nullable=False),  # JSON list, primary first
     Column("emails", Text, nullable=False),  # JSON list
+    Column("persons", Text),  # JSON {source: [person record ids]} (CustomerRef.person_ids)
 )
 identity_key = Table(
     "identity_key", state,
@@ -116,115 +148,84 @@ def check_reference(text: str, what: str = "a customer reference") -> str:
     return q
 
 
-# ---------------------------------------------------------------- normalising
-def normalize_name(name: str) -> str:
-    """Case-, accent- and punctuation-insensitive form of a company name."""
-    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().casefold()
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", folded).split())
-
-
-def normalize_email(email: str) -> str:
-    """Lower-case, with plus-addressing removed: rachael+support@tyrell.fr → rachael@tyrell.fr."""
-    local, _, domain = email.strip().lower().partition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
-
-
-def _key_values(kind: str, value: str, derive_domain: bool) -> Iterable[tuple[str, str]]:
-    if kind == "email":
-        v = value.strip().lower()
-        if not is_email(v):
-            return
-        yield "email", v
-        yield "email", normalize_email(v)
-        dom = v.rsplit("@", 1)[1]
-        if derive_domain and dom not in FREEMAIL:
-            yield "domain", dom
-    elif kind == "name":
-        n = normalize_name(value)
-        if n:
-            yield "name", n
-    elif kind == "domain":
-        v = value.strip().lower()
-        if v and v not in FREEMAIL:
-            yield "domain", v
-    else:
-        yield kind, value.strip()
-
-
 # ---------------------------------------------------------------- building
-@dataclass
-class _Node:
-    keys: set[tuple[str, str]] = field(default_factory=set)
-    names: list[str] = field(default_factory=list)
-    domains: list[str] = field(default_factory=list)
-
-
-def _collect(settings: Settings) -> dict[tuple[str, str], _Node]:
-    nodes: dict[tuple[str, str], _Node] = defaultdict(_Node)
+def _collect(settings: Settings) -> dict[NodeId, Node]:
+    nodes: dict[NodeId, Node] = {}
     for source in ANCHORED_SOURCES:
         cfg = settings.source(source)
         if not cfg.url:
             continue
         try:
             _collect_source(source, cfg.url, load_mapping(cfg.mapping or source), nodes)
-        except SQLAlchemyError:
-            continue  # an unreachable source adds no keys; its customers resolve through the others
+        except SQLAlchemyError as exc:
+            # an unreachable source adds no keys; its customers resolve through the others. A
+            # mapping the database refuses (a wrong column) is said once, not passed over in silence.
+            if problem := misconfiguration(exc):
+                log.warning("identity index: the %s source's identity keys were left out: %s "
+                            "(run `custctx mappings check`)", source, problem)
+            continue
     return nodes
 
 
-def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[tuple[str, str], _Node]) -> None:
+def _absent_person_entities(conn: Connection, mapping: Mapping) -> set[str]:
+    """Entities of person keys whose tables the source does not have (a Segment warehouse without
+    ``aliases``): those keys are skipped. One catalogue query, and none without person keys."""
+    entities = {k.entity for k in mapping.identity if k.person}
+    seen = (conn.engine.url.render_as_string(), mapping.name)
+    if not entities or seen in _PERSON_TABLES_PRESENT:
+        return set()
+    have = set(inspect(conn).get_table_names())
+    absent = {e for e in entities
+              if any(t not in have for p in mapping.entity(e).parts for t in (p.table, *(j["table"] for j in p.joins)))}
+    if not absent:  # once there, asked no more (a table dropped later fails its query: the source is down)
+        _PERSON_TABLES_PRESENT.add(seen)
+    return absent
+
+
+_PERSON_TABLES_PRESENT: set[tuple[str, str]] = set()
+
+
+def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[NodeId, Node]) -> None:
     with engine_for(url).connect() as conn:
+        absent = _absent_person_entities(conn, mapping)
         for key in mapping.identity:
+            if key.person and key.entity in absent:
+                continue
             fetched = mapping.entity(key.entity).rows(conn, fields=list(dict.fromkeys([key.anchor, key.field])))
             for r in fetched.rows:
                 anchor, value = r.get(key.anchor), r.get(key.field)
                 if anchor is None or value is None or value == "":
                     continue
-                node = nodes[(source, str(anchor))]
-                if key.kind == "name":
-                    node.names.append(str(value))
-                for kv in _key_values(key.kind, str(value), key.derive_domain):
-                    node.keys.add(kv)
-                    if kv[0] == "domain":
-                        node.domains.append(kv[1])
-
-
-def _components(nodes: dict[tuple[str, str], _Node]) -> list[list[tuple[str, str]]]:
-    parent = {n: n for n in nodes}
-
-    def find(n: tuple[str, str]) -> tuple[str, str]:
-        while parent[n] != n:
-            parent[n] = parent[parent[n]]
-            n = parent[n]
-        return n
-
-    owner: dict[tuple[str, str], tuple[str, str]] = {}
-    for n, node in nodes.items():
-        for kv in node.keys:
-            if kv[0] == "name":
-                continue  # names never link records: two companies may share one
-            other = owner.setdefault(kv, n)
-            ra, rb = find(n), find(other)
-            if ra != rb:
-                parent[rb] = ra
-    groups: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)
-    for n in nodes:
-        groups[find(n)].append(n)
-    return list(groups.values())
+                nid = (source, f"{PERSON}{anchor}" if key.person else str(anchor))
+                node = nodes.get(nid)
+                if node is None:
+                    node = nodes[nid] = Node(person=key.person)
+                node.add(key, str(value))
 
 
 def customer_id_for(source: str, record_id: str) -> str:
     return "c_" + hashlib.sha1(f"{source}:{record_id}".encode()).hexdigest()[:12]
 
 
-def _customer_row(members: list[tuple[str, str]], nodes: dict[tuple[str, str], _Node]) -> dict:
+def _person_ids(group: Group, sole: set[NodeId]) -> dict[str, list[str]]:
+    """Source → the person records a customer's person-level reads go by: a person-customer's own,
+    and those of the persons riding with this customer only (one riding with several is nobody's)."""
+    out: dict[str, set[str]] = {}
+    for source, rid in (*group.members, *(r for r in group.riders if r in sole)):
+        if rid.startswith(PERSON):
+            out.setdefault(source, set()).add(rid.removeprefix(PERSON))
+    return {source: sorted(ids) for source, ids in sorted(out.items())}
+
+
+def _customer_row(group: Group, nodes: dict[NodeId, Node], sole: set[NodeId] | None = None) -> dict:
     order = {s: i for i, s in enumerate(ANCHORED_SOURCES)}
-    members = sorted(members, key=lambda n: (order[n[0]], n[1]))
+    members = sorted(group.members, key=lambda n: (order.get(n[0], len(order)), n[1]))
     anchors: dict[str, str] = {}
     for source, rid in members:
-        anchors.setdefault(source, rid)
-    name = next((nodes[m].names[0] for m in members if nodes[m].names), members[0][1])
-    domains = list(dict.fromkeys(d for m in members for d in nodes[m].domains))
+        if not rid.startswith(PERSON):  # a person-customer has no customer record in any source
+            anchors.setdefault(source, rid)
+    name = next((nodes[m].names[0] for m in members if nodes[m].names), members[0][1].removeprefix(PERSON))
+    domains = list(dict.fromkeys(d for m in members for d in nodes[m].domains if ("domain", d) not in group.refused))
     emails = sorted({v for m in members for k, v in nodes[m].keys if k == "email"})
     return {
         "customer_id": customer_id_for(*members[0]),
@@ -234,6 +235,7 @@ def _customer_row(members: list[tuple[str, str]], nodes: dict[tuple[str, str], _
         "anchors": json.dumps(anchors),
         "domains": json.dumps(domains),
         "emails": json.dumps(emails[:100]),
+        "persons": json.dumps(_person_ids(group, sole or set())),
     }
 
 
@@ -241,16 +243,17 @@ def build_index(settings: Settings, progress: Callable[[str, int, int], None] | 
                 fingerprint: str | None = None) -> int:
     """(Re)build the identity index from every connected source. Returns the customer count."""
     nodes = _collect(settings)
-    comps = _components(nodes)
     customers: list[dict] = []
     keys: set[tuple[str, str, str]] = set()
-    for comp in comps:
-        row = _customer_row(comp, nodes)
+    groups = group_records(nodes)
+    rides = Counter(r for g in groups for r in g.riders)
+    sole = {r for r, n in rides.items() if n == 1}
+    for group in groups:
+        row = _customer_row(group, nodes, sole)
         customers.append(row)
-        for m in comp:
-            keys.update((k, v, row["customer_id"]) for k, v in nodes[m].keys)
+        keys.update((k, v, row["customer_id"]) for k, v in _group_keys(group, nodes))
     eng = engine_for(settings.state_db_url)
-    state.create_all(eng)
+    create_state(eng)
     with eng.begin() as conn:
         for t in (identity_key, identity_customer, identity_meta):
             conn.execute(delete(t))
@@ -264,6 +267,27 @@ def build_index(settings: Settings, progress: Callable[[str, int, int], None] | 
         conn.execute(insert(identity_meta), [{"key": "fingerprint",
                                               "value": fingerprint or source_fingerprint(settings)}])
     return len(customers)
+
+
+def create_state(eng: Engine) -> None:
+    """Create the index tables; an index of an older layout (no ``persons`` column) is dropped
+    first — it is derived data, rebuilt by the next :func:`ensure_index`."""
+    have = inspect(eng)
+    if have.has_table(identity_customer.name) and \
+            "persons" not in {c["name"] for c in have.get_columns(identity_customer.name)}:
+        state.drop_all(eng)
+    state.create_all(eng)
+
+
+def _group_keys(group: Group, nodes: dict[NodeId, Node]) -> set[tuple[str, str]]:
+    """What a customer answers to: its records' values (but shared derived domains), the values
+    of the persons riding with it, name + postcode pairs, and a person-customer's names."""
+    out: set[tuple[str, str]] = set()
+    for m in (*group.members, *group.riders):
+        out |= nodes[m].keys | nodes[m].lookup_values()
+    if all(nodes[m].person for m in group.members):
+        out |= {("name", n) for m in group.members for x in nodes[m].names if (n := normalize_name(x))}
+    return out - group.refused
 
 
 UNAVAILABLE = "unavailable:"
@@ -283,7 +307,9 @@ def source_fingerprint(settings: Settings) -> str:
         parts.append(f"{source}|{cfg.url}|{mapping.name}")
         try:
             with engine_for(cfg.url).connect() as conn:
-                for ent_name in dict.fromkeys(k.entity for k in mapping.identity):
+                absent = _absent_person_entities(conn, mapping)
+                absent -= {k.entity for k in mapping.identity if not k.person}  # an account key's table must be there
+                for ent_name in dict.fromkeys(k.entity for k in mapping.identity if k.entity not in absent):
                     for p in mapping.entity(ent_name).parts:
                         upd = func.max(p.col("updated_at")) if "updated_at" in p.fields else func.count()
                         stmt = select(func.count(), upd).select_from(p.from_clause)
@@ -297,7 +323,7 @@ def source_fingerprint(settings: Settings) -> str:
 def ensure_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> bool:
     """Build the index when it is missing or its sources changed. True if it was rebuilt."""
     eng = engine_for(settings.state_db_url)
-    state.create_all(eng)
+    create_state(eng)
     with eng.connect() as conn:
         stored = conn.execute(select(identity_meta.c.value).where(identity_meta.c.key == "fingerprint")).scalar()
     current = source_fingerprint(settings)
@@ -345,25 +371,32 @@ class IdentityIndex:
         return (ref, matched_by) if ref else None
 
     def resolve(self, query: str) -> tuple[CustomerRef, str]:
-        """Resolve an email, id (``crm:1001`` or bare), domain or name.
+        """Resolve an email, id (``crm:1001`` or bare), domain or name; or a person by
+        ``user:<app user id>``, ``anon:<anonymous id>``, ``support_user:<id>`` (``zendesk_user:``)
+        or ``name+postcode:<name>, <postcode>``.
 
-        Returns the customer and what matched (``email``, ``domain``, ``crm_id``, ``name``, ...).
+        Returns the customer and what matched (``email``, ``domain``, ``crm_id``, ``user_id``, ``name``, ...).
         Raises BadReference, AmbiguousCustomer or CustomerNotFound with a one-line message.
         """
         q = check_reference(query)
         if not q:
             raise BadReference("Give a customer: an email, a domain, an id or a name.")
-        if "@" in q:
-            return self._resolve_email(q)
+        if q.lower().startswith(NAME_POSTCODE):
+            return self._resolve_name_postcode(q)
         source, sep, rid = q.partition(":")
-        if sep and source.lower() in ID_KINDS:
-            found = self._one(q, self._by_key([(ID_KINDS[source.lower()], rid.strip())]), ID_KINDS[source.lower()])
+        kind = ID_KINDS.get(source.lower()) or PERSON_PREFIXES.get(source.lower())
+        if sep and kind:
+            if not rid.strip():
+                raise BadReference(f"{q!r} names no id after {source.lower()}:.")
+            found = self._one(q, self._by_key([(kind, rid.strip())]), kind)
             if found:
                 return found
             raise CustomerNotFound(q, [])
+        if "@" in q:
+            return self._resolve_email(q)
         if re.fullmatch(r"c_[0-9a-f]{12}", q) and (ref := self.get(q)):
             return ref, "customer_id"
-        found = self._one(q, self._by_key((kind, q) for kind in ID_KINDS.values()), "id")
+        found = self._one(q, self._by_key((kind, q) for kind in (*ID_KINDS.values(), *BARE_KINDS)), "id")
         if found:
             return found
         if (m := _DOMAIN.match(q)) and " " not in q:
@@ -384,6 +417,16 @@ class IdentityIndex:
             found = self._one(q, self._by_key([("domain", domain)]), "email domain")
             if found:
                 return found
+        raise CustomerNotFound(q, [])
+
+    def _resolve_name_postcode(self, q: str) -> tuple[CustomerRef, str]:
+        name, sep, postcode = q[len(NAME_POSTCODE):].rpartition(",")
+        value = name_postcode(name, postcode) if sep else ""
+        if not value:
+            raise BadReference(f"{q!r}: write a person as name+postcode:<name>, <postcode>.")
+        found = self._one(q, self._by_key([("name_postcode", value)]), "name+postcode")
+        if found:
+            return found
         raise CustomerNotFound(q, [])
 
     def _resolve_name(self, q: str) -> tuple[CustomerRef, str]:
@@ -416,4 +459,5 @@ def _ref(row: RowMapping) -> CustomerRef:
     return CustomerRef(
         customer_id=row["customer_id"], name=row["name"], anchors=json.loads(row["anchors"]),
         domains=tuple(json.loads(row["domains"])), emails=tuple(json.loads(row["emails"])),
+        person_ids={k: tuple(v) for k, v in json.loads(row.get("persons") or "{}").items()},
     )

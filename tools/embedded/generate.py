@@ -28,7 +28,7 @@ from .common import AS_OF, GENERATOR_VERSION
 from .large import LargeCustomer, build_large
 from .salesforce import seed_salesforce
 from .story import STORY_BUILDERS
-from .story_comms import build_story_comms
+from .story_comms import build_story_comms, build_ticket_followups
 from .triage import insert_triage
 
 __all__ = ["AS_OF", "LargeCustomer", "SeedReport", "seed", "seed_salesforce"]
@@ -118,6 +118,7 @@ def seed(url: str, customers: int = 200, seed: int = 7,
                 build(b, p)
                 report("background", i, background)
             triage = insert_triage(b)
+            build_ticket_followups(b)  # a customer's comment on a labelled ticket (docs/SIGNALS.md)
             report("triage", triage, triage)
             b.register = False  # random customers are never looked up by name or email
             names = Names(rng)

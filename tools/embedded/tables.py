@@ -316,6 +316,14 @@ sg_identifies = Table(
     Column("timestamp", DateTime),
     Column("received_at", DateTime, nullable=False),
 )
+sg_aliases = Table(  # alias(): previous_id (an anonymous id before sign-up) is user_id
+    "aliases", segment,
+    Column("id", String(64), primary_key=True),
+    Column("previous_id", String(64), index=True),
+    Column("user_id", String(64), index=True),
+    Column("timestamp", DateTime),
+    Column("received_at", DateTime, nullable=False),
+)
 sg_groups = Table(
     "groups", segment,
     Column("id", String(64), primary_key=True),
@@ -459,6 +467,7 @@ document = Table(
     Column("owner_email", String(255)),
     Column("modified_time", DateTime),
     Column("url", String(500)),
+    Column("description", Text),  # a plan's objectives, a document's summary (untrusted)
     _synced(),
 )
 call = Table(
@@ -468,6 +477,7 @@ call = Table(
     Column("started_at", DateTime, index=True),
     Column("duration_s", Integer),
     Column("talk_ratio", Float),  # share of time our side talked, 0..1
+    Column("topics", Text),  # topics the recorder detected, "; "-separated (untrusted)
     _synced(),
 )
 call_participant = Table(

@@ -2,249 +2,44 @@
 
 A mapping (YAML, one per source flavour, in ``tools/mapping/`` or any path) names
 *entities* (``account``, ``contact``, ``charge``, ...). Each entity is one table (or
-the union of several ``parts``), optional left joins, always-applied filters and
-fields. A field is a column plus a type and an optional conversion, e.g.::
+the union of several ``parts``), optional left joins, always-applied filters, fields,
+custom fields and per-customer aggregates. A field is a column, an expression or a
+concatenation plus a type and an optional conversion, e.g.::
 
     amount: {column: amount, type: int, convert: cents}
     created: {column: created, type: int, convert: epoch_s}
     owner: {column: o.email, convert: email_local_part}
+    name: {concat: [first_name, " ", last_name]}
 
 Source modules ask for entity fields by their mapped names only, so another schema
-(HubSpot → Salesforce) is another YAML file, not code. See docs/MAPPINGS.md.
+(HubSpot → Salesforce) is another YAML file, not code. See docs/MAPPINGS.md. The
+fields live in ``fields.py``, a table's SQL in ``part.py``, aggregates in ``aggregates.py``.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    bindparam,
-    false,
-    func,
-    literal,
-    literal_column,
-    select,
-    table,
-    type_coerce,
-)
+from sqlalchemy import bindparam, select, type_coerce
 from sqlalchemy.engine import Connection
-from sqlalchemy.sql import ColumnElement, FromClause, Select
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.types import NullType
 
-from tools.mapping.conversions import (
-    CONVERSIONS,
-    INTEGER_CONVERSIONS,
-    SQL_TYPES,
-    TYPE_CASTS,
-    MappingError,
-    RowError,
-)
+from tools.mapping.aggregates import Aggregate
+from tools.mapping.conversions import MappingError, RowError
+from tools.mapping.fields import ROW_TAMPER, SKIP_TALLY, FieldSpec, count_skipped
+from tools.mapping.part import EntityPart
 
-#: Set by fault injection (``corrupt``): rewrites raw rows before conversion.
-ROW_TAMPER: ContextVar[Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None] = \
-    ContextVar("custctx_row_tamper", default=None)
-#: Set by the reader around one read: counts rows and nested values skipped as malformed.
-SKIP_TALLY: ContextVar[list[int] | None] = ContextVar("custctx_skip_tally", default=None)
-#: What a conversion raises on a value it cannot read.
-_UNREADABLE = (TypeError, ValueError, OverflowError, OSError, AttributeError, json.JSONDecodeError)
+__all__ = ["IN_CHUNK", "ROW_TAMPER", "SKIP_TALLY", "Aggregate", "Entity", "EntityPart", "Fetched", "FieldSpec",
+           "CUSTOM", "IdentityKey", "Mapping", "count_skipped", "order_rows", "prepared"]
 
 
-def count_skipped(n: int = 1) -> None:
-    """Add ``n`` rows or values skipped as malformed to the tally of the read in progress."""
-    tally = SKIP_TALLY.get()
-    if tally is not None and n:
-        tally[0] += n
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """One mapped field: where it comes from and how it is converted."""
-
-    name: str
-    column: str | None = None  # "col" or "alias.col"
-    type: str = "str"
-    convert: str | None = None
-    json_path: str | None = None  # for type json: key path inside the JSON text
-    # value map applied after conversion: raw source value (any scalar YAML key, null
-    # included; "*" for every other value) -> Python value
-    values: dict[Hashable, Any] | None = None
-    coalesce: tuple[str, ...] = ()  # several "alias.col" tried in order
-    constant: Any = None
-    required: bool = False
-
-    def to_python(self, raw: Any, problems: list[str] | None = None) -> Any:
-        """Convert a raw source value; raises RowError on garbage.
-
-        A nested value (``type: json``) that cannot be read — text that does not parse, a
-        path through something that is not an object, an object where a value belongs —
-        drops only itself when ``problems`` collects it and the field is not required: it
-        becomes null and its reason is appended to ``problems``. A list element that fails
-        is left out of its list, likewise one entry each. Without ``problems`` (or for a
-        required field) it raises RowError, so nothing is dropped uncounted.
-        """
-        if raw is None:
-            if self.required:
-                raise RowError(f"{self.name} is missing")
-            return self.values.get(None) if self.values and None in self.values else None
-        if self.type == "json":
-            return self._nested(raw, problems)
-        try:
-            v = CONVERSIONS[self.convert][0](raw) if self.convert else TYPE_CASTS[self.type](raw)
-        except _UNREADABLE as exc:
-            raise RowError(f"{self.name}: cannot read {raw!r} as {self.convert or self.type}") from exc
-        return self._mapped(v)
-
-    def _mapped(self, v: Any) -> Any:
-        if self.values is None:
-            return v
-        return self.values.get(v, self.values.get("*", v))
-
-    def _nested(self, raw: Any, problems: list[str] | None) -> Any:
-        """A JSON field: the value at ``path``, a scalar or a list of scalars, converted."""
-        try:
-            v = json.loads(raw) if isinstance(raw, str) else raw
-            for part in (self.json_path or "").split("."):
-                if part and v is not None:
-                    if not isinstance(v, dict):
-                        raise TypeError(f"{type(v).__name__} where an object with {part!r} belongs")
-                    v = v.get(part)
-            if v is None:  # absent, not malformed: a key the record does not have
-                return None
-            if not isinstance(v, list):
-                return self._mapped(self._element(v))
-        except _UNREADABLE as exc:
-            reason = f"{self.name}: cannot read {raw!r} as json{f' at {self.json_path}' if self.json_path else ''}"
-            if problems is None or self.required:
-                raise RowError(reason) from exc
-            problems.append(f"{reason} ({exc})")
-            return None
-        out = []
-        for i, item in enumerate(v):
-            try:
-                out.append(self._mapped(self._element(item)))
-            except _UNREADABLE as exc:
-                reason = f"{self.name}[{i}]: cannot read {item!r} as {self.convert or 'a scalar'}"
-                if problems is None:
-                    raise RowError(reason) from exc
-                problems.append(reason)
-        return out
-
-    def _element(self, v: Any) -> Any:
-        """One JSON scalar, converted: an object or a list (or null in a list) has the wrong shape."""
-        if v is None or isinstance(v, dict | list):
-            raise TypeError(f"{'null' if v is None else type(v).__name__} where a single value belongs")
-        return CONVERSIONS[self.convert][0](v) if self.convert else v
-
-    def in_source(self, values: Iterable[Any]) -> list[tuple[Any, Any]]:
-        """(value, its source representation) for each value that can exist in the source
-        (a non-numeric id against an integer column cannot, and never matches)."""
-        out = []
-        for v in values:
-            try:
-                out.append((v, self.to_source(v)))
-            except (TypeError, ValueError, OverflowError):
-                continue
-        return out
-
-    def to_source(self, value: Any) -> Any:
-        """Convert a Python value into the source representation (for filters)."""
-        if self.values is not None:
-            inverse = {v: k for k, v in self.values.items() if k not in (None, "*")}
-            value = inverse.get(value, value)
-        if self.convert:
-            return CONVERSIONS[self.convert][1](value)
-        return value
-
-
-@dataclass(frozen=True)
-class EntityPart:
-    """One table (plus joins) that rows of an entity come from."""
-
-    table: str
-    fields: dict[str, FieldSpec]
-    joins: tuple[dict[str, Any], ...] = ()
-    where: dict[str, Any] = field(default_factory=dict)
-    alias: str = "t"
-
-    def _table(self, name: str, alias: str) -> FromClause:
-        return table(name).alias(alias)
-
-    @property
-    def from_clause(self) -> FromClause:
-        base = self._table(self.table, self.alias)
-        for j in self.joins:
-            other = self._table(j["table"], j["alias"])
-            conds = [
-                literal_column(f'"{self.alias}"."{local}"') == literal_column(f'"{j["alias"]}"."{remote}"')
-                for local, remote in j["on"].items()
-            ]
-            base = base.outerjoin(other, and_(*conds))
-        return base
-
-    def col(self, name: str) -> ColumnElement[Any]:
-        """SQL expression for a mapped field (raw source representation)."""
-        spec = self.fields.get(name)
-        if spec is None:
-            raise MappingError(f"field {name!r} is not mapped for table {self.table!r}")
-        return self._col_expr(spec)
-
-    def _col_expr(self, spec: FieldSpec) -> ColumnElement[Any]:
-        type_ = SQL_TYPES["int" if spec.convert in INTEGER_CONVERSIONS else spec.type]
-        if spec.constant is not None:
-            return literal(spec.constant)
-        if spec.coalesce:
-            return func.coalesce(*(self._ref(c, type_) for c in spec.coalesce))
-        assert spec.column is not None
-        return self._ref(spec.column, type_)
-
-    def _ref(self, ref: str, type_: Any) -> ColumnElement[Any]:
-        alias, _, name = ref.rpartition(".")
-        return literal_column(f'"{alias or self.alias}"."{name}"', type_=type_())
-
-    def eq(self, name: str, value: Any) -> ColumnElement[bool]:
-        """``field == value`` with the value in the source representation."""
-        return self.in_(name, [value])
-
-    def in_(self, name: str, values: Iterable[Any]) -> ColumnElement[bool]:
-        """``field IN values``; values that cannot exist in the source never match."""
-        converted = [raw for _, raw in self.fields[name].in_source(values)]
-        if not converted:
-            return false()
-        expr = self.col(name)
-        return expr == converted[0] if len(converted) == 1 else expr.in_(converted)
-
-    def within(self, name: str, after: Any = None, until: Any = None) -> list[ColumnElement[bool]]:
-        """``after < field <= until`` (either bound optional), bounds given as Python values."""
-        spec, expr = self.fields[name], self.col(name)
-        conds = []
-        if after is not None:
-            conds.append(expr > spec.to_source(after))
-        if until is not None:
-            conds.append(expr <= spec.to_source(until))
-        return conds
-
-    def filters(self) -> list[ColumnElement[bool]]:
-        out: list[ColumnElement[bool]] = []
-        for name, value in self.where.items():
-            spec = self.fields.get(name) or FieldSpec(name=name, column=name,
-                                                      type="bool" if isinstance(value, bool) else "str")
-            expr = self._col_expr(spec)
-            if isinstance(value, list):
-                out.append(expr.in_(value))
-            elif value is None:
-                out.append(expr.is_(None))
-            elif isinstance(value, bool):
-                # Booleans land as 0/1, true/false or NULL depending on the connector.
-                out.append(expr == value if value else (expr == value) | expr.is_(None))
-            else:
-                out.append(expr == value)
-        return out
+#: Prefix of a custom field's name in a row (``custom: {tier: ...}`` is read as ``custom.tier``).
+CUSTOM = "custom."
 
 
 @dataclass(frozen=True)
@@ -254,6 +49,7 @@ class Entity:
     name: str
     parts: tuple[EntityPart, ...]
     key: str = "id"
+    aggregates: dict[str, Aggregate] = field(default_factory=dict)
 
     @property
     def part(self) -> EntityPart:
@@ -265,7 +61,8 @@ class Entity:
         return self.part.col(name)
 
     def has(self, name: str) -> bool:
-        return all(name in p.fields for p in self.parts)
+        """Whether every part maps the field (an entity left out of the mapping maps nothing)."""
+        return bool(self.parts) and all(name in p.fields for p in self.parts)
 
     def spec(self, name: str) -> FieldSpec:
         return self.parts[0].fields[name]
@@ -274,11 +71,23 @@ class Entity:
         """A Python value in the field's source representation (for filters)."""
         return self.spec(name).to_source(python_value)
 
+    def aggregate(self, conn: Connection, name: str, keys: Iterable[Any]) -> dict[Any, Any]:
+        """The declared aggregate ``name`` for each key: ``{key: value}`` (see ``aggregates.py``)."""
+        try:
+            agg = self.aggregates[name]
+        except KeyError:
+            raise MappingError(f"entity {self.name!r} declares no aggregate {name!r}") from None
+        return agg.compute(conn, self.parts, keys)
+
+    def custom(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A row's custom fields (``custom:`` in the mapping), by their declared names."""
+        return {k[len(CUSTOM):]: _json_safe(v) for k, v in row.items() if k.startswith(CUSTOM)}
+
     def select(
         self, fields: Sequence[str] | None = None, part: EntityPart | None = None
     ) -> Select[*tuple[Any, ...]]:
         p = part or self.part
-        names = list(fields or p.fields)
+        names = list(fields or p.names)
         # Raw values, converted in Python by FieldSpec.to_python: driver result
         # processors would fail a whole read on one garbage value or on a date
         # column that is really a timestamp.
@@ -302,12 +111,12 @@ class Entity:
             stmt = self.select(fields, p)
             for cond in (where(p) if where else ()):
                 stmt = stmt.where(cond)
-            if order_by:  # NULL sorts lowest on every dialect (as :func:`order_rows` does)
+            if order_by and p.maps(order_by):  # NULL sorts lowest on every dialect (as :func:`order_rows` does)
                 c = p.col(order_by)
                 stmt = stmt.order_by(c.desc().nulls_last() if descending else c.asc().nulls_first())
             if limit:
                 stmt = stmt.limit(limit)
-            names = list(fields or p.fields)
+            names = list(fields or p.names)
             tamper = ROW_TAMPER.get()
             for raw in conn.execute(stmt):
                 fetched.add(p, names, tamper(p.table, names, raw) if tamper else raw)
@@ -349,7 +158,7 @@ class Entity:
                  where: Callable[[EntityPart], Iterable[ColumnElement[bool]]] | None,
                  fields: Sequence[str] | None) -> None:
         for p in self.parts:
-            spec, names = p.fields[field], list(fields or p.fields)
+            spec, names = p.fields[field], list(fields or p.names)
             by_raw: dict[str, list[Any]] = {}  # raw keys compared as text, as the driver returns them
             raws = []
             for v, raw in spec.in_source(wanted):
@@ -388,14 +197,17 @@ class Entity:
         for i, p in enumerate(self.parts):
             spec = p.fields[field]
             keys = [raw for _, raw in spec.in_source(values)]
-            if not keys:
+            if not keys or not all(p.maps(k) for k, _ in where):  # an optional field left out never matches
                 continue
-            wname, after, until = window or ("", None, None)
+            # an optional window or order field the mapping leaves out bounds and orders nothing
+            wname, after, until = window if window and p.maps(window[0]) else ("", None, None)
+            part_window = (wname, after, until) if wname else None
+            part_order = order_by if order_by and p.maps(order_by) else None
             shape = ("lookup", id(self), i, field, len(keys), tuple(k for k, _ in where), wname,
-                     after is not None, until is not None, tuple(fields or ()), order_by, descending, limit)
-            names = list(fields or p.fields)
-            sql, bind = prepared(conn, shape, partial(self._statement, p, names, field, len(keys), where, window,
-                                                      order_by, descending, limit))
+                     after is not None, until is not None, tuple(fields or ()), part_order, descending, limit)
+            names = list(fields or p.names)
+            sql, bind = prepared(conn, shape, partial(self._statement, p, names, field, len(keys), where,
+                                                      part_window, part_order, descending, limit))
             params = {f"k{j}": v for j, v in enumerate(keys)}
             params.update({f"w{j}": p.fields[k].to_source(v) for j, (k, v) in enumerate(where)})
             if after is not None:
@@ -487,7 +299,7 @@ class Fetched:
     def add(self, part: EntityPart, names: Sequence[str], raw: Sequence[Any]) -> None:
         problems: list[str] = []
         try:
-            row = {n: part.fields[n].to_python(v, problems) for n, v in zip(names, raw, strict=True)}
+            row = {n: _value(part, n, v, problems) for n, v in zip(names, raw, strict=True)}
         except RowError as exc:
             self.skip(str(exc), dict(zip(names, raw, strict=True)))
             return
@@ -504,6 +316,16 @@ class Fetched:
             self.errors.append(reason)
 
 
+def _json_safe(v: Any) -> Any:
+    """A custom value as it reads back from memory (JSON): dates as ISO text."""
+    return v.isoformat() if isinstance(v, date | datetime) else v
+
+
+def _value(part: EntityPart, name: str, raw: Any, problems: list[str]) -> Any:
+    spec = part.fields.get(name)
+    return None if spec is None else spec.to_python(raw, problems)  # None: an optional field left out
+
+
 @dataclass(frozen=True)
 class IdentityKey:
     """A key that identifies the customer a source node belongs to."""
@@ -511,8 +333,14 @@ class IdentityKey:
     entity: str
     anchor: str  # field holding the node id (the source's customer record id)
     field: str
-    kind: str  # domain | email | crm_id | name | ...
+    kind: str  # domain | email | crm_id | name | user_id | anonymous_id | support_user_id | postcode | ...
     derive_domain: bool = False
+    #: The value is a company's domain even when several records share it: they are one account
+    #: (without it a domain shared by several records of one source links none of them).
+    account_domain: bool = False
+    #: ``anchor`` holds a person's record id (an application user, a support end user), not the
+    #: source's customer record: the person rides with the one customer its keys point to.
+    person: bool = False
 
 
 @dataclass(frozen=True)
@@ -526,9 +354,13 @@ class Mapping:
     anchor: tuple[str, str]  # (entity, field) of this source's customer record id
     identity: tuple[IdentityKey, ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Entities the source's reader can do without that this mapping leaves out: they have no rows.
+    optional_entities: frozenset[str] = frozenset()
 
     def entity(self, name: str) -> Entity:
         try:
             return self.entities[name]
         except KeyError:
+            if name in self.optional_entities:
+                return Entity(name=name, parts=())
             raise MappingError(f"mapping {self.name!r} has no entity {name!r}") from None

@@ -16,7 +16,7 @@ from tools.guard import DEADLINE, MalformedSource
 from tools.mapping.engine import IN_CHUNK, SKIP_TALLY, Fetched, Mapping, count_skipped, order_rows
 from tools.settings import Settings
 from tools.slices import Provenance, Slice
-from tools.sources.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch
+from tools.sources.batch import MAX_ROUNDS, ROW_BATCH, Fetch, NeedRows, RowBatch, SetLookup
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -30,6 +30,10 @@ class CustomerRef:
     anchors: dict[str, str] = field(default_factory=dict)  # source -> that source's record id
     domains: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
+    #: source -> the ids of the person records it knows the customer by (a person-customer's
+    #: own; an account's: the persons riding with it alone): a support requester id, an
+    #: application user id. Read by a source that has no account record (anchor) for them.
+    person_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def primary_domain(self) -> str | None:
@@ -114,15 +118,25 @@ class SourceReader:
                         method = getattr(self, "read_" + name.split(".", 1)[1])
                         tally = [0]
                         tally_token = SKIP_TALLY.set(tally)
+                        batch.missed = False
                         try:
-                            out[customer.customer_id, name] = counted(method(conn, customer, clock), tally)
+                            result = counted(method(conn, customer, clock), tally)
+                            if batch.missed:  # ran on placeholders: noted what it needs, runs again
+                                raise NeedRows(name)
+                            out[customer.customer_id, name] = result
                         except NeedRows:
                             again.append((name, customer))
-                        except SliceNotFound as exc:
-                            out[customer.customer_id, name] = exc if not tally[0] else MalformedSource(
-                                f"{tally[0]} malformed {self.source} rows skipped; "
-                                f"no usable record left for {customer.name}")
                         except Exception as exc:  # noqa: BLE001 - one customer's garbage, read again alone
+                            if batch.missed:
+                                again.append((name, customer))
+                                continue
+                            # without its traceback: it would keep this frame, and the chunk's results, alive
+                            # as cyclic garbage
+                            exc = exc.with_traceback(None)
+                            exc.__context__ = exc.__cause__ = None
+                            if isinstance(exc, SliceNotFound) and tally[0]:
+                                exc = MalformedSource(f"{tally[0]} malformed {self.source} rows skipped; "
+                                                      f"no usable record left for {customer.name}")
                             out[customer.customer_id, name] = exc
                         finally:
                             SKIP_TALLY.reset(tally_token)
@@ -148,20 +162,18 @@ class SourceReader:
         """Rows of ``entity`` whose ``field`` is one of ``values``, whose ``where`` fields equal
         their values and whose ``window`` field lies in ``(after, until]``; ordered, limited.
 
-        One query for one customer; in a bulk read, one query for the whole batch (every
-        field, all rows of each key, ordered and limited here per customer).
+        One query for one customer; in a bulk read, one set-based query for the whole batch
+        (``tools.sources.batch.SetLookup``: the newest ``limit`` rows of every key, ranked by
+        the database), merged, ordered and limited here per customer.
         """
         ent = self.mapping.entity(entity)
         values = list(dict.fromkeys(values))
-
-        def conds(p):  # noqa: ANN001, ANN202
-            return [*(p.eq(k, v) for k, v in where), *(p.within(*window) if window else ())]
-
         if ROW_BATCH.get() is None and len(values) <= IN_CHUNK:
             return ent.lookup_rows(conn, field, values, tuple(where), window, fields, order_by, descending, limit)
-        sig = ("lookup", entity, field, tuple(where), window)
-        fetch: Fetch = lambda c, keys: ent.rows_by(c, field, keys, conds)  # noqa: E731
-        got = self.batched(conn, sig, values, fetch)
+        # set-based: the chunk's keys in one statement, fields, window, order and limit pushed down
+        sig = ("lookup", entity, field, tuple(where), window, tuple(fields or ()), order_by, descending, limit)
+        got = self.batched(conn, sig, values, SetLookup(ent, field, where, window, fields, order_by, descending,
+                                                        limit))
         out = Fetched()
         for v in values:
             out.rows.extend(got[v].rows)
@@ -200,6 +212,17 @@ class SourceReader:
             return customer.anchors[self.source]
         except KeyError:
             raise SliceNotFound(f"no {self.source} record for {customer.name}") from None
+
+    def account_or_persons(self, customer: CustomerRef) -> tuple[str | None, tuple[str, ...]]:
+        """``(account record id, ())`` when this source has the customer's account record, else
+        ``(None, person record ids)``: an account's context stays the account's; a customer
+        this source knows only as people (a person-customer, a shopper) is read by person.
+        SliceNotFound when it knows neither."""
+        if self.source in customer.anchors:
+            return customer.anchors[self.source], ()
+        if people := customer.person_ids.get(self.source):
+            return None, people
+        return self.anchor(customer), ()
 
     def provenance(
         self,

@@ -8,6 +8,14 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from tools.mapping.conversions import days_between
+from tools.mapping.schema import (
+    CHARGE_FAILED,
+    CHARGE_PAID,
+    FAILED_CHARGE_WINDOW_DAYS,
+    INVOICE_OPEN,
+    INVOICES_SHOWN,
+    REVENUE_AGGREGATE,
+)
 from tools.slices import (
     BillingInvoices,
     BillingState,
@@ -17,8 +25,6 @@ from tools.slices import (
     PaymentMethod,
 )
 from tools.sources.base import CustomerRef, ReadClock, SourceReader, first
-
-FAILED_CHARGE_WINDOW_DAYS = 90
 
 
 class BillingReader(SourceReader):
@@ -38,10 +44,10 @@ class BillingReader(SourceReader):
         billing_id = self.anchor(customer)
         cust = self.lookup(conn, "customer", "id", [billing_id])
         subs = self._for_customer(conn, "subscription", billing_id, limit=1)
-        charges = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
+        charges = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", CHARGE_PAID)],
                               order_by="created", limit=1)
         methods = self._for_customer(conn, "payment_method", billing_id, limit=1)
-        invoices = self.lookup(conn, "invoice", "customer_id", [billing_id], where=[("status", "open")])
+        invoices = self.lookup(conn, "invoice", "customer_id", [billing_id], where=[("status", INVOICE_OPEN)])
 
         c = first(cust.rows) or {}
         sub = first(subs.rows)
@@ -69,16 +75,25 @@ class BillingReader(SourceReader):
             delinquent=bool(c.get("delinquent")),
             trial_ends=sub["trial_end"].date() if sub and sub.get("trial_end") and sub["status"] == "trialing" else None,
             canceled_at=sub["canceled_at"].date() if sub and sub.get("canceled_at") else None,
+            custom=self.mapping.entity("customer").custom(c),
         )
 
     def read_invoices(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> BillingInvoices:
         billing_id = self.anchor(customer)
-        invoices = self._for_customer(conn, "invoice", billing_id, limit=12)
+        invoices = self._for_customer(conn, "invoice", billing_id, limit=INVOICES_SHOWN)
         since = clock.as_of - timedelta(days=FAILED_CHARGE_WINDOW_DAYS)
-        failed = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "failed")],
+        failed = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", CHARGE_FAILED)],
                              window=("created", since, None), order_by="created")
-        succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", "succeeded")],
-                                fields=["id", "amount", "updated_at"])
+        charges = self.mapping.entity("charge")
+        if REVENUE_AGGREGATE in charges.aggregates:  # the warehouse sums it (a mapping's own definition)
+            revenue = self.batched(conn, ("aggregate", REVENUE_AGGREGATE), [billing_id], lambda c, keys: (
+                charges.aggregate(c, REVENUE_AGGREGATE, keys)))[billing_id] or 0.0
+            first_paid = None
+        else:
+            succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", CHARGE_PAID)],
+                                    fields=["id", "amount", "created", "updated_at"])
+            revenue = round(sum(r.get("amount") or 0 for r in succeeded.rows), 2)
+            first_paid = min((r["created"] for r in succeeded.rows if r.get("created")), default=None)
         return BillingInvoices(
             provenance=self.provenance(clock, [*invoices.rows, *failed.rows]),
             invoices=[Invoice(id=r["id"], number=r.get("number"), status=r.get("status"),
@@ -91,5 +106,6 @@ class BillingReader(SourceReader):
                                          failure_code=r.get("failure_code"),
                                          failure_message=r.get("failure_message"))
                             for r in failed.rows],
-            total_revenue=round(sum(r.get("amount") or 0 for r in succeeded.rows), 2),
+            total_revenue=revenue,
+            first_payment_date=first_paid.date() if first_paid else None,
         )

@@ -7,6 +7,12 @@ from datetime import timedelta
 from sqlalchemy.engine import Connection
 
 from tools.mapping.conversions import days_between
+from tools.mapping.schema import (
+    ACTIVE_CONTACT_DAYS,
+    CLOSED_DEALS_DAYS,
+    CONTACT_ROLE_ORDER,
+    RECENT_ACTIVITIES,
+)
 from tools.slices import (
     Activity,
     Contact,
@@ -17,8 +23,6 @@ from tools.slices import (
     Opportunity,
 )
 from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, SourceReader
-
-ACTIVE_CONTACT_DAYS = 30
 
 
 class CrmReader(SourceReader):
@@ -50,32 +54,38 @@ class CrmReader(SourceReader):
             churn_date=r.get("churn_date"),
             region=r.get("region"),
             country=r.get("country"),
+            parent_id=None if r.get("parent_id") is None else str(r["parent_id"]),
+            parent_name=r.get("parent_name"),
+            custom=self.mapping.entity("account").custom(r),
         )
 
     def read_contacts(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmContacts:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "contact", "account_id", [crm_id])
+        entity = self.mapping.entity("contact")
         contacts = []
         for r in fetched.rows:
             days = days_between(r.get("last_activity"), clock.as_of)
             contacts.append(Contact(
-                name=" ".join(x for x in (r.get("first_name"), r.get("last_name")) if x) or (r.get("email") or "?"),
+                name=" ".join(x for x in (r.get("first_name"), r.get("last_name")) if x)
+                or r.get("name") or r.get("email") or "?",
                 title=r.get("title"),
                 role=r.get("role"),
                 email=r.get("email"),
                 phone=r.get("phone"),
                 last_activity=r.get("last_activity"),
                 engagement="unknown" if days is None else ("active" if days <= ACTIVE_CONTACT_DAYS else "cold"),
+                custom=entity.custom(r),
             ))
         # Champions and sponsors first, then by most recent activity.
-        rank = {"champion": 0, "exec sponsor": 1, "decision maker": 2}
+        rank = {role: i for i, role in enumerate(CONTACT_ROLE_ORDER)}
         contacts.sort(key=lambda c: (rank.get(c.role or "", 9), -(c.last_activity.timestamp() if c.last_activity else 0)))
         return CrmContacts(provenance=self.provenance(clock, fetched.rows), contacts=contacts)
 
     def read_opportunities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmOpportunities:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "opportunity", "account_id", [crm_id], order_by="close_date")
-        year_ago = (clock.as_of - timedelta(days=365)).date()
+        year_ago = (clock.as_of - timedelta(days=CLOSED_DEALS_DAYS)).date()
         open_, closed, used = [], [], []
         for r in fetched.rows:
             opp = Opportunity(
@@ -96,7 +106,7 @@ class CrmReader(SourceReader):
     def read_activities(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> CrmActivities:
         crm_id = self.anchor(customer)
         fetched = self.lookup(conn, "activity", "account_id", [crm_id], window=("date", None, clock.as_of),
-                              order_by="date", limit=20)
+                              order_by="date", limit=RECENT_ACTIVITIES)
         acts = [Activity(date=r["date"], kind=r.get("kind") or "activity", summary=r.get("summary"))
                 for r in fetched.rows]
         return CrmActivities(provenance=self.provenance(clock, fetched.rows), activities=acts)

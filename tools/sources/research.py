@@ -6,6 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Connection
 
+from tools.mapping.schema import NEWS_WINDOW_DAYS
 from tools.slices import NewsArticle, ResearchNews
 from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
@@ -15,7 +16,7 @@ class ResearchReader(SourceReader):
 
     def read_news(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> ResearchNews:
         domains = require_domains(customer, self.source)
-        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
+        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", NEWS_WINDOW_DAYS))
         fetched = self.lookup(conn, "article", "domain", domains, window=("published_at", since, clock.as_of),
                               order_by="published_at")
         return ResearchNews(
