@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import HumanMessage
@@ -24,7 +24,7 @@ from tools.access.policy import Refused
 from tools.access.principal import Principal, default_principal
 from tools.context.assembly import CustomerContext, assemble_context, expand_slices
 from tools.context.read import resolve, visible
-from tools.context.scope import ReadScope
+from tools.context.scope import ReadScope, default_guard
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
@@ -43,7 +43,7 @@ def new_thread_id() -> str:
 
 TICKETS = "support.tickets"
 #: What a missing ticket's owner is looked up as: a support organization no customer has.
-NO_TICKET = TicketInput(organization_id="-")
+NO_TICKET = TicketInput(requester_email="nobody@no-ticket.invalid", organization_id="-")
 
 
 def _may_read_tickets(scope: ReadScope) -> None:
@@ -64,9 +64,13 @@ class Runner:
         # pass the principal of each request.
         self.principal = principal or default_principal(self.settings, "runner")
         self._stack = ExitStack()
-        services(self.settings)  # seed / index before the first run, once
+        # seed / index before the first run, once; kept so that a request does not look the
+        # process's services up again (that serialises the settings each time)
+        self._ready = services(self.settings)
         self.store = store or self._stack.enter_context(open_store(self.settings.state_db_url))
         self.checkpointer = checkpointer or self._stack.enter_context(open_checkpointer(self.settings.state_db_url))
+        self._memory: ContextMemory | None = None
+        self._guard = default_guard(self.settings)  # the process's guard of these settings, looked up once
         self.threads = ThreadLocks(self.settings.state_db_url)  # one writer per conversation thread
         self.assistant = assistant.builder().compile(checkpointer=self.checkpointer, store=self.store)
         self.triage_graph = triage.builder().compile(store=self.store)
@@ -90,7 +94,7 @@ class Runner:
             UnknownRole: the policy does not define the principal's role.
         """
         return ReadScope.build(self.settings, self.clock, principal=principal or self.principal,
-                               memory=self.memory(), index=self.index, prefer_memory=not fresh)
+                               memory=self.memory(), index=self.index, guard=self._guard, prefer_memory=not fresh)
 
     def _run(self, graph: Any, inp: dict[str, Any], config: dict[str, Any] | None, scope: ReadScope | None,
              principal: Principal | None, fresh: bool, model: str | None, chat_model: BaseChatModel | None,
@@ -263,21 +267,30 @@ class Runner:
         resolve as it may see customers, then read the slices through long-term memory, the
         guard and its access policy. Raises the identity errors (a hidden customer is not found)."""
         scope = scope or self.request(principal, fresh=fresh)
-        customer, matched_by = resolve(scope, ref)
-        return assemble_context(scope, customer, expand_slices(slices), matched_by=matched_by)
+        # One audit transaction for the whole read: the row check made while resolving and the
+        # slices' records are appended together when the batch ends — before the context is
+        # returned, and in its ``finally`` also when resolving or reading fails.
+        with scope.access.batch() if scope.access is not None else nullcontext():
+            customer, matched_by = resolve(scope, ref)
+            return assemble_context(scope, customer, expand_slices(slices), matched_by=matched_by)
 
     @property
     def index(self) -> IdentityIndex:
         """The process's identity index for these settings."""
-        return services(self.settings).index
+        return self._ready.index
 
     @property
     def clock(self) -> ReadClock:
         """The read clock every read of this runner uses."""
-        return services(self.settings).clock
+        return self._ready.clock
 
     def memory(self) -> ContextMemory:
-        return ContextMemory.of(self.store, self.settings)
+        """Long-term memory on the runner's store, one for the runner's life: its sources'
+        configuration fingerprints are worked out once (the process reads the mappings it
+        loaded), not on every request."""
+        if self._memory is None:
+            self._memory = ContextMemory.of(self.store, self.settings)
+        return self._memory
 
     def resolve(self, ref: str, principal: Principal | None = None) -> tuple[CustomerRef, str]:
         """Resolve a customer reference as ``principal`` may, in a request of its own: a customer

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
-from tools.settings import SOURCE_NAMES
+from tools.settings import EMBEDDED_SOURCES
 from tools.slices import SLICE_MODELS, SLICE_NAMES
 from tools.sources.base import SliceNotFound
 from tools.sources.batch import RowBatch
@@ -43,7 +43,7 @@ def test_bulk_reads_equal_single_reads_for_every_customer_and_slice(backend):
     customers = _customers(backend)
     assert len(customers) > 50
     seen = defaultdict(int)
-    for source in SOURCE_NAMES:
+    for source in EMBEDDED_SOURCES:
         rdr = reader(backend.settings, source)
         names = [n for n in SLICE_NAMES if SLICE_MODELS[n].source == source]
         batch = RowBatch()

@@ -14,7 +14,7 @@ from tools.access.audit import audit_log
 from tools.access.gate import Access
 from tools.access.principal import Principal
 from tools.context.read import resolve
-from tools.identity import IdentityIndex
+from tools.context.resolution import CachedIndex
 from tools.memory import ContextMemory
 
 QUESTION = "Who are the contacts and the deals?"  # the offline planner reads crm.contacts + crm.opportunities
@@ -35,7 +35,8 @@ def counted(monkeypatch):
 
         monkeypatch.setattr(cls, name, counting)
 
-    wrap(IdentityIndex, "resolve", lambda *a, **k: counts.update(["resolve"]))
+    # a request resolves through the per-process cache (a hit computes nothing; it still counts)
+    wrap(CachedIndex, "resolve", lambda *a, **k: counts.update(["resolve"]))
     wrap(Access, "__init__", lambda *a, **k: counts.update(["gate"]))
     # every memory read is a get_many (get is get_many of one slice)
     wrap(ContextMemory, "get_many", lambda customer_id, names: memory_reads.update(list(names)))

@@ -32,12 +32,15 @@ from tools.refresh.jobs import (
     table_watermarks,
     watermarks,
 )
-from tools.settings import GuardSettings
-from tools.slices import SLICE_NAMES
+from tools.settings import EMBEDDED_SOURCES, GuardSettings
+from tools.slices import SLICE_MODELS
 from tools.sources.registry import dispose_engines, engine_for
 
 from .conftest import settings_for, statements_on
 from .test_cli import custctx
+
+#: every slice of the fixture warehouse (no commerce source: an optional one, not connected)
+NO_STORE = [n for n, m in SLICE_MODELS.items() if m.source in EMBEDDED_SOURCES]
 
 QUICK_GUARD = GuardSettings(backoff_initial_s=0.001, backoff_max_s=0.002, breaker_failures=1000)
 
@@ -119,11 +122,11 @@ def test_full_refresh_materialises_every_active_customer(world):
     held = stored(store, r.settings.tenant)
     assert set(held) == active
     assert ids(r, "soylent.com").isdisjoint(held)  # churned: left out
-    assert held[r.index.resolve("acme.com")[0].customer_id] == set(SLICE_NAMES)
+    assert held[r.index.resolve("acme.com")[0].customer_id] == set(NO_STORE)
     assert report.slices_written == sum(len(v) for v in held.values())
-    assert report.slices_written + report.gaps == len(active) * len(SLICE_NAMES)
+    assert report.slices_written + report.gaps == len(active) * len(NO_STORE)
     # every source's watermark is the newest update timestamp of its tables
-    assert all(report.watermarks[s] for s in WATCHES)
+    assert all(report.watermarks[s] for s in EMBEDDED_SOURCES)
     assert report.watermarks["support"].startswith("2026-01-15")
     cached = memory.get(r.index.resolve("acme.com")[0].customer_id, "billing.status")
     assert cached.fresh and cached.slice.status == "past_due" and cached.slice.provenance.source_updated_at
@@ -156,9 +159,9 @@ def test_first_incremental_without_watermarks_is_a_full_refresh(world):
     r, store, memory = world
     assert set(watermarks(r.settings).values()) == {None}
     report = refresh_incremental(r.settings, memory, guard=SourceGuard(r.settings.guard))
-    assert report.mode == "incremental" and sorted(report.full_sources) == sorted(WATCHES)
+    assert report.mode == "incremental" and sorted(report.full_sources) == sorted(EMBEDDED_SOURCES)
     assert report.customers == count_accounts(r.settings) == len(stored(store, r.settings.tenant))
-    assert all(watermarks(r.settings).values())
+    assert all(v for s, v in watermarks(r.settings).items() if s in EMBEDDED_SOURCES)
 
 
 # ------------------------------------------------------------------ incremental
@@ -173,7 +176,7 @@ def test_incremental_refresh_reads_only_the_changed_customers(world, warehouse, 
     statements.clear()
     source_fingerprint(r.settings)  # the identity index's up-to-date check (count, max per table)
     fingerprint = len(statements)
-    detection = sum(2 if w.via else 1 for ws in WATCHES.values() for w in ws)  # one range query per table
+    detection = sum(2 if w.via else 1 for s, ws in WATCHES.items() if s in EMBEDDED_SOURCES for w in ws)  # per table
     assert scan == fingerprint + detection
 
     globex = r.index.resolve("globex.com")[0].customer_id
@@ -284,7 +287,7 @@ def test_event_and_customer_refresh_in_process(world):
     assert set(stored(store, r.settings.tenant)) == ids(r, "globex.com")
     report = refresh_customer(r.settings, memory, r.index.resolve("cyberdyne.ai")[0].customer_id)
     assert report.customers == 1 and report.gaps >= 1  # a prospect has no billing record
-    assert report.slices_written + report.gaps == len(SLICE_NAMES)
+    assert report.slices_written + report.gaps == len(NO_STORE)
 
 
 def test_unknown_event_kind_names_the_known_ones():
@@ -314,6 +317,19 @@ def test_cli_errors_are_one_line(world, warehouse, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ PostgreSQL
+def test_a_new_ticket_comment_alone_refreshes_its_customers_tickets(world, warehouse):
+    r, store, memory = world
+    guard = SourceGuard(r.settings.guard)
+    refresh_full(r.settings, memory, guard=guard)
+    add(warehouse, "ticket_comment", id=9_000_001, ticket_id=10019, user_id=1, public=True,
+        body="Following up: the export still fails.", created=later(warehouse, "ticket_comment", "created"))
+    report = refresh_incremental(r.settings, memory, guard=guard)
+    globex = r.index.resolve("globex.com")[0].customer_id
+    assert set(report.refreshed) == {globex} and report.changed_by_source == {"support": 1}
+    tickets = memory.get(globex, "support.tickets").slice
+    assert any("the export still fails" in (c.text or "") for t in tickets.tickets for c in (t.comments or []))
+
+
 def test_incremental_refresh_on_postgresql(pg_server, tmp_path):
     url, state = pg_server.create_database(), pg_server.create_database()
     seed(url, customers=0)

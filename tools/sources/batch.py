@@ -18,9 +18,15 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
+from sqlalchemy import func, select, type_coerce
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import NullType
+
+from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, SKIP_TALLY, Entity, EntityPart, Fetched
 
 Fetch = Callable[[Connection, Sequence[Any]], dict[Any, Any]]
+#: Rows fetched from the driver at a time by a set-based statement (streamed, not loaded whole).
+STREAM_ROWS = 2_000
 
 
 class NeedRows(BaseException):  # noqa: N818 - a control-flow signal, not an error; no reader may catch it
@@ -35,6 +41,7 @@ class RowBatch:
         self.wanted: dict[Hashable, set[Any]] = {}
         self.fetchers: dict[Hashable, Fetch] = {}
         self.kept: set[Hashable] = set()
+        self.missed = False  # a lookup was answered by a placeholder this run (see :meth:`get`)
 
     def get(self, sig: Hashable, keys: Iterable[Any], fetch: Fetch, keep: bool = False) -> dict[Any, Any]:
         """The loaded values of ``keys``, or NeedRows after noting the missing ones.
@@ -50,7 +57,15 @@ class RowBatch:
             pass
         self.wanted.setdefault(sig, set()).update(k for k in keys if k not in got)
         self.fetchers[sig] = fetch
-        raise NeedRows(sig)
+        empty = getattr(fetch, "empty", None)
+        if empty is None:
+            raise NeedRows(sig)
+        # A set-based lookup: answer with empty placeholders and let the method run on, so
+        # every lookup it makes that does not depend on this one is noted in the same run
+        # (one run per chain of dependent lookups, not one per lookup); its result is thrown
+        # away (``missed``) and it runs again once the batch has loaded.
+        self.missed = True
+        return {k: got[k] if k in got else empty() for k in keys}
 
     def load(self, conn: Connection) -> None:
         """Run one fetch per kind of lookup for every key noted since the last load."""
@@ -76,3 +91,65 @@ MAX_ROUNDS = 12
 def in_batch() -> bool:
     """Whether the current read is part of a bulk read."""
     return ROW_BATCH.get() is not None
+
+
+class SetLookup:
+    """The set-based statement behind one kind of :meth:`SourceReader.lookup` in a bulk read.
+
+    ``field IN (keys of the whole chunk)``, the lookup's ``where`` and ``window`` pushed
+    down, only the ``fields`` the slice reads, and — when the lookup orders and limits —
+    ``ROW_NUMBER() OVER (PARTITION BY field ORDER BY ...) <= limit`` so the database keeps
+    the newest N of every key instead of sending all of them; rows are streamed back
+    (``yield_per``) and converted into a :class:`Fetched` per key. A per-customer read of
+    one key is the same statement with one key, so both paths see the same rows.
+    """
+
+    empty = Fetched
+
+    def __init__(self, entity: Entity, field: str, where: Sequence[tuple[str, Any]] = (),
+                 window: tuple[str, Any, Any] | None = None, fields: Sequence[str] | None = None,
+                 order_by: str | None = None, descending: bool = True, limit: int | None = None):
+        self.entity, self.field, self.where, self.window = entity, field, tuple(where), window
+        self.fields, self.order_by, self.descending, self.limit = fields, order_by, descending, limit
+
+    def statement(self, p: EntityPart, names: list[str], raws: Sequence[Any]) -> Any:
+        key = type_coerce(p.col(self.field), NullType()).label("_key_")
+        stmt = self.entity.select(names, p).add_columns(key).where(p.col(self.field).in_(list(raws)))
+        for k, v in self.where:
+            stmt = stmt.where(p.eq(k, v))
+        if self.window:
+            stmt = stmt.where(*p.within(*self.window))
+        if self.limit is None:
+            return stmt
+        if self.order_by and p.maps(self.order_by):  # an optional order field left out: no order (as single reads)
+            c = p.col(self.order_by)
+            order = c.desc().nulls_last() if self.descending else c.asc().nulls_first()
+            rank = func.row_number().over(partition_by=p.col(self.field), order_by=order)
+        else:
+            rank = func.row_number().over(partition_by=p.col(self.field))
+        ranked = stmt.add_columns(rank.label("_rank_")).subquery("ranked")
+        cols = [ranked.c[n] for n in names]
+        return select(*cols, ranked.c["_key_"]).where(ranked.c["_rank_"] <= self.limit)
+
+    def __call__(self, conn: Connection, values: Sequence[Any]) -> dict[Any, Fetched]:
+        out: dict[Any, Fetched] = {v: Fetched() for v in values}
+        tamper = ROW_TAMPER.get()
+        token = SKIP_TALLY.set(None)  # counted against each customer by the lookup that takes the rows
+        try:
+            for p in self.entity.parts:
+                names = list(self.fields or p.names)  # optional fields left out come back as null keys
+                by_raw: dict[str, list[Any]] = {}  # raw keys compared as text, as the driver returns them
+                raws: list[Any] = []
+                for v, raw in p.fields[self.field].in_source(values):
+                    if str(raw) not in by_raw:
+                        raws.append(raw)
+                    by_raw.setdefault(str(raw), []).append(v)
+                for i in range(0, len(raws), IN_CHUNK):
+                    stmt = self.statement(p, names, raws[i:i + IN_CHUNK])
+                    for raw in conn.execute(stmt, execution_options={"yield_per": STREAM_ROWS}):
+                        row = raw[:-1]
+                        for v in by_raw.get(str(raw[-1]), ()):
+                            out[v].add(p, names, tamper(p.table, names, row) if tamper else row)
+        finally:
+            SKIP_TALLY.reset(token)
+        return out

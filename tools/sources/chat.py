@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import String, func, literal, select, type_coerce, union_all
 from sqlalchemy.engine import Connection
+from sqlalchemy.types import NullType
 
-from tools.mapping.engine import Fetched, count_skipped
+from tools.mapping.engine import ROW_TAMPER, SKIP_TALLY, Entity, Fetched, count_skipped, order_rows
 from tools.slices import ChatMention, ChatMentions
 from tools.sources.base import CustomerRef, ReadClock, SourceReader
-from tools.sources.batch import in_batch
+from tools.sources.batch import STREAM_ROWS, in_batch
 
 MAX_MENTIONS = 20
+#: Names matched per statement (SQLite allows 500 terms in a compound SELECT).
+NAMES_PER_STATEMENT = 400
 
 
 def _like_escape(text: str) -> str:
@@ -25,13 +30,10 @@ class ChatReader(SourceReader):
     def read_mentions(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> ChatMentions:
         since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 30))
         name = customer.name.lower()
-        if in_batch():  # the window's messages once for the whole batch, matched here
-            messages = self.mapping.entity("message")
-            window = self.batched(conn, ("chat window", since, clock.as_of), [None], lambda c, _keys: {
-                None: messages.rows(c, where=lambda p: p.within("ts", since, clock.as_of), order_by="ts")}, keep=True)[None]
-            fetched = Fetched(rows=[r for r in window.rows if name in (r.get("text") or "").lower()][:MAX_MENTIONS])
-            # the window's malformed rows that mention the customer, as the single read's filter finds them
-            count_skipped(sum(name in str(r.get("text") or "").lower() for r in window.skipped_raw))
+        if in_batch():  # every customer of the batch matched by the database in one statement
+            lookup = MentionLookup(self.mapping.entity("message"), since, clock.as_of)
+            fetched = self.batched(conn, ("mentions", since, clock.as_of), [name], lookup)[name]
+            count_skipped(fetched.skipped)  # loaded without a tally: this customer's skipped rows
         else:
             needle = f"%{_like_escape(name)}%"
             fetched = self.mapping.entity("message").rows(
@@ -44,3 +46,51 @@ class ChatReader(SourceReader):
             mentions=[ChatMention(id=r["id"], channel=r.get("channel"), author=r.get("author"),
                                   text=r.get("text"), ts=r["ts"]) for r in fetched.rows],
         )
+
+
+class MentionLookup:
+    """The newest :data:`MAX_MENTIONS` messages of the window that mention each of many names,
+    found by the database: the names as a derived table joined to the messages on
+    ``lower(text) LIKE '%name%'`` and ranked per name (``ROW_NUMBER() OVER (PARTITION BY
+    name ORDER BY ts DESC)``) — what the single read's query does for one name, for all of
+    them at once, instead of matching every customer against every message in Python."""
+
+    empty = Fetched  # a placeholder while a bulk read notes what its methods need
+
+    def __init__(self, entity: Entity, since: datetime, until: datetime):
+        self.entity, self.since, self.until = entity, since, until
+
+    def __call__(self, conn: Connection, names: Sequence[str]) -> dict[str, Fetched]:
+        out = {n: Fetched() for n in names}
+        tamper = ROW_TAMPER.get()
+        token = SKIP_TALLY.set(None)
+        try:
+            for i in range(0, len(names), NAMES_PER_STATEMENT):
+                self._match(conn, names[i:i + NAMES_PER_STATEMENT], out, tamper)
+        finally:
+            SKIP_TALLY.reset(token)
+        if len(self.entity.parts) > 1:
+            for f in out.values():
+                order_rows(f.rows, "ts", True, MAX_MENTIONS)
+        return out
+
+    def _match(self, conn: Connection, names: Sequence[str], out: dict[str, Fetched], tamper: Any) -> None:
+        # the names as a derived table (UNION ALL of one-row selects: every dialect reads it)
+        wanted = union_all(*(select(literal(n, String).label("name"),
+                                    literal(f"%{_like_escape(n)}%", String).label("pattern"))
+                             for n in names)).subquery("wanted")
+        for p in self.entity.parts:
+            fields = list(p.fields)
+            ts = p.col("ts")
+            rank = func.row_number().over(partition_by=wanted.c.name, order_by=ts.desc().nulls_last())
+            match = func.lower(p.col("text")).like(wanted.c.pattern, escape="\\")
+            stmt = (select(*(type_coerce(p.col(f), NullType()).label(f) for f in fields),
+                           wanted.c.name.label("_name_"), rank.label("_rank_"))
+                    .select_from(p.from_clause.join(wanted, match))
+                    .where(*p.filters(), *p.within("ts", self.since, self.until)))
+            ranked = stmt.subquery("ranked")
+            query = select(*(ranked.c[f] for f in fields), ranked.c["_name_"]).where(
+                ranked.c["_rank_"] <= MAX_MENTIONS)
+            for raw in conn.execute(query, execution_options={"yield_per": STREAM_ROWS}):
+                row = raw[:-1]
+                out[raw[-1]].add(p, fields, tamper(p.table, fields, row) if tamper else row)

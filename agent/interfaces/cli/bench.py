@@ -30,16 +30,32 @@ def bench(
         "--out", help="Directory for the warehouse, state, bench.md and bench.json.")] = Path("bench-out"),
     reviews: Annotated[str, typer.Option(
         help="Book sizes of the batch-review runs (capped at the active book).")] = "1000,10000",
+    api: Annotated[bool, typer.Option(
+        "--api", help="Also drive the HTTP API (custctx serve api) over loopback at concurrency 50, beside a "
+                      "bare FastAPI app serving the same JSON.")] = False,
+    api_requests: Annotated[int, typer.Option(
+        min=100, max=1_000_000, help="Requests per server for --api.")] = 4_000,
+    url: Annotated[str | None, typer.Option(
+        help="A PostgreSQL server (postgresql+psycopg://user@host:port/db) to run on instead of SQLite files: the "
+             "benchmark creates its own databases custctx_bench_warehouse and custctx_bench_state there "
+             "(the state one dropped and created anew each run).")] = None,
 ) -> None:
-    """Seed a warehouse and measure refresh, warm lookups, cold assembly, tokens, graph overhead
-    and batch reviews, each beside its floor; print the table, write bench.md and bench.json."""
+    """Seed a warehouse and measure refresh, warm lookups, the served read, cold assembly, tokens,
+    graph overhead and batch reviews (and with --api the HTTP API under load), each beside its
+    floor; print the table, write bench.md and bench.json."""
     from rich.table import Table
 
     from evals.bench.run import run_bench, write_bench
+    from evals.bench.warehouse import bench_urls
 
     sizes = _sizes(reviews)
+    if url is not None:
+        try:
+            bench_urls(out_dir, url)
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
     with progress_bar() as update:
-        report = run_bench(out_dir, customers, sizes, progress=update)
+        report = run_bench(out_dir, customers, sizes, progress=update, api=api, api_requests=api_requests, url=url)
     md, js = write_bench(report, out_dir)
     m = report.machine
     table = Table(title=f"custctx bench: {report.customers:,} customers ({report.active:,} active) on "
