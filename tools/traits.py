@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tools.settings import ChurnWeights, Thresholds
+from tools.signals import RELATIONSHIP_RISKS, Signal, relationship_signals
 from tools.slices import (
     BillingInvoices,
     BillingStatus,
@@ -20,13 +21,17 @@ from tools.slices import (
     SupportSummary,
 )
 
-RISK_ORDER = ("billing_issue", "inactive", "repeat_issues", "declining_usage", "renewal_soon", "low_csat")
+#: Risk indicators, most serious first: the account's (billing, usage, support, CRM), then the
+#: relationship risks of tools/signals.py (what the customer said, tone, people, engagement).
+RISK_ORDER = ("billing_issue", "inactive", "repeat_issues", "declining_usage", "renewal_soon", "low_csat",
+              *RELATIONSHIP_RISKS)
 
 
 class RiskIndicator(BaseModel):
     name: str
     reason: str
     slice: str
+    record_ids: list[str] = Field(default_factory=list, description="Source records behind it (relationship risks).")
 
 
 class ChurnFactor(BaseModel):
@@ -49,6 +54,10 @@ class Traits(BaseModel):
     health: Literal["healthy", "needs attention", "at risk", "churned"] = "healthy"
     churn_risk: ChurnRisk = Field(default_factory=lambda: ChurnRisk(score=0))
     based_on: list[str] = Field(default_factory=list, description="Slices the traits were computed from.")
+    signals: list[Signal] = Field(default_factory=list, description="Relationship signals (tools/signals.py).")
+    relationship_risks: list[RiskIndicator] = Field(
+        default_factory=list, description="Risks the relationship signals raise; listed apart from "
+        "risk_indicators (billing, usage, support, CRM), they feed health and the churn score too.")
 
 
 def tier_for(mrr: float, t: Thresholds) -> Literal["enterprise", "mid_market", "self_serve"]:
@@ -96,7 +105,7 @@ def _risks(s: dict[str, Slice], t: Thresholds) -> list[RiskIndicator]:
 
 
 def derive_traits(s: dict[str, Slice], t: Thresholds, w: ChurnWeights) -> Traits:
-    """Tier, support load, risk indicators, health and churn risk from the slices at hand."""
+    """Tier, support load, risk indicators, relationship signals, health and churn risk from the slices at hand."""
     traits = Traits(based_on=sorted(s))
     account, billing = s.get("crm.account"), s.get("billing.status")
     if isinstance(account, CrmAccount) and account.mrr is not None:
@@ -115,15 +124,26 @@ def derive_traits(s: dict[str, Slice], t: Thresholds, w: ChurnWeights) -> Traits
     traits.risk_reasons = risks
     traits.risk_indicators = [r.name for r in risks] or ["healthy"]
     names = {r.name for r in risks}
-    factors = [ChurnFactor(name=r.name, points=getattr(w, r.name)) for r in risks]
+    traits.signals = relationship_signals(s, t)
+    traits.relationship_risks = _relationship_risks(traits.signals)
+    related = {r.name for r in traits.relationship_risks}
+    factors = [ChurnFactor(name=r.name, points=getattr(w, r.name)) for r in (*risks, *traits.relationship_risks)]
     if traits.support_load == "high":
         factors.append(ChurnFactor(name="high_support_load", points=w.high_support_load))
     traits.churn_risk = ChurnRisk(score=min(100, sum(f.points for f in factors)), factors=factors)
 
     if isinstance(account, CrmAccount) and account.status == "churned":
         traits.health = "churned"
-    elif names & {"billing_issue", "inactive"} or len(names) >= 2:
+    elif names & {"billing_issue", "inactive"} or "renewal_at_risk" in related or len(names | related) >= 2:
         traits.health = "at risk"
-    elif names:
+    elif names or related:
         traits.health = "needs attention"
     return traits
+
+
+def _relationship_risks(signals: list[Signal]) -> list[RiskIndicator]:
+    rank = {n: i for i, n in enumerate(RISK_ORDER)}
+    out = [RiskIndicator(name=x.risk, reason=x.reason, slice=x.sources[0].slice if x.sources else "",
+                         record_ids=[i for src in x.sources for i in src.record_ids])
+           for x in signals if x.risk]
+    return sorted(out, key=lambda r: rank.get(r.name, len(rank)))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
+from tools.mapping.schema import MAX_DOCUMENTS
 from tools.slices import Document, Documents
 from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
-
-MAX_DOCUMENTS = 20
 
 
 class DocumentsReader(SourceReader):
@@ -20,5 +19,6 @@ class DocumentsReader(SourceReader):
         return Documents(
             provenance=self.provenance(clock, fetched.rows),
             documents=[Document(id=r["id"], title=r.get("title"), kind=r.get("kind"), updated=r.get("updated"),
-                                owner=r.get("owner"), url=r.get("url")) for r in fetched.rows],
+                                owner=r.get("owner"), url=r.get("url"), objectives=r.get("objectives"))
+                       for r in fetched.rows],
         )

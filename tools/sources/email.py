@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from sqlalchemy.engine import Connection
 
-from tools.slices import EmailThread, EmailThreads
+from tools.mapping.schema import EMAIL_WINDOW_DAYS, MAX_THREADS
+from tools.slices import EmailMessage, EmailThread, EmailThreads
 from tools.sources.base import CustomerRef, ReadClock, SourceReader, require_domains
 
 _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 _COMMITMENT = re.compile(r"\b(?:we|i)\s+will\b|\b(?:we|i)'ll\b|\bwill\s+send\b", re.IGNORECASE)
-MAX_THREADS = 10
 
 
 def sentences(text: str | None) -> list[str]:
@@ -25,7 +25,7 @@ class EmailReader(SourceReader):
 
     def read_threads(self, conn: Connection, customer: CustomerRef, clock: ReadClock) -> EmailThreads:
         domains = require_domains(customer, self.source)
-        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", 60))
+        since = clock.as_of - timedelta(days=self.mapping.settings.get("window_days", EMAIL_WINDOW_DAYS))
         ids = [r["message_id"] for r in self.lookup(conn, "recipient", "domain", domains,
                                                      fields=["message_id"]).rows]
         fetched = self.lookup(conn, "message", "id", ids, window=("sent_at", since, clock.as_of),
@@ -34,7 +34,8 @@ class EmailReader(SourceReader):
         people: dict[str, set[str]] = defaultdict(set)
         if msg_ids:
             for r in self.lookup(conn, "recipient", "message_id", msg_ids).rows:
-                people[r["message_id"]].add(r["address"])
+                if r.get("address") is not None:
+                    people[r["message_id"]].add(r["address"])
         by_thread: dict[str, list[dict]] = defaultdict(list)
         for m in fetched.rows:
             by_thread[m["thread_id"]].append(m)
@@ -60,4 +61,8 @@ class EmailReader(SourceReader):
             last_message=last.get("body"),
             open_questions=questions,
             commitments=list(dict.fromkeys(commitments)),
+            # their words, once: the last message's text is `last_message`
+            history=[EmailMessage(sent_at=m["sent_at"], direction=m.get("direction"), sender=m.get("from_address"),
+                                  text=m.get("body") if m.get("direction") == "inbound" and m is not last else None)
+                     for m in msgs],
         )
