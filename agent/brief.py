@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from agent.commerce import commerce_lines, has_commerce
 from agent.injection import FLAG_MARKER, flagged_fields, injection_signals
 from tools.access.policy import masked_marker
 from tools.context.assembly import CustomerContext
+from tools.context.missing import missing_lines
 from tools.slices import (
     BillingInvoices,
     BillingStatus,
@@ -38,7 +40,7 @@ from tools.slices import (
 SOURCE_TITLES = {
     "crm": "CRM", "billing": "Billing", "product": "Product analytics", "support": "Support",
     "email": "Email", "calendar": "Calendar", "chat": "Chat", "documents": "Documents",
-    "calls": "Calls", "research": "News",
+    "calls": "Calls", "research": "News", "commerce": "Commerce",
 }
 
 
@@ -56,7 +58,8 @@ def day(v: Any) -> str:
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>#|!~{}()])")
 _FIELD_WORDS = {"body": "body", "last_message": "last message", "open_questions": "open questions",
                 "commitments": "commitments", "moments": "key moments", "subject": "subject", "title": "title",
-                "text": "text", "summary": "summary", "headline": "headline"}
+                "text": "text", "summary": "summary", "headline": "headline", "comments": "comments",
+                "history": "earlier messages", "topics": "topics", "objectives": "objectives", "agenda": "agenda"}
 _QUOTE_MAX = 300
 
 
@@ -173,17 +176,91 @@ def _snapshot(c: CustomerContext) -> list[str]:
         lines.append(f"- **Support load**: {t.support_load}")
     if acc and (acc.industry or acc.region):
         lines.append(f"- **Company**: {', '.join(x for x in (acc.industry, acc.region, acc.country, acc.domain) if x)}")
+    if acc and acc.parent_id:
+        lines.append(f"- **Parent account**: {untrusted_text(acc.parent_name, customer_names(c)) or '—'} "
+                     f"(CRM id {acc.parent_id})")
+    lines += _custom(c)
+    return lines + _signals(c)
+
+
+#: How the relationship signals (tools/signals.py) are named in the brief.
+_SIGNAL_TITLES = {"engagement_trend": "Engagement", "last_touch": "Last touch", "stakeholder_coverage":
+                  "Stakeholder coverage", "sentiment": "Tone of recent inbound email", "competitors":
+                  "Competitors mentioned", "renewal_risk": "Renewal risk (what they said)",
+                  "lifetime_value": "Lifetime value", "historical_revenue": "Historical revenue (invoices)"}
+
+
+def _signals(c: CustomerContext) -> list[str]:
+    """The relationship signals and the risks they raise, each with its reason."""
+    t = c.traits
+    lines = [f"- **{_SIGNAL_TITLES.get(x.name, x.name)}**: {x.value} — {x.reason}" for x in t.signals]
+    if t.relationship_risks:
+        lines.append("- **Relationship risks**: " + "; ".join(f"{r.name}: {r.reason}" for r in t.relationship_risks))
     return lines
+
+
+def _one_line(text: str | None, own: Sequence[str]) -> str:
+    return " ".join(untrusted_text(text, own).split())
+
+
+def _unstructured(c: CustomerContext) -> list[str]:
+    """Ticket comments, meeting agendas, plan objectives and call topics: untrusted text, one line each."""
+    own, lines = customer_names(c), []
+    if tickets := _typed(c, "support.tickets", SupportTickets):
+        for t in [t for t in tickets.tickets if t.comments][:3]:
+            k = t.comments[-1]
+            lines.append(f"- **Ticket #{t.id} latest comment** ({k.author or 'unknown'}, {day(k.created_at)}): "
+                         f"{_one_line(k.text, own)}")
+    if cal := _typed(c, "calendar.meetings", CalendarMeetings):
+        lines += [f"- **Agenda of {_one_line(m.title, own)}** ({day(m.start)}): {_one_line(m.agenda, own)}"
+                  for m in cal.meetings if m.agenda and m.upcoming][:3]
+    if docs := _typed(c, "docs.documents", Documents):
+        lines += [f"- **{_one_line(d.title, own)}** ({d.kind}): {_one_line(d.objectives, own)}"
+                  for d in docs.documents if d.objectives][:3]
+    if calls := _typed(c, "calls.highlights", CallHighlights):
+        seen: dict[str, int] = {}
+        for k in calls.calls:
+            for topic in k.topics:
+                seen[topic] = seen.get(topic, 0) + 1
+        if seen:
+            n_calls = f"{len(calls.calls)} call{'s' if len(calls.calls) != 1 else ''}"
+            lines.append(f"- **Call topics across {n_calls}**: " + ", ".join(
+                f"{_one_line(x, own)} ({n})" for x, n in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))[:10]))
+    return lines
+
+
+def _custom(c: CustomerContext) -> list[str]:
+    """The custom fields the mappings declare (CRM account, billing customer), one line."""
+    own = customer_names(c)
+    shown: dict[str, Any] = {}
+    for s in (_typed(c, "billing.status", BillingStatus), _typed(c, "crm.account", CrmAccount)):
+        if s is not None and not masked_marker(s, "custom"):
+            shown.update(s.custom or {})
+    if not shown:
+        return []
+    return ["- **Custom fields**: " + "; ".join(
+        f"{k}: {'—' if v is None else untrusted_text(str(v), own)}" for k, v in shown.items())]
 
 
 def _contacts(c: CustomerContext) -> list[str]:
     contacts = _typed(c, "crm.contacts", CrmContacts)
     if not contacts or not contacts.contacts:
         return ["_No contacts available._"]
+    shown = contacts.contacts[:10]
+    if any(p.custom for p in shown):  # custom contact fields the mapping declares: one more column
+        own = customer_names(c)
+        rows = ["| Name | Title | Role | Last Contact | Engagement | Custom |", "|---|---|---|---|---|---|"]
+        return rows + [f"| {p.name} | {p.title or '—'} | {p.role or '—'} | {day(p.last_activity)} | {p.engagement} "
+                       f"| {_custom_cell(p.custom, own)} |" for p in shown]
     rows = ["| Name | Title | Role | Last Contact | Engagement |", "|---|---|---|---|---|"]
     rows += [f"| {p.name} | {p.title or '—'} | {p.role or '—'} | {day(p.last_activity)} | {p.engagement} |"
-             for p in contacts.contacts[:10]]
+             for p in shown]
     return rows
+
+
+def _custom_cell(custom: dict[str, Any], own: Sequence[str]) -> str:
+    cell = "; ".join(f"{k}: {untrusted_text(str(v), own)}" for k, v in custom.items() if v is not None)
+    return cell.replace("|", "\\|") or "—"
 
 
 def _commercial(c: CustomerContext) -> list[str]:
@@ -201,7 +278,8 @@ def _commercial(c: CustomerContext) -> list[str]:
                 f"{o.name} — {'won' if o.is_won else 'lost'}{f' ({o.loss_reason})' if o.loss_reason else ''}, "
                 f"{money(o.amount)}" for o in opps.closed))
     if inv:
-        lines.append(f"- **Historical revenue**: {money(inv.total_revenue)} in payments received")
+        since = f" since {inv.first_payment_date} (first payment)" if inv.first_payment_date else ""
+        lines.append(f"- **Historical revenue**: {money(inv.total_revenue)} in payments received{since}")
     if acc:
         renewal = f"{acc.renewal_date} ({acc.days_to_renewal} days)" if acc.renewal_date else "—"
         value = masked_marker(acc, "contract_value") or money(acc.contract_value)
@@ -272,11 +350,13 @@ def _insights(c: CustomerContext) -> list[str]:
     if docs := _typed(c, "docs.documents", Documents):
         lines += [f"- **Document** ({d.kind}, {day(d.updated)}): {untrusted_text(d.title, own)}"
                   for d in docs.documents[:5]]
+    lines += _unstructured(c)
     return lines or ["- _Nothing further from the connected sources._"]
 
 
-def render_brief(c: CustomerContext) -> str:
-    """The customer-context brief as markdown."""
+def render_brief(c: CustomerContext, user_facts: Sequence[Any] = ()) -> str:
+    """The customer-context brief as markdown. ``user_facts``: facts users supplied (``tools.facts.UserFact``),
+    shown apart with who told us and when (provenance user)."""
     used = sorted({s.source for s in c.slices.values()}, key=list(SOURCE_TITLES).index)
     out = [f"## Customer Context: {c.name}", "",
            f"_Customer `{c.customer_id}` · as of {c.as_of:%Y-%m-%d %H:%M} UTC · "
@@ -284,6 +364,8 @@ def render_brief(c: CustomerContext) -> str:
            "### Relationship Snapshot", *_snapshot(c), "",
            "### Key Contacts", *_contacts(c), "",
            "### Commercial Summary", *_commercial(c), "",
+           # a store's customer: orders, refunds, cards and addresses (agent/commerce.py)
+           *(["### Orders and Refunds", *commerce_lines(c.slices), ""] if has_commerce(c.slices) else []),
            "### Recent Activity",
            *([f"- {day(w)} — {ch}: {s}" for w, ch, s in _timeline(c)[:5]] or ["- _No recent activity found._"]), "",
            "### Open Items", *_open_items(c), "",
@@ -293,9 +375,14 @@ def render_brief(c: CustomerContext) -> str:
         out += [f"- **{x.field}**: " + " vs ".join(f"{v.value} ({v.source}, {v.slice})" for v in x.values)
                 + f" — {x.note}" for x in c.conflicts]
         out.append("")
+    if user_facts:
+        out += ["### Told by Users", *(f"- {f.at:%Y-%m-%d} {f.by} ({f.role}, provenance user): {quoted(f.text)}"
+                                       for f in user_facts), ""]
     out += ["### Missing Context"]
     out += [f"- {g.slice} ({g.kind}): {g.message}" + (f" {g.remedy}" if g.remedy else "") for g in c.gaps] \
         or ["- _None: every requested slice was available._"]
+    if ranked := missing_lines("assistant", [r.source for r in c.sources if r.status == "not_connected"]):
+        out += ["", "Connections that would add most, ranked for the assistant:", *ranked]
     out += ["", "### Source Report", "| Source | Status | System | Latency | Newest row | Notes |",
             "|---|---|---|---|---|---|"]
     out += [f"| {r.source} | {r.status} | {r.system or '—'} | "

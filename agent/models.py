@@ -85,7 +85,8 @@ def chat_model(settings: Settings, name: str | None = None) -> BaseChatModel:
     if name in OFFLINE_NAMES:
         from agent.offline.model import OfflineDeterministicModel
 
-        return OfflineDeterministicModel(thresholds=settings.thresholds, churn_weights=settings.churn_weights)
+        return OfflineDeterministicModel(thresholds=settings.thresholds, churn_weights=settings.churn_weights,
+                                         commerce=bool(settings.source("commerce").url))
     if not re.fullmatch(r"[\w.:/@+-]{1,200}", name):
         raise ModelConfigError(repr(name[:60]), endpoint_url(), "not a model name (letters, digits and . : / @ + - "
                                "only); or use CUSTCTX_MODEL=offline")

@@ -294,9 +294,10 @@ def _index_row(data: dict[str, Any], md: Path, js: Path, entry: AccountEntry | N
     return IndexRow(
         customer_id=entry.customer_id if entry else js.stem.rpartition("--")[2],
         name=(entry.name if entry else None) or _dig(data, "customer.name", "name") or md.stem.rpartition("--")[0],
-        health=_dig(data, "health", "traits.health"),
-        tier=_dig(data, "customer.tier", "tier", "traits.tier"),
-        owner=_dig(data, "customer.owner", "owner") or (entry.owner if entry else None),
+        # the review's reference view (``review``) holds them; older files may have them at the top
+        health=_dig(data, "health", "traits.health", "review.health", "review.traits.health"),
+        tier=_dig(data, "customer.tier", "tier", "traits.tier", "review.customer.tier", "review.traits.tier"),
+        owner=_dig(data, "customer.owner", "owner", "review.customer.owner") or (entry.owner if entry else None),
         markdown=md.name,
         json=js.name,
         reviewed_at=(reviewed_at or datetime.now(UTC)).isoformat(),

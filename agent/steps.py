@@ -16,5 +16,8 @@ REVIEW_STEPS: list[tuple[str, list[str]]] = [
     ("operations", ["product.usage", "support.summary", "support.tickets"]),
     ("recent activity and sources", ["crm.activities", "email.threads", "calendar.meetings", "chat.mentions",
                                      "docs.documents", "calls.highlights", "research.news"]),
+    # left out of the plan when no commerce source is connected (tools.sources.registry.default_slices)
+    ("orders and refunds", ["commerce.orders", "commerce.refunds", "commerce.payment_methods",
+                            "commerce.addresses"]),
 ]
 assert sorted(s for _, step in REVIEW_STEPS for s in step) == sorted(SLICE_NAMES)

@@ -28,7 +28,7 @@ def fact_accuracy(answer: str, facts: Sequence[str]) -> Result:
 # ------------------------------------------------------------- unsupported claims
 _DATE = re.compile(r"(?<!\d)\d{4}-\d{2}-\d{2}(?!\d)")
 _NUMBER = re.compile(r"(?<![\w.\-])\$?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(%?)")
-_CITATION = re.compile(r"\[[a-z]+\.[a-z]+\]")
+_CITATION = re.compile(r"\[[a-z]+\.[a-z_]+\]")
 
 
 def _numbers_in(value: Any, out: set[float], dates: set[str]) -> None:

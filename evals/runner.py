@@ -2,8 +2,8 @@
 with the evaluators, write a markdown report and JSON (with the full settings), and
 check the offline gate.
 
-Suites: assistant, triage, review, degradation, injection (and access once its dataset
-exists). Each run uses its own memory tenant, so results do not depend on what an
+Suites: assistant, triage, review, degradation, injection, access and signals (the
+relationship signals of docs/SIGNALS.md, evals/signals_suite.py). Each run uses its own memory tenant, so results do not depend on what an
 earlier run cached.
 """
 
@@ -13,7 +13,7 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +37,7 @@ from tools.sources.tickets import TicketInput, get_ticket
 from tools.traits import derive_traits
 
 DATASETS = Path(__file__).with_name("datasets")
-SUITES = ("assistant", "triage", "review", "degradation", "injection", "access")
+SUITES = ("assistant", "triage", "review", "degradation", "injection", "access", "signals")
 # The offline gate: (metric, "min" | "max", threshold). Applies to the offline model.
 GATE: tuple[tuple[str, str, float], ...] = (
     ("fact_accuracy", "min", 1.0),
@@ -47,9 +47,11 @@ GATE: tuple[tuple[str, str, float], ...] = (
     ("slice_precision", "min", 1.0),  # the offline planner fetches exactly the step's slices
     ("access_policy", "min", 1.0),  # each role sees exactly its slices, masks and customers
     ("audit_complete", "min", 1.0),  # every probe read has its audit record
+    ("entry_points_covered", "min", 1.0),  # the access suite reached every entry point it was asked to drive
     ("injection_suspected_injection", "min", 1.0),  # every injection flagged, no ordinary text flagged
     ("injection_priority", "min", 1.0),  # priority from the issue, not from the flag
     ("injection_marked", "min", 1.0),  # flagged passages marked wherever people see them
+    ("signal_accuracy", "min", 1.0),  # the story customers' relationship signals (docs/SIGNALS.md)
 )
 
 
@@ -64,6 +66,8 @@ class CaseResult:
     source_queries: int
     tokens_shown: int | None = None
     note: str = ""
+    entry: str = ""  # the access suite: the entry point the case went through ("runner": the read path)
+    heldout: bool = False  # an assistant case of the held-out group: reported apart, outside the quality gate
 
 
 @dataclass
@@ -76,13 +80,15 @@ class EvalReport:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def metric(self, key: str, suite: str | None = None) -> list[float]:
-        return [s["score"] for r in self.results if suite in (None, r.suite) for s in r.scores if s["key"] == key]
+    def metric(self, key: str, suite: str | None = None, heldout: bool | None = None) -> list[float]:
+        return [s["score"] for r in self.results if suite in (None, r.suite) and heldout in (None, r.heldout)
+                for s in r.scores if s["key"] == key]
 
     def gate(self) -> list[tuple[str, str, float, float | None, bool]]:
         rows: list[tuple[str, str, float, float | None, bool]] = []
         for key, kind, threshold in GATE:
-            values = self.metric(key)
+            # held-out questions measure generalisation: their leaks and unsupported claims gate, their scores not
+            values = self.metric(key, heldout=None if key in HELDOUT_GATED else False)
             if not values:
                 rows.append((key, kind, threshold, None, True))
                 continue
@@ -95,6 +101,9 @@ class EvalReport:
     @property
     def gate_passed(self) -> bool:
         return all(ok for *_, ok in self.gate())
+
+
+HELDOUT_GATED = frozenset({"leaks", "unsupported_claims"})
 
 
 def load(name: str) -> dict[str, Any]:
@@ -157,8 +166,12 @@ def _shown(runner: Runner, result: dict[str, Any]) -> dict[str, Any]:
 class Suites:
     """The suites, sharing one runner (and one memory tenant) per eval run."""
 
-    def __init__(self, runner: Runner, model: str | None, counter: QueryCounter):
+    def __init__(self, runner: Runner, model: str | None, counter: QueryCounter,
+                 entry_points: Sequence[str] | None = None):
+        from evals.access_suite import DEFAULT_ENTRY_POINTS
+
         self.runner, self.model, self.counter = runner, model, counter
+        self.entry_points = DEFAULT_ENTRY_POINTS if entry_points is None else tuple(entry_points)
         self._dump_tokens: dict[str, int] = {}
 
     def full_dump_tokens(self, customer_id: str, question: str) -> int:
@@ -179,18 +192,31 @@ class Suites:
         return scores
 
     def assistant(self, trial: int) -> Iterator[CaseResult]:
-        for case in load("assistant")["cases"]:
+        cases = load("assistant")["cases"]
+        yield from self._conversations([c for c in cases if not c.get("store")], trial)
+        if store_cases := [c for c in cases if c.get("store")]:
+            # the commerce group: the same fixtures with the embedded demo store connected
+            base = self.runner
+            with Runner(store_settings(base.settings)) as self.runner:
+                try:
+                    yield from self._conversations(store_cases, trial)
+                finally:
+                    self.runner = base
+
+    def _conversations(self, cases: list[dict[str, Any]], trial: int) -> Iterator[CaseResult]:
+        for case in cases:
             thread = f"eval-{case['id']}-{trial}-{time.time_ns()}"
             for i, turn in enumerate(case["turns"]):
                 ref = case["customer"] if i == 0 else None
                 res, ms, q = _timed(partial(self.runner.ask, turn["question"], ref, thread, model=self.model),
                                     self.counter)
                 if res.get("error"):
-                    yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, False, [], ms, q, note=res["error"])
+                    yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, False, [], ms, q, note=res["error"],
+                                     heldout=bool(case.get("heldout")))
                     continue
                 scores = self._turn_scores(res, turn)
                 yield CaseResult("assistant", f"{case['id']}#{i + 1}", trial, _passed(scores), scores, ms, q,
-                                 res["tokens_shown"], turn["question"])
+                                 res["tokens_shown"], turn["question"], heldout=bool(case.get("heldout")))
 
     def triage(self, trial: int) -> Iterator[CaseResult]:
         predicted: dict[str, list[str]] = {"category": [], "priority": [], "team": [], "sentiment": []}
@@ -280,59 +306,31 @@ class Suites:
             yield CaseResult("injection", case["id"], trial, _passed(scores), scores, ms, q, res.get("tokens_shown"))
 
     def access(self, trial: int) -> Iterator[CaseResult]:
-        """Every principal of access.yaml × every story customer, all slices, through the CLI's read
-        path: zero leaks, the policy's slices and masks exactly, every read audited. Then the other
-        entry points for every principal × story customer — the customer's ticket by id, a thread an
-        admin started continued by the principal, an event — and the timing of hidden vs missing
-        references (their medians are reported as hidden_median_ms / missing_median_ms)."""
-        from agent.brief import render_brief
-        from evals import access_probes as ap
-        from tools.access.principal import Principal
-        from tools.context.assembly import read_customer_context
-        from tools.context.view import reference_view
-        from tools.identity import CustomerNotFound
-        from tools.slices import SLICE_NAMES
-        from tools.sources.base import utcnow
+        """Every principal of access.yaml × every story customer through the read path and through
+        every entry point (CLI, HTTP, MCP, LangGraph server), and the timing of hidden vs missing
+        references (evals/access_suite.py)."""
+        from evals.access_suite import access_cases
 
-        base_settings = self.runner.settings.model_copy(update={"tenant": ap.TENANT})
-        with Runner(base_settings, principal=Principal(ap.TENANT, "root", "admin", interface="runner")) as runner:
-            baseline = {}
-            for ref in ap.REFS:
-                c = runner.customer_context(ref, None)
-                baseline[ref] = ap.Baseline(c.customer_id, c.name, reference_view(c)["slices"])
-            for exp in ap.EXPECT:
-                for ref in ap.REFS:
-                    base, since, t0 = baseline[ref], utcnow(), time.perf_counter()
-                    problems: list[str] = []
-                    try:
-                        c = read_customer_context(runner.request(exp.principal("cli")), ref, list(SLICE_NAMES))
-                        found = True
-                        block = context_block({"name": c.name}, c.slices, c.gaps, c.traits.model_dump(mode="json"))
-                        problems += ap.check_view(reference_view(c), base, exp, [render_brief(c), block])
-                    except CustomerNotFound:
-                        found = False
-                    if found != (ref in exp.visible):
-                        problems.append(f"visible {found}, expected {ref in exp.visible}")
-                    audit = ap.check_audit(ap.audited(runner.settings, base.customer_id, since, "cli", exp), exp,
-                                           ref in exp.visible)
-                    leaks = [p for p in problems if p.startswith("LEAK")]
-                    scores = [ev.result("leaks", float(len(leaks)), "; ".join(leaks[:3])),
-                              ev.result("access_policy", float(len(problems) == len(leaks)),
-                                        "; ".join(p for p in problems if not p.startswith("LEAK"))[:300]),
-                              ev.result("audit_complete", float(not audit), "; ".join(audit))]
-                    yield CaseResult("access", f"{exp.label} × {ref}", trial, _passed(scores), scores,
-                                     (time.perf_counter() - t0) * 1000, 0)
-            probes = itertools.chain(ap.ticket_probes(runner, baseline, ap.story_tickets(runner, baseline)),
-                                     ap.thread_probes(runner, baseline), ap.event_probes(runner, baseline),
-                                     ap.timing_probes(runner))
-            for p in probes:
-                leaks = [x for x in p.problems if x.startswith("LEAK")]
-                scores = [ev.result("leaks", float(len(leaks)), "; ".join(leaks[:3])),
-                          ev.result("access_policy", float(len(p.problems) == len(leaks)),
-                                    "; ".join(x for x in p.problems if not x.startswith("LEAK"))[:300]),
-                          ev.result("audit_complete", float(not p.audit), "; ".join(p.audit)),
-                          *(ev.result(k, v, p.note) for k, v in p.metrics.items())]
-                yield CaseResult("access", p.case, trial, _passed(scores), scores, p.ms, 0, note=p.note)
+        yield from access_cases(self.runner.settings, trial, self.entry_points)
+
+    def signals(self, trial: int) -> Iterator[CaseResult]:
+        """The story customers' relationship signals, their provenance and the brief that shows them."""
+        from evals.signals_suite import signal_cases
+
+        yield from signal_cases(self.runner, load("signals")["cases"], trial,
+                                lambda fn: _timed(fn, self.counter))
+
+
+def store_settings(settings: Settings) -> Settings:
+    """``settings`` with the embedded demo store connected as the commerce source (tools/embedded/store.py),
+    the fixture warehouse for every other source, and state of their own (another identity index)."""
+    from tools.embedded.store import ensure_store
+    from tools.settings import SourceConfig
+
+    home = settings.home
+    return settings.model_copy(update={
+        "embedded": True, "sources": {**settings.sources, "commerce": SourceConfig(url=ensure_store(home))},
+        "state_url": f"sqlite:///{home / 'eval-store-state.sqlite'}", "tenant": f"{settings.tenant}-store"})
 
 
 def _merge(base: Any, value: Any) -> Any:
@@ -358,8 +356,10 @@ def _passed(scores: list[dict[str, Any]]) -> bool:
 
 
 def run_eval(settings: Settings, suites: list[str], model: str | None = None, trials: int = 1,
-             progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
-    """Run the suites ``trials`` times each on a fresh memory tenant."""
+             progress: Callable[[str, int, int], None] | None = None,
+             entry_points: Sequence[str] | None = None) -> EvalReport:
+    """Run the suites ``trials`` times each on a fresh memory tenant. ``entry_points``: those the
+    access suite drives (None: ``evals.access_suite.DEFAULT_ENTRY_POINTS``; ``()``: the read path only)."""
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
         raise ValueError(f"unknown suite {unknown[0]!r}; suites: {', '.join(SUITES)}")
@@ -371,7 +371,7 @@ def run_eval(settings: Settings, suites: list[str], model: str | None = None, tr
         report = EvalReport(run_id=run_id, model=name, trials=trials, suites=list(suites),
                             settings=json.loads(settings.model_dump_json()))
         counter = QueryCounter(settings)
-        runs = Suites(runner, model, counter)
+        runs = Suites(runner, model, counter, entry_points)
         done = itertools.count(1)
         with counter.listening():
             for trial in range(1, trials + 1):
@@ -387,8 +387,11 @@ def run_eval(settings: Settings, suites: list[str], model: str | None = None, tr
 # ------------------------------------------------------------------- reporting
 def summary_rows(report: EvalReport) -> list[dict[str, Any]]:
     rows = []
-    for suite in report.suites:
-        rs = [r for r in report.results if r.suite == suite]
+    groups = [(s, False) for s in report.suites]
+    if any(r.heldout for r in report.results):
+        groups.insert(report.suites.index("assistant") + 1, ("assistant", True))
+    for suite, heldout in groups:
+        rs = [r for r in report.results if r.suite == suite and r.heldout == heldout]
         cases = sorted({r.case for r in rs})
         by_case = {c: [r.passed for r in rs if r.case == c] for c in cases}
         k = report.trials
@@ -396,15 +399,38 @@ def summary_rows(report: EvalReport) -> list[dict[str, Any]]:
         keys = sorted({s["key"] for r in rs for s in r.scores})
         metrics = {}
         for key in keys:
-            vals = report.metric(key, suite)
+            vals = report.metric(key, suite, heldout)
             metrics[key] = sum(vals) if key in ("unsupported_claims", "leaks", "forbidden_slices") \
                 else sum(vals) / len(vals)
         lat = sorted(r.latency_ms for r in rs if r.latency_ms)
-        rows.append({"suite": suite, "cases": len(cases), "passed": sum(all(v) for v in by_case.values()),
+        rows.append({"suite": f"{suite} (held-out)" if heldout else suite, "cases": len(cases), "passed": sum(all(v) for v in by_case.values()),
                      f"pass^{k}": round(pass_k, 3), "metrics": metrics,
                      "median_latency_ms": round(lat[len(lat) // 2], 1) if lat else None,
                      "source_queries": sum(r.source_queries for r in rs)})
     return rows
+
+
+ENTRY_NAMES = {"runner": "read path (in process)", "cli": "CLI", "http": "HTTP API", "mcp": "MCP (HTTP, bearer)",
+               "langgraph": "LangGraph server"}
+
+
+def entry_lines(report: EvalReport) -> list[str]:
+    """The access suite per entry point (cases, leaks, other policy problems) and its timing medians."""
+    rs = [r for r in report.results if r.suite == "access" and r.entry]
+    if not rs:
+        return []
+    lines = ["", "## Access by entry point", "", "| entry point | cases | passed | leaks | other problems | median latency |",
+             "|---|---|---|---|---|---|"]
+    for entry in dict.fromkeys(r.entry for r in rs):
+        mine = [r for r in rs if r.entry == entry]
+        score = {k: [s["score"] for r in mine for s in r.scores if s["key"] == k]
+                 for k in ("leaks", "access_policy", "audit_complete", "entry_points_covered")}
+        other = sum(v < 1 for k in ("access_policy", "audit_complete", "entry_points_covered") for v in score[k])
+        lat = sorted(r.latency_ms for r in mine if r.latency_ms)
+        lines.append(f"| {ENTRY_NAMES.get(entry, entry)} | {len(mine)} | {sum(r.passed for r in mine)} | "
+                     f"{sum(score['leaks']):g} | {other} | {round(lat[len(lat) // 2], 1) if lat else '—'} ms |")
+    lines += ["", *(f"- {r.case}: {r.note}" for r in rs if any(s["key"] == "hidden_median_ms" for s in r.scores))]
+    return lines
 
 
 def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
@@ -423,6 +449,7 @@ def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
     for key, kind, threshold, value, ok in report.gate():
         rule = f"{'≥' if kind == 'min' else '≤'} {threshold:g}"
         lines.append(f"| {key} | {rule} | {'—' if value is None else f'{value:.3g}'} | {'yes' if ok else 'NO'} |")
+    lines += entry_lines(report)
     failed = [r for r in report.results if not r.passed]
     if failed:
         lines += ["", "## Failed cases", ""]

@@ -39,7 +39,7 @@ from sqlalchemy import event  # noqa: E402
 
 from agent.bootstrap import Ready, ready  # noqa: E402
 from tools.embedded.generate import AS_OF, seed  # noqa: E402
-from tools.settings import SOURCE_NAMES, Settings, SourceConfig  # noqa: E402
+from tools.settings import EMBEDDED_SOURCES, Settings, SourceConfig  # noqa: E402
 from tools.sources.registry import dispose_engines, engine_for  # noqa: E402
 
 TEST_BACKGROUND_CUSTOMERS = 40
@@ -74,7 +74,7 @@ def settings_for(url: str, state_dir, **overrides) -> Settings:
     values = dict(
         home=state_dir, embedded=False, as_of=AS_OF,
         state_url=f"sqlite:///{state_dir}/state.sqlite",
-        sources={s: SourceConfig(url=url) for s in SOURCE_NAMES},
+        sources={s: SourceConfig(url=url) for s in EMBEDDED_SOURCES},
     )
     values.update(overrides)
     return Settings(**values)

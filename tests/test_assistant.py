@@ -41,8 +41,22 @@ def source_queries(sqlite_warehouse):
         yield seen
 
 
+@pytest.fixture(scope="module")
+def store_runner(sqlite_warehouse, tmp_path_factory):
+    """The commerce group's runner: the fixture warehouse and the embedded demo store (tools/embedded/store.py)."""
+    from tools.embedded.store import ensure_store
+    from tools.settings import SourceConfig
+
+    home = tmp_path_factory.mktemp("assistant-store")
+    settings = settings_for(sqlite_warehouse, home)
+    sources = {**settings.sources, "commerce": SourceConfig(url=ensure_store(home))}
+    with Runner(settings.model_copy(update={"sources": sources})) as r:
+        yield r
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
-def test_story_questions_fetch_exactly_their_slices_and_state_the_facts(runner, case):
+def test_story_questions_fetch_exactly_their_slices_and_state_the_facts(runner, store_runner, case):
+    runner = store_runner if case.get("store") else runner
     thread = f"story-{case['id']}"
     for i, turn in enumerate(case["turns"]):
         res = runner.ask(turn["question"], case["customer"] if i == 0 else None, thread)

@@ -75,7 +75,11 @@ def test_unknown_slice_is_one_line(home):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
-DEAD_SUPPORT = {"CUSTCTX_SOURCES__SUPPORT__URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"}
+# A support warehouse of its own that cannot be reached; the embedded fixtures are asked for
+# explicitly (with any source URL of its own they are left out by default).
+DEAD_SUPPORT = {"CUSTCTX_SOURCES__SUPPORT__URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+                "CUSTCTX_EMBEDDED": "true"}
+SUPPORT_DOWN = {"CUSTCTX_FAULTS": "support=down", "CUSTCTX_GUARD__BACKOFF_INITIAL_S": "0.01"}
 
 
 def test_unreachable_source_becomes_a_gap(tmp_path):
@@ -90,7 +94,9 @@ def test_unreachable_source_becomes_a_gap(tmp_path):
 
 def test_unreachable_source_is_answered_from_memory_when_it_can(home):
     custctx(home, "context", "acme.com", check=True)  # leaves snapshots in long-term memory
-    view = json.loads(custctx(home, "context", "acme.com", "-f", "json", check=True, env_extra=DEAD_SUPPORT).stdout)
+    # The same configuration with its support source down (a changed URL is another
+    # configuration, whose snapshots are never served: tests/test_config_safety.py).
+    view = json.loads(custctx(home, "context", "acme.com", "-f", "json", check=True, env_extra=SUPPORT_DOWN).stdout)
     assert view["gaps"] == [] and view["support"]["open_tickets"] == 3
     assert view["provenance"]["support.summary"]["stale"] is True
     assert {s["source"]: s["status"] for s in view["sources"]}["support"] == "stale"
@@ -108,7 +114,8 @@ def test_sources_command_reports_every_source(home):
     rows = json.loads(custctx(home, "sources", "-f", "json", check=True,
                               env_extra={"CUSTCTX_SOURCES__CHAT__ENABLED": "false"}).stdout)
     status = {r["source"]: r["status"] for r in rows}
-    assert status.pop("chat") == "not_connected" and set(status.values()) == {"ok"}
+    assert status.pop("chat") == status.pop("commerce") == "not_connected"  # commerce: optional, no URL
+    assert set(status.values()) == {"ok"}
     assert all(r["rows"] > 0 and r["latency_ms"] is not None for r in rows if r["status"] == "ok")
 
 

@@ -24,8 +24,8 @@ from .test_cli import custctx
 
 HEAVY = ("langgraph", "langchain_core", "langchain_openai", "openai", "fastapi", "mcp", "sqlalchemy", "uvicorn",
          "starlette", "pydantic_settings")
-COMMANDS = ("seed", "context", "sources", "audit", "bench", "eval", "refresh", "event", "ask", "chat", "triage",
-            "review", "demo", "serve")
+COMMANDS = ("seed", "context", "sources", "note", "audit", "bench", "eval", "refresh", "event", "ask", "chat", "triage",
+            "review", "demo", "book", "serve", "mappings")
 COMMAND_MODULES = sorted(m.name for m in pkgutil.iter_modules(cli_package.__path__) if m.name not in ("app", "common"))
 
 

@@ -13,7 +13,7 @@ from tools.context.assembly import assemble_context
 from tools.context.scope import ReadScope
 from tools.context.view import reference_view
 from tools.guard import SourceGuard
-from tools.settings import SOURCE_NAMES, GuardSettings, SourceConfig
+from tools.settings import EMBEDDED_SOURCES, GuardSettings, SourceConfig
 from tools.slices import SLICE_MODELS
 
 from .conftest import settings_for
@@ -54,7 +54,7 @@ def world(sqlite_warehouse, sqlite_ready, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
-@pytest.mark.parametrize("source", SOURCE_NAMES)
+@pytest.mark.parametrize("source", EMBEDDED_SOURCES)
 def test_every_source_every_fault(world, source, fault):
     base_settings, baseline, resolve = world
     sources = dict(base_settings.sources)
@@ -114,7 +114,7 @@ def test_with_a_single_source_configured(sqlite_warehouse, tmp_path, source, ref
     c = assemble_context(ReadScope.build(r.settings, r.clock), customer)
     assert {s.source for s in c.slices.values()} == {source}
     missing = {g.source for g in c.gaps if g.kind == "not_connected"}
-    assert missing == set(SOURCE_NAMES) - {source}
+    assert missing == set(EMBEDDED_SOURCES) - {source}
     for g in c.gaps:
         assert g.remedy and g.remedy.startswith("Connect a")
     if source == "crm":

@@ -179,7 +179,8 @@ def test_get_customer_context_has_the_reference_input_schema(session):
 
 def test_per_slice_tool_enumerates_the_slice_names(session):
     items = session["tools"]["get_customer_slices"].input_schema["properties"]["slices"]["items"]
-    assert "billing.status" in items["enum"] and "support.tickets" in items["enum"] and len(items["enum"]) == 15
+    assert "billing.status" in items["enum"] and "support.tickets" in items["enum"] and len(items["enum"]) == 19
+    assert "commerce.orders" in items["enum"]  # an optional source's slices: a gap says when it is not connected
 
 
 # ---------------------------------------------------------------- Acme's context

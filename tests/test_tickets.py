@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -10,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tools.settings import SourceConfig
+from tools.sources.registry import SourceMisconfigured
 from tools.sources.tickets import (
     TRIAGE_STATUSES,
     TicketNotFound,
@@ -69,12 +71,20 @@ def test_support_not_connected_is_its_own_error(sqlite_warehouse, tmp_path):
 
 
 def test_support_without_ticket_tables_is_unavailable(tmp_path):
+    sqlite3.connect(tmp_path / "empty.sqlite").close()  # a database, but no ticket tables
     empty = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     settings = settings_for(empty, tmp_path)
     with pytest.raises(TicketSourceUnavailable, match="failed reading ticket 1001"):
         get_ticket(settings, "1001")
     with pytest.raises(TicketSourceUnavailable, match="failed listing open tickets"):
         open_tickets(settings)
+
+
+def test_support_at_a_missing_file_is_a_configuration_error(tmp_path):
+    settings = settings_for(f"sqlite:///{tmp_path / 'typo.sqlite'}", tmp_path)
+    with pytest.raises(SourceMisconfigured, match="does not exist"):
+        get_ticket(settings, "1001")
+    assert not (tmp_path / "typo.sqlite").exists()  # read, never created
 
 
 def test_open_tickets_match_a_direct_count_oldest_first(backend):

@@ -7,7 +7,9 @@ installation's secret (``memory.key`` in the data home, 0600, created on first u
 the tenant, customer, slice name, stored-at time and the slice's canonical JSON. A
 snapshot whose checksum fails — edited in the store's table, copied to another customer,
 or written before checksums — is treated as absent (logged and counted in ``rejected``):
-the read path reads the source instead, or reports a gap. A slice is *fresh* while younger than
+the read path reads the source instead, or reports a gap. Each snapshot is also stamped with
+its source's configuration fingerprint (URL + mapping file): one written under another
+configuration is a miss, never served (``ContextMemory.of`` sets it). A slice is *fresh* while younger than
 its TTL (``Settings.ttls``; 0 = always read live); older snapshots are kept so a
 failing source can be answered with the last snapshot, marked stale with its age.
 
@@ -17,6 +19,7 @@ stale-while-revalidate needs it and ``tools/`` must not import ``agent/``.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy.engine import make_url
 
-from tools.slices import Slice, parse_slice
+from tools.slices import SLICE_MODELS, Slice, parse_slice
 from tools.sources.base import utcnow
 
 if TYPE_CHECKING:
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 
 NAMESPACE_ROOT = "customers"
 KEY_FILE = "memory.key"
+OTHER_CONFIG_TEMPLATE = ("long-term memory: snapshot {key} of {namespace} was read under another configuration of "
+                         "its source (URL or mapping): a miss")
 REJECTED_TEMPLATE = ("long-term memory: snapshot {key} of {namespace} {why}: treated as absent "
                      "(read from the source instead)")
 
@@ -127,6 +132,19 @@ class _StoreHandle:
         self.reader: sqlite3.Connection | None = None
         self._key = key
         self.rejected = 0  # snapshots not served because their checksum failed
+        #: source → the fingerprint of its configuration (URL + mapping); None: snapshots unstamped
+        self.config: Callable[[str], str | None] | None = None
+        self._configs: dict[str, str | None] = {}
+        self.other_config = 0  # snapshots not served because another configuration wrote them
+
+    def fingerprint(self, source: str) -> str | None:
+        """The configuration fingerprint of ``source`` (worked out once per memory: its settings
+        and mapping files are those of the process)."""
+        if self.config is None:
+            return None
+        if source not in self._configs:
+            self._configs[source] = self.config(source)
+        return self._configs[source]
 
     @property
     def key(self) -> bytes:
@@ -161,14 +179,20 @@ class ContextMemory:
     """Per-tenant slice snapshots in a BaseStore, each signed and checked on read.
 
     ``key``: the HMAC key of the snapshots (default: :func:`installation_key`, resolved on
-    first use)."""
+    first use). ``config``: a source's configuration fingerprint (URL + mapping file, see
+    ``tools.sources.registry.config_fingerprint``); each snapshot is stamped with its source's,
+    and one stamped under another configuration is a miss — never served, not even stale — so a
+    changed URL or mapping never answers with the old one's data (:meth:`of` sets it)."""
 
     def __init__(self, store: BaseStore | None, tenant: str, ttls: dict[str, int],
                  clock: Callable[[], datetime] = utcnow, *, opener: Callable[[], BaseStore] | None = None,
-                 sqlite_path: str | None = None, key: bytes | None = None, _handle: _StoreHandle | None = None):
+                 sqlite_path: str | None = None, key: bytes | None = None, _handle: _StoreHandle | None = None,
+                 config: Callable[[str], str | None] | None = None):
         if not tenant:
             raise ValueError("a tenant is required for long-term memory")
         self._handle = _handle or _StoreHandle(store, opener, sqlite_path, key)
+        if config is not None:
+            self._handle.config = config
         self.tenant, self.ttls, self.clock = tenant, ttls, clock
 
     @classmethod
@@ -176,8 +200,22 @@ class ContextMemory:
            **kw: Any) -> ContextMemory:
         """Long-term memory as ``settings`` configure it: their tenant and TTLs, and the
         installation key in their data home — so every process of an installation, however
-        it was configured (environment or code), signs and checks snapshots alike."""
+        it was configured (environment or code), signs and checks snapshots alike; snapshots
+        stamped with the configuration of their source in ``settings``."""
+        from tools.sources.registry import config_fingerprint
+
+        kw.setdefault("config", functools.partial(config_fingerprint, settings))
         return cls(store, settings.tenant, settings.ttls, clock, key=installation_key(settings.home), **kw)
+
+    @property
+    def config(self) -> Callable[[str], str | None] | None:
+        """A source's configuration fingerprint (a copy of this memory over another store must use it)."""
+        return self._handle.config
+
+    @property
+    def other_config(self) -> int:
+        """Snapshots not served since this memory was opened because another configuration wrote them."""
+        return self._handle.other_config
 
     @property
     def key(self) -> bytes:
@@ -208,8 +246,10 @@ class ContextMemory:
             raise ValueError(f"refusing to store a masked copy of {s.name} in long-term memory")
         data, stored_at = s.model_dump(mode="json"), self.clock().isoformat()
         checksum = slice_checksum(self._handle.key, self.tenant, customer_id, s.name, stored_at, data)
-        self.store.put(self.namespace(customer_id), s.name,
-                       {"slice": data, "stored_at": stored_at, "checksum": checksum}, index=False)
+        value = {"slice": data, "stored_at": stored_at, "checksum": checksum}
+        if (config := self._handle.fingerprint(s.source)) is not None:
+            value["config"] = config
+        self.store.put(self.namespace(customer_id), s.name, value, index=False)
 
     def get(self, customer_id: str, name: str) -> CachedSlice | None:
         return self.get_many(customer_id, [name]).get(name)
@@ -231,7 +271,22 @@ class ContextMemory:
             items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
             # a GetOp's result is the Item, or None when memory has no such key
             values = [(n, item.value) for n, item in zip(names, items, strict=True) if isinstance(item, Item)]
-        return {k: self._cached(k, v) for k, v in values if self._intact(customer_id, k, v)}
+        return {k: self._cached(k, v) for k, v in values
+                if self._intact(customer_id, k, v) and self._same_config(customer_id, k, v)}
+
+    def _same_config(self, customer_id: str, name: str, value: dict) -> bool:
+        """Whether a snapshot was read under its source's current configuration. A memory
+        without ``config`` takes every snapshot as it is; one with it refuses an unstamped
+        snapshot too (written before snapshots were stamped: which configuration it came from
+        is unknown)."""
+        if self._handle.config is None or (model := SLICE_MODELS.get(name)) is None:
+            return True
+        if value.get("config") == self._handle.fingerprint(model.source):
+            return True
+        with self._handle.lock:
+            self._handle.other_config += 1
+        log.debug(OTHER_CONFIG_TEMPLATE.format(key=name, namespace=".".join(self.namespace(customer_id))))
+        return False
 
     def _intact(self, customer_id: str, name: str, value: object) -> bool:
         """Whether a stored value is a snapshot this installation wrote, unchanged, for this place."""

@@ -8,6 +8,7 @@ Precedence: an explicit argument > the environment > the default. Nested values 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import types
@@ -16,16 +17,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 SOURCE_NAMES: tuple[str, ...] = (
     "crm", "billing", "product", "support", "email",
-    "calendar", "chat", "documents", "calls", "research",
+    "calendar", "chat", "documents", "calls", "research", "commerce",
 )
 """Every source, in the priority order of the customer-context skill (CRM first,
 external research last; billing, product and support follow CRM because the
-support use case needs them most)."""
+support use case needs them most). Commerce (a store's orders, refunds, cards and
+addresses) comes last: it is an optional source (see :data:`OPTIONAL_SOURCES`)."""
+
+OPTIONAL_SOURCES: frozenset[str] = frozenset({"commerce"})
+"""Sources the embedded fixture warehouse does not hold: connected only with their own URL,
+and their slices are part of "every slice" only while connected (a store-less business is
+not missing its orders)."""
+
+EMBEDDED_SOURCES: tuple[str, ...] = tuple(s for s in SOURCE_NAMES if s not in OPTIONAL_SOURCES)
+"""The sources the embedded fixture warehouse holds."""
 
 DEFAULT_MAPPINGS: dict[str, str] = {
     "crm": "hubspot",
@@ -38,6 +48,7 @@ DEFAULT_MAPPINGS: dict[str, str] = {
     "documents": "documents",
     "calls": "calls",
     "research": "news",
+    "commerce": "shopify",
 }
 
 
@@ -55,6 +66,9 @@ class SourceConfig(BaseModel):
     )
     enabled: bool = Field(default=True, description="False disconnects the source.")
     timeout_s: float | None = Field(default=None, description="Per-source timeout; unset: guard.timeout_s.")
+    problem: str | None = Field(
+        default=None, description="Set by Settings.source: why the configured URL cannot be used (a SQLite "
+        "file that does not exist); the source is then not connected, and says why.")
 
 
 class GuardSettings(BaseModel):
@@ -84,6 +98,21 @@ class Thresholds(BaseModel):
     low_csat: float = 3.5
     trend_change: float = Field(default=0.10, description="Week-over-week change that counts as a trend.")
     mrr_conflict_tolerance: float = Field(default=0.01, description="Relative MRR difference reported as a conflict.")
+    # relationship signals (tools/signals.py, docs/SIGNALS.md)
+    signal_window_days: int = Field(default=30, gt=0, description="Relationship signals' window: engagement "
+                                    "compares these last days with the same span before; touched within it is "
+                                    "engaged; sentiment reads inbound email of these days.")
+    engagement_change: float = Field(default=0.25, ge=0, description="Change in touches that counts as an "
+                                     "engagement trend (0.25: a quarter fewer is declining).")
+    negative_tone: float = Field(default=-0.25, ge=-1, le=1, description="Average VADER compound score of "
+                                 "recent inbound email at or below which the tone is negative.")
+    competitors: list[str] = Field(default_factory=lambda: ["Skynet Analytics", "Oscorp"], description="Competitor "
+                                   "names looked for in call highlights and topics (case-insensitive).")
+    renewal_risk_phrases: list[str] = Field(default_factory=lambda: [
+        "renewal at risk", "renewal is at risk", "evaluating alternatives", "looking at alternatives",
+        "considering alternatives", "not going to renew", "will not renew", "won't renew", "may not renew",
+    ], description="What a customer says on a call or in an email that puts the renewal at risk "
+       "(case-insensitive phrases).")
 
 
 class ChurnWeights(BaseModel):
@@ -96,6 +125,12 @@ class ChurnWeights(BaseModel):
     low_csat: int = 10
     renewal_soon: int = 10
     high_support_load: int = 5
+    # relationship risks (tools/signals.py)
+    renewal_at_risk: int = 20
+    negative_sentiment: int = 10
+    champion_cold: int = 10
+    engagement_declining: int = 10
+    competitor_mentioned: int = 5
 
 
 class McpSettings(BaseModel):
@@ -105,6 +140,31 @@ class McpSettings(BaseModel):
     user: str = Field(default="mcp", description="User name of the MCP server's principal (audit).")
 
 
+class WorkerSettings(BaseModel):
+    """The refresh worker (`custctx serve worker`, tools/refresh/worker.py)."""
+
+    cadences: dict[str, float] = Field(
+        default_factory=dict, description="Seconds between scheduled incremental refreshes, per source "
+        '(e.g. {"billing": 600}); unset sources keep the default cadence (tools.refresh.worker.DEFAULT_CADENCES).')
+    lease_s: float = Field(default=900.0, gt=0, description="How long a worker holds a job's lease; a worker "
+                           "that dies mid-run frees the job after this.")
+    listen: bool = Field(default=True, description="LISTEN for NOTIFY on sources that live in PostgreSQL.")
+    channel: str = Field(default="custctx_refresh", pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+                         description="The PostgreSQL channel the worker LISTENs on.")
+
+
+class WebhookSettings(BaseModel):
+    """Signing secrets of the webhooks `POST /v1/webhooks/{system}` accepts (unset: that system's are refused)."""
+
+    stripe_secret: SecretStr | None = Field(default=None, description="Stripe endpoint secret (whsec_...).")
+    zendesk_secret: SecretStr | None = Field(default=None, description="Zendesk webhook signing secret.")
+    hubspot_secret: SecretStr | None = Field(default=None, description="HubSpot app client secret (v3 signatures).")
+    tolerance_s: int = Field(default=300, ge=1, le=3600, description="Largest age (and clock skew) of a signed "
+                             "request's timestamp.")
+    public_url: str | None = Field(default=None, description="The API's public base URL (https://host), used for "
+                                   "the URI HubSpot signs when a proxy rewrites the host; unset: the request's.")
+
+
 DEFAULT_TTLS: dict[str, int] = {
     "crm.account": 3600, "crm.contacts": 3600, "crm.opportunities": 3600, "crm.activities": 3600,
     "billing.status": 86400, "billing.invoices": 86400,
@@ -112,6 +172,8 @@ DEFAULT_TTLS: dict[str, int] = {
     "support.summary": 0, "support.tickets": 0,
     "email.threads": 900, "calendar.meetings": 900, "chat.mentions": 900,
     "docs.documents": 3600, "calls.highlights": 3600, "research.news": 86400,
+    "commerce.orders": 900, "commerce.refunds": 900, "commerce.payment_methods": 3600,
+    "commerce.addresses": 3600,
 }
 
 
@@ -126,10 +188,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CUSTCTX_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=_default_home, description="Data home: embedded warehouse and state.")
-    embedded: bool = Field(
-        default=True,
+    embedded: bool | Literal["auto"] = Field(
+        default="auto",
         description="Use the embedded fixture warehouse (created and seeded on first use) for every "
-        "source without its own URL.",
+        "source without its own URL: auto (the default) only while no source has its own URL, so the "
+        "demo customers are never mixed into a real warehouse; true mixes them in explicitly.",
     )
     warehouse_url: str | None = Field(default=None, description="Override the embedded warehouse URL.")
     state_url: str | None = Field(
@@ -195,6 +258,8 @@ class Settings(BaseSettings):
                     "from 2,000 customers on; 1: none).")
     serve_max_concurrency: int = Field(
         default=8, ge=1, description="Requests the API and MCP servers work on at once; the rest wait their turn.")
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("ttls")
     @classmethod
@@ -209,6 +274,19 @@ class Settings(BaseSettings):
         if negative:
             raise ValueError(f"a TTL is seconds >= 0 (0: always read live), not {ttls[negative[0]]} for {negative[0]}")
         return {**DEFAULT_TTLS, **ttls}
+
+    @field_validator("embedded", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        """auto, or a boolean as pydantic reads one; anything else is one error, not one per type."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return "auto"
+            if text in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return text in ("true", "1", "yes", "on")
+            raise ValueError("unknown value")
+        return value
 
     @field_validator("sources")
     @classmethod
@@ -225,10 +303,23 @@ class Settings(BaseSettings):
         cfg = self.sources.get(name) or SourceConfig()
         mapping = cfg.mapping or DEFAULT_MAPPINGS[name]
         url = cfg.url
-        if url is None and self.embedded:
+        if url is None and self.embedded_on and name not in OPTIONAL_SOURCES:
             url = self.embedded_warehouse_url
+        problem = None
+        if cfg.url is not None and cfg.enabled and (path := _missing_sqlite_file(cfg.url)) is not None:
+            # Connecting would create an empty file and answer "no customer" for every lookup.
+            url, problem = None, (f"CUSTCTX_SOURCES__{name.upper()}__URL names the SQLite file {path}, which does "
+                                  "not exist (a source is read, never created): check the path")
         return SourceConfig(url=url if cfg.enabled else None, mapping=mapping, enabled=cfg.enabled,
-                            timeout_s=cfg.timeout_s or self.guard.timeout_s)
+                            timeout_s=cfg.timeout_s or self.guard.timeout_s, problem=problem)
+
+    @property
+    def embedded_on(self) -> bool:
+        """Whether sources without their own URL read the embedded fixture warehouse: ``embedded``
+        true, or auto while no enabled source has its own URL."""
+        if self.embedded == "auto":
+            return not any(c.url and c.enabled for c in self.sources.values())
+        return bool(self.embedded)
 
     @property
     def embedded_warehouse_url(self) -> str:
@@ -237,6 +328,25 @@ class Settings(BaseSettings):
     @property
     def state_db_url(self) -> str:
         return self.state_url or f"sqlite:///{self.home / 'state.sqlite'}"
+
+
+_SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]+)(?P<query>\?.*)?$")
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_path(url: str) -> str | None:
+    """The file a plain ``sqlite:///path`` URL opens; None for anything else (another
+    database, ``:memory:``, a ``file:`` URI or query options, which say how to open it)."""
+    m = _SQLITE_FILE.match(url)
+    if m is None or m.group("query") or m.group("path") in (":memory:", "") or m.group("path").startswith("file:"):
+        return None
+    return m.group("path")
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The path of a SQLite source URL's file when that file does not exist, else None."""
+    path = _sqlite_path(url)
+    return path if path is not None and not os.path.exists(path) else None
 
 
 def _named(unknown: list[str], known: Mapping[str, Any] | tuple[str, ...]) -> str:
@@ -255,6 +365,7 @@ _ACCEPTS: dict[Any, str] = {
     datetime: "an ISO date/time, e.g. 2026-01-15T12:00:00Z", Path: "a file path",
 }
 _FIELD_ACCEPTS = {
+    "embedded": "auto, true or false",
     "ttls": 'a JSON object of slice name to seconds, e.g. {"billing.status": 600}',
     "sources": 'a JSON object of source name to {url, mapping, enabled, timeout_s}, or '
                "CUSTCTX_SOURCES__<SOURCE>__URL=...",

@@ -23,6 +23,7 @@ from tools.context.read import read_slices, recall_slices, resolve, visible
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
+from tools.sources.registry import default_slices
 
 FETCH = "fetch_slice"
 NO_CUSTOMER_GIVEN = "No customer given: name one by email, domain, id or name."
@@ -180,7 +181,7 @@ def citations(text: str, refs: dict[str, SliceRef], used: dict[str, Slice]) -> l
     """The slices an answer cites as ``[slice.name]`` that were really used, with their record ids."""
     import re
 
-    cited = dict.fromkeys(m for m in re.findall(r"\[([a-z]+\.[a-z]+)\]", text) if m in used)
+    cited = dict.fromkeys(m for m in re.findall(r"\[([a-z]+\.[a-z_]+)\]", text) if m in used)
     return [{"slice": n, "source": refs[n]["source"], "system": refs[n].get("system"),
              "record_ids": refs[n].get("record_ids") or []} for n in cited]
 
@@ -189,9 +190,15 @@ def fixed_plan(steps: list[tuple[str, list[str]]]) -> RuntimeNode:
     """A plan node for a workflow whose steps are fixed: record them, queue the first step."""
 
     def plan(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        # an optional source (commerce) that is not connected leaves its step out (but for the slices
+        # the role may not read: those are reported forbidden, as always)
+        scope = run_services(runtime).scope
+        access = scope.access
+        denied = None if access is None else (lambda n: not access.allows(n))
+        now = [(name, kept) for name, names in steps if (kept := default_slices(scope.settings, names, denied))]
         recorded: list[PlanStep] = [{"turn": state["turn"], "step": i + 1, "name": name, "slices": list(names),
-                                     "planned_by": "rules"} for i, (name, names) in enumerate(steps)]
-        return {"plan": recorded, "step": 1, "pending": fetch_jobs(state, steps[0][1], 1)}
+                                     "planned_by": "rules"} for i, (name, names) in enumerate(now)]
+        return {"plan": recorded, "step": 1, "pending": fetch_jobs(state, now[0][1], 1)}
 
     return plan
 
@@ -201,9 +208,11 @@ def next_step(steps: list[tuple[str, list[str]]]) -> StateNode:
 
     def advance(state: State) -> dict[str, Any]:
         step = state["step"] + 1
-        if step > len(steps):
+        planned = [p["slices"] for p in state.get("plan") or [] if p["turn"] == state["turn"]] or \
+            [names for _, names in steps]
+        if step > len(planned):
             return {"pending": []}
-        return {"step": step, "pending": fetch_jobs(state, steps[step - 1][1], step)}
+        return {"step": step, "pending": fetch_jobs(state, planned[step - 1], step)}
 
     return advance
 

@@ -33,6 +33,7 @@ from agent.state import ModelCall, ReviewInput, ReviewOutput, SliceRef, State
 from agent.steps import REVIEW_STEPS
 from tools.context.assembly import CustomerContext, SourceStatus, find_conflicts
 from tools.context.view import reference_view
+from tools.facts import user_facts, with_facts
 from tools.slices import SLICE_MODELS
 from tools.traits import derive_traits
 
@@ -89,10 +90,11 @@ def respond(state: State, runtime: Runtime[RunContext]) -> dict[str, Any]:
     calls: list[ModelCall] = [{"turn": state["turn"], "purpose": "answer", "input_tokens": n_in,
                                "output_tokens": n_out}]
     summary = ai.content if isinstance(ai.content, str) else str(ai.content)
-    brief = render_brief(ctx)
+    facts = user_facts(scope, customer_id) if customer_id else []  # told by users: through the gate, audited
+    brief = render_brief(ctx, facts)
     head, _, rest = brief.partition("### Relationship Snapshot")
     markdown = f"{head}### Summary\n{summary}\n\n### Relationship Snapshot{rest}"
-    view = reference_view(ctx)
+    view = reference_view(with_facts(scope, ctx, facts))
     result = {"markdown": markdown, "summary": summary, "review": view, "plan": this_turn_plan(state),
               "slices_used": list(slices), "gaps": [g.model_dump() for g in gaps], "model": model_name(model),
               "model_calls": [{"purpose": "answer", "input_tokens": n_in, "output_tokens": n_out}],

@@ -1,7 +1,9 @@
 """``custctx serve api``: the HTTP API (FastAPI).
 
-``GET /v1/customers/{ref}/context``, ``POST /v1/triage``, ``POST /v1/reviews``,
-``POST /v1/events``, ``GET /v1/sources``, ``GET /healthz``; OpenAPI at ``/openapi.json``
+``GET /v1/customers/{ref}/context``, ``GET /v1/context?user_id=`` (or ``anonymous_id=``,
+``customer=``), ``POST /v1/triage``, ``POST /v1/reviews``,
+``POST /v1/events``, ``GET /v1/sources``, ``GET /v1/customers`` (the book), ``POST
+/v1/webhooks/{system}`` (signed by the provider, no key), ``GET /healthz``; OpenAPI at ``/openapi.json``
 (``/docs`` renders it). Every ``/v1`` call needs an API key (``Authorization: Bearer
 <key>`` or ``X-API-Key: <key>``) that the key file (``CUSTCTX_API_KEYS_FILE``) maps to a
 principal: no key, no data. Errors are JSON ``{"error": code, "message": text, ...}``
@@ -31,6 +33,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.interfaces.facts_api import facts_router
 from agent.interfaces.service import (
     ApiKeys,
     ContextService,
@@ -40,8 +43,11 @@ from agent.interfaces.service import (
     check_role,
     load_api_keys,
     policy_errors,
+    session_reference,
     ticket_input,
 )
+from agent.interfaces.web.app import install_web_console
+from agent.interfaces.webhooks import router as webhook_router
 from agent.models import ModelError
 from tools.access.policy import Refused
 from tools.access.principal import Principal
@@ -146,6 +152,10 @@ class TriageRequest(BaseModel):
                                        "subject and/or description, requester_email, ...")
     customer: str | None = Field(default=None, description="The customer (email, domain, id or name) when the "
                                  "ticket's requester does not identify it.")
+    user_id: str | None = Field(default=None, description="Instead of customer: the application's user id of "
+                                "the session the ticket comes from.")
+    anonymous_id: str | None = Field(default=None, description="Instead of customer: the session's Segment "
+                                     "anonymous id.")
 
 
 class ReviewRequest(BaseModel):
@@ -212,7 +222,9 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
 
     @app.get("/healthz", tags=["ops"], summary="Liveness: the server is up (no key needed, no data)")
     async def healthz(request: Request) -> dict[str, Any]:
-        return {"status": "ok", "tenant": request.app.state.service.settings.tenant}
+        svc: ContextService = request.app.state.service
+        worker = await anyio.to_thread.run_sync(svc.worker_health)  # the refresh worker's jobs (no error text)
+        return {"status": "ok", "tenant": svc.settings.tenant, "worker": worker}
 
     @app.get("/v1/customers/{ref}/context", tags=["context"], responses=CUSTOMER_RESPONSES,
              summary="One customer's unified context (the reference get_customer_context shape)")
@@ -229,13 +241,36 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
         ctx = await run_service(request, lambda s: s.context(ref, slices, fresh=fresh, principal=who))
         return reference_view(ctx)
 
+    @app.get("/v1/context", tags=["context"], responses=CUSTOMER_RESPONSES,
+             summary="The unified context of a customer, or of the session's person by user or anonymous id")
+    async def session_context(
+        request: Request, who: Caller,
+        customer: Annotated[str | None, Query(description="Customer email, domain, id or name.")] = None,
+        user_id: Annotated[str | None, Query(description="The application's user id of the session "
+                                             "(instead of customer).")] = None,
+        anonymous_id: Annotated[str | None, Query(description="The Segment anonymous id of the session "
+                                                  "(instead of customer).")] = None,
+        slices: Annotated[list[str] | None, Query(description="Slices or sources to read; default: all.")] = None,
+        fresh: Annotated[bool, Query(description="Read every slice from its source, not from memory.")] = False,
+    ) -> dict[str, Any]:
+        """The same as ``/v1/customers/{ref}/context``, for exactly one of ``customer``, ``user_id``
+        (``user:<id>``) or ``anonymous_id`` (``anon:<id>``): an application fetches its user's context
+        with the session's ids. A person the caller may not see is ``customer_not_found``, as a missing one."""
+        def work(s: ContextService) -> Any:
+            return s.context(session_reference(customer, user_id, anonymous_id), slices, fresh=fresh, principal=who)
+
+        return reference_view(await run_service(request, work))
+
     @app.post("/v1/triage", tags=["workflows"], responses=WORKFLOW_RESPONSES,
               summary="Triage a ticket: category, priority, team, SLA, sentiment, injection flag, evidence")
     async def triage(request: Request, who: Caller, body: TriageRequest) -> dict[str, Any]:
         def work(s: ContextService) -> dict[str, Any]:
             fields = body.ticket.model_dump(exclude_unset=True) if body.ticket else None
             ticket = ticket_input(s.settings, body.ticket_id, fields)
-            return s.triage(ticket, body.customer, principal=who)
+            customer = body.customer
+            if body.user_id is not None or body.anonymous_id is not None:
+                customer = session_reference(body.customer, body.user_id, body.anonymous_id)
+            return s.triage(ticket, customer, principal=who)
 
         return await run_service(request, work)
 
@@ -258,6 +293,27 @@ def create_app(settings: Settings | None = None, service: ContextService | None 
     async def sources(request: Request, who: Caller) -> list[dict[str, Any]]:
         return await run_service(request, lambda s: s.sources())
 
+    @app.get("/v1/customers", tags=["book"], responses=ERROR_RESPONSES,
+             summary="The book: accounts by risk, tier, owner, health, renewal window; as the caller may see them")
+    async def customers(
+        request: Request, who: Caller,
+        risk: Annotated[str | None, Query(description="A risk: an account risk indicator (e.g. billing_issue) or a relationship risk (e.g. champion_cold).")] = None,
+        tier: Annotated[str | None, Query(description="enterprise, mid_market or self_serve.")] = None,
+        owner: Annotated[str | None, Query(description="A CRM owner, e.g. dana.scully.")] = None,
+        health: Annotated[str | None, Query(description="healthy, needs attention, at risk or churned.")] = None,
+        renewal_within: Annotated[str | None, Query(description="Renewing within, e.g. 30d or 2w.")] = None,
+        sort: Annotated[str, Query(description="churn, renewal, name or mrr.")] = "churn",
+        limit: Annotated[int, Query(ge=1, le=1000, description="At most this many accounts.")] = 100,
+    ) -> dict[str, Any]:
+        """The materialised traits of the book (``customers``), row-filtered and masked for the caller's
+        role; every listing is audited."""
+        return await run_service(request, lambda s: s.find_customers(
+            risk=risk, tier=tier, owner=owner, health=health, renewal_within=renewal_within, sort=sort,
+            limit=limit, principal=who))
+
+    app.include_router(webhook_router)  # POST /v1/webhooks/{system}: signed, no API key
+    app.include_router(facts_router(caller, run_service, BODY_RESPONSES))  # /v1/customers/{ref}/facts
+    install_web_console(app)  # the web console under /web (docs/WEB.md): same keys, same service
     return app
 
 

@@ -169,7 +169,7 @@ def token_principal() -> Principal:
 
 
 def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: str = "http://127.0.0.1") -> MCPServer:
-    """The MCP server with its four tools, bound to one service.
+    """The MCP server with its tools, bound to one service.
 
     ``keys`` (the HTTP transport): every request must carry a bearer token from that key file and each
     call reads as that key's principal. None (stdio, in-process): every call reads as the configured
@@ -198,8 +198,9 @@ def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: s
                                   _optional_text("Customer email address to look up")] = None,
         customer_id: Annotated[str | None, WithJsonSchema({"type": "string"}),
                                _optional_text("Customer ID (alternative to email): our id (c_...), a "
-                                              "system id such as crm:1001 or billing:cus_..., a domain "
-                                              "or a company name")] = None,
+                                              "system id such as crm:1001 or billing:cus_..., a domain, "
+                                              "a company name, or the session's person: user:<app user "
+                                              "id> or anon:<anonymous id>")] = None,
         include_history: Annotated[bool, Field(
             description="Include detailed support history (default: true)")] = True,
     ) -> dict[str, Any]:
@@ -219,7 +220,8 @@ def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: s
         Args:
             customer_email: Email of a customer contact or billing email (plus-addressing is ignored).
             customer_id: Our customer id (c_...), any source system id (crm:1001, billing:cus_..., support:...),
-                a domain (acme.com) or a company name. Ambiguous names return the candidates.
+                a domain (acme.com) or a company name. Ambiguous names return the candidates. For the
+                person using an application: user:<application user id> or anon:<Segment anonymous id>.
             include_history: True (default) also reads the detailed history: recent support tickets, CRM
                 activities, email threads, meetings, internal chat mentions and call highlights. False
                 returns the quick context (account, contacts, opportunities, billing, invoices, usage,
@@ -250,7 +252,9 @@ def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: s
         billing.status (status, last payment, method, balance), billing.invoices (failed charges),
         product.usage (active users, last login, trend), support.summary (open/total tickets, CSAT),
         support.tickets (recent tickets; customer-written text), email.threads, calendar.meetings,
-        chat.mentions, docs.documents, calls.highlights, research.news.
+        chat.mentions, docs.documents, calls.highlights, research.news; with a store connected,
+        commerce.orders (orders, items, statuses, paid, refunded), commerce.refunds, commerce.payment_methods
+        (cards on file), commerce.addresses.
         Returns JSON {customer_id, name, slices {name: data}, provenance, gaps, conflicts, as_of}; a slice
         that could not be read is listed in gaps with the reason.
 
@@ -311,6 +315,64 @@ def build_server(service: ContextService, keys: ApiKeys | None = None, *, url: s
             result = service.review(customer, principal=caller())
             return CallToolResult(content=[TextContent(type="text", text=result["markdown"])],
                                   structured_content=result)
+
+    @tool
+    def find_customers(
+        risk: Annotated[str | None, WithJsonSchema({"type": "string"}), _optional_text(
+            "A risk: an account risk indicator (billing_issue, inactive, repeat_issues, declining_usage, "
+            "renewal_soon, low_csat) or a relationship risk (renewal_at_risk, negative_sentiment, "
+            "champion_cold, engagement_declining, competitor_mentioned)")] = None,
+        tier: Annotated[str | None, WithJsonSchema({"type": "string"}),
+                        _optional_text("enterprise, mid_market or self_serve")] = None,
+        owner: Annotated[str | None, WithJsonSchema({"type": "string"}),
+                         _optional_text("The account owner in the CRM, e.g. dana.scully")] = None,
+        health: Annotated[str | None, WithJsonSchema({"type": "string"}),
+                          _optional_text("healthy, needs attention, at risk or churned")] = None,
+        renewal_within: Annotated[str | None, WithJsonSchema({"type": "string"}),
+                                  _optional_text("Renewing within this window from today, e.g. 30d or 2w")] = None,
+        sort: Annotated[str, Field(description="churn (highest churn score first), renewal (soonest), name or mrr")]
+        = "churn",
+        limit: Annotated[int, Field(ge=1, le=1000, description="At most this many accounts")] = 50,
+    ) -> dict[str, Any]:
+        """Find accounts across the whole book by risk, tier, owner, health or renewal window.
+
+        Use for questions over many customers ("which enterprise accounts are at risk?", "who renews
+        this month?"), not for one customer's details (get_customer_context). Returns each account's
+        customer_id, name, tier, health, churn_score, risk_indicators, renewal_date, owner, segment and
+        last_touch, as of the last refresh; only the accounts you may see, masked fields marked.
+
+        Args:
+            risk: Keep accounts with this risk (an account risk indicator or a relationship risk).
+            tier: Keep accounts of this tier.
+            owner: Keep accounts this CRM owner holds.
+            health: Keep accounts with this health.
+            renewal_within: Keep accounts renewing within this window, e.g. 30d.
+            sort: Order of the accounts.
+            limit: Most accounts returned.
+        """
+        with tool_errors():
+            return service.find_customers(risk=risk, tier=tier, owner=owner, health=health,
+                                          renewal_within=renewal_within, sort=sort, limit=limit, principal=caller())
+
+    @tool
+    def record_customer_fact(
+        customer: Annotated[str, Field(description="Customer email, domain, id (c_..., crm:1001) or name.")],
+        text: Annotated[str, Field(min_length=1, max_length=1000,
+                                   description="The fact in the user's words, e.g. 'their onboarding finished "
+                                               "last week'.")],
+    ) -> dict[str, Any]:
+        """Keep a fact the user told you about a customer that no connected source holds (onboarding status, NPS, budget, ...).
+
+        Use only for what the user states, never for what you infer. It is kept in long-term memory with
+        provenance user (who said it, when) and shown with later answers, briefs and context. Returns
+        {customer_id, customer, fact: {text, by, role, at, provenance}}.
+
+        Args:
+            customer: Customer email, domain, id (c_..., crm:1001) or company name.
+            text: The fact, as the user said it (at most 1000 characters).
+        """
+        with tool_errors():
+            return service.note(customer, text, principal=caller())
 
     @server.custom_route("/healthz", methods=["GET"])
     async def healthz(request: Request) -> JSONResponse:

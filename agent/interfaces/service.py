@@ -37,6 +37,7 @@ from tools.settings import Settings
 from tools.slices import SLICE_NAMES
 from tools.sources.base import CustomerRef
 from tools.sources.health import check_sources
+from tools.sources.registry import default_slices
 from tools.sources.tickets import TicketInput, check_ticket_input
 
 T = TypeVar("T")
@@ -66,6 +67,23 @@ class WorkflowFailed(RuntimeError):
 
 class NotAvailable(RuntimeError):
     """A capability this build does not have yet (the message names it)."""
+
+
+def session_reference(customer: str | None = None, user_id: str | None = None,
+                      anonymous_id: str | None = None) -> str:
+    """The customer reference of a request that names a customer, or the session's person instead:
+    an application user id (``user:<id>``) or a Segment anonymous id (``anon:<id>``).
+
+    Raises:
+        InvalidRequest: none, or more than one, of the three is given.
+    """
+    given = [(p, v.strip()) for p, v in (("", customer), ("user:", user_id), ("anon:", anonymous_id))
+             if v is not None and v.strip()]
+    if len(given) != 1:
+        raise InvalidRequest("name exactly one of: customer (an email, a domain, an id or a name), "
+                             "user_id (the application's user id) or anonymous_id (the Segment anonymous id)")
+    prefix, value = given[0]
+    return prefix + value
 
 
 def mcp_principal(settings: Settings) -> Principal:
@@ -130,6 +148,15 @@ class ApiKeys:
         digest = key_digest(key)
         found = None
         for stored, principal in self._entries:  # every entry is compared: no early exit to time
+            if hmac.compare_digest(stored, digest):
+                found = principal
+        return found
+
+    def principal_of_digest(self, digest: str) -> Principal | None:
+        """The principal of the key whose SHA-256 digest is ``digest`` (the web console's session
+        keeps the digest, never the key)."""
+        found = None
+        for stored, principal in self._entries:
             if hmac.compare_digest(stored, digest):
                 found = principal
         return found
@@ -237,8 +264,13 @@ class ContextService:
         """One customer's unified context (raises identity errors and ``UnknownSlice``)."""
         if not (ref or "").strip():
             raise InvalidRequest("name a customer: an email, a domain, an id (e.g. crm:1001) or a name")
-        return self._run(lambda: self.runner.customer_context(ref, slices, fresh=fresh, principal=principal,
-                                                              scope=scope))
+        if slices is not None and set(slices) == set(QUICK_SLICES):  # the quick context: optional sources if connected
+            slices = default_slices(self.settings, slices)
+        from tools.facts import with_facts
+
+        read = scope or self.runner.request(principal, fresh=fresh)  # the facts are read in the same scope (gate)
+        return self._run(lambda: with_facts(read, self.runner.customer_context(ref, slices, fresh=fresh,
+                                                                               principal=principal, scope=read)))
 
     def sources(self) -> list[dict[str, Any]]:
         """Health of every source (connected, reachable, latency, newest row, breaker)."""
@@ -296,3 +328,134 @@ class ContextService:
         self.resolve(ref, scope=scope)  # the reference checks every endpoint applies; resolved once per request
         customer, report = self._run(lambda: self.runner.event(kind, ref.strip(), scope=scope))
         return {"kind": kind, "customer_id": customer.customer_id, "name": customer.name, **asdict(report)}
+
+    # ------------------------------------------------------------- the book, webhooks, the worker
+    def find_customers(self, *, risk: str | None = None, tier: str | None = None, owner: str | None = None,
+                       health: str | None = None, renewal_within: str | None = None, sort: str = "churn",
+                       limit: int = 100, principal: Principal | None = None) -> dict[str, Any]:
+        """The book as ``principal`` may see it (row filter, masks), filtered and sorted; audited.
+
+        Raises:
+            InvalidRequest: an unknown risk, tier, health or sort, a bad renewal window or limit.
+        """
+        from tools.booktable import (
+            BookQuery,
+            BookQueryError,
+            check_query,
+            find_customers,
+            parse_within,
+        )
+
+        try:
+            query = BookQuery(risk=risk, tier=tier, owner=owner, health=health,
+                              renewal_within_days=parse_within(renewal_within), sort=sort,  # type: ignore[arg-type]
+                              limit=limit)
+            check_query(query)
+        except BookQueryError as exc:
+            raise InvalidRequest(str(exc)) from None
+        scope = self.runner.request(principal)
+        return self._run(lambda: find_customers(self.settings, query, scope.access).as_dict())
+
+    def webhook(self, system: str, method: str, uri: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+        """One signed webhook delivery (Stripe, Zendesk, HubSpot): verified, then the event refresh of
+        the customer it names, as the refresh job (raises ``tools.refresh.webhooks.WebhookRefused``)."""
+        from urllib.parse import urlsplit
+
+        from tools.refresh.webhooks import handle
+
+        if self.settings.webhooks.public_url:  # behind a proxy: the URI the provider signed is the public one
+            u = urlsplit(uri)
+            uri = self.settings.webhooks.public_url.rstrip("/") + u.path + (f"?{u.query}" if u.query else "")
+        memory = self.runner.memory()
+        return self._run(lambda: handle(self.settings, memory, system, method, uri, headers, body))
+
+    def worker_health(self) -> list[dict[str, Any]]:
+        """The refresh worker's jobs: status, last run, next run, run and failure counts (no error text)."""
+        from tools.refresh.worker import worker_status
+
+        return [j.as_dict(with_error=False) for j in worker_status(self.settings)]
+
+    # ------------------------------------------------------------- the web console (agent/interfaces/web)
+    def ask(self, question: str, customer: str | None, thread_id: str, *,
+            principal: Principal | None = None) -> dict[str, Any]:
+        """One assistant turn on ``thread_id`` as ``principal`` (the Runner's ``ask``; a thread whose
+        customer the principal may not see is refused before the graph runs).
+
+        Raises:
+            InvalidRequest: no question; ModelError; ThreadBusy.
+        """
+        if not (question or "").strip():
+            raise InvalidRequest("write a question about the customer")
+        scope = self.runner.request(principal)
+        if customer:
+            self.resolve(customer, scope=scope)  # the identity errors, as every endpoint raises them
+        return self._run(lambda: self.runner.ask(question.strip(), customer, thread_id, scope=scope))
+
+    def thread_messages(self, thread_id: str, *, principal: Principal | None = None) -> list[tuple[str, str]]:
+        """The questions and answers of a conversation thread, ``(role, text)`` oldest first; none for a
+        thread whose customer ``principal`` may not see (for it the thread does not exist)."""
+        scope = self.runner.request(principal)
+        if self.runner.thread_customer(thread_id, scope) is None:
+            return []
+        snap = self.runner.assistant.get_state({"configurable": {"thread_id": thread_id}})
+        out: list[tuple[str, str]] = []
+        for m in (snap.values or {}).get("messages", []) if snap else []:
+            text = m.content if isinstance(m.content, str) else ""
+            if m.type == "human" and text:
+                out.append(("user", text))
+            elif m.type == "ai" and text and not getattr(m, "tool_calls", None):
+                out.append(("assistant", text))
+        return out
+
+    def open_tickets(self, limit: int | None = None, *, principal: Principal | None = None) -> list[TicketInput]:
+        """Tickets waiting for triage that ``principal`` may see (oldest first, at most ``limit``).
+
+        Raises:
+            Refused (the role may not read support.tickets), TicketSourceUnavailable.
+        """
+        scope = self.runner.request(principal)
+        return self._run(lambda: list(self.runner.open_tickets(limit, scope=scope)))
+
+    def may_refresh(self, principal: Principal | None = None) -> bool:
+        """Whether ``principal``'s role has the access policy's ``refresh`` permission."""
+        scope = self.runner.request(principal)
+        return scope.access is None or bool(scope.access.role.refresh)
+
+    def refresh_customer(self, ref: str, *, principal: Principal | None = None) -> CustomerContext:
+        """Refresh one customer now — every slice read from its source and written to long-term memory,
+        its book row materialised (``tools.refresh.jobs.refresh_customer``), read and audited as the
+        caller — and return its context. Needs the ``refresh`` permission (``Refused`` before the
+        customer is resolved)."""
+        from tools.refresh.jobs import refresh_customer
+
+        scope = self.runner.request(principal)
+        if scope.access is not None:
+            scope.access.role.require_refresh()
+        customer, _ = self.resolve(ref, scope=scope)
+        memory = scope.memory or self.runner.memory()
+        self._run(lambda: refresh_customer(self.settings, memory, customer.customer_id, caller=scope.principal))
+        return self.context(customer.customer_id, None, principal=principal)
+
+    # ------------------------------------------------------------ user facts (tools/facts.py)
+    def note(self, ref: str, text: str, *, principal: Principal | None = None) -> dict[str, Any]:
+        """Keep a fact the caller supplies about a customer (provenance ``user``: who, when), audited.
+        Raises the identity errors (a hidden customer is not found) and ``InvalidRequest`` for bad text."""
+        from tools.facts import FactError, record_fact
+
+        scope = self.runner.request(principal)
+        customer, _ = self.resolve(ref, scope=scope)
+        try:
+            fact = self._run(lambda: record_fact(scope, customer.customer_id, text))
+        except FactError as exc:
+            raise InvalidRequest(str(exc)) from None
+        return {"customer_id": customer.customer_id, "customer": customer.name, "fact": fact.model_dump(mode="json")}
+
+    def facts(self, ref: str, *, principal: Principal | None = None) -> dict[str, Any]:
+        """The facts users supplied about a customer, oldest first (read through the gate, audited)."""
+        from tools.facts import user_facts
+
+        scope = self.runner.request(principal)
+        customer, _ = self.resolve(ref, scope=scope)
+        facts = self._run(lambda: user_facts(scope, customer.customer_id))
+        return {"customer_id": customer.customer_id, "customer": customer.name,
+                "facts": [f.model_dump(mode="json") for f in facts]}

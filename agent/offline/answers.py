@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Any
 
 from agent.brief import day, hidden_flag, quoted
+from agent.commerce import address_lines, card_lines, commerce_summary, order_lines, refund_lines
 from agent.offline.planning import HEALTH_SLICES
 from tools.access.policy import masked_marker
 from tools.slices import (
@@ -285,8 +286,9 @@ SECTIONS: dict[str, Callable[[Slices], list[str]]] = {
     "contacts": contact_lines, "deals": deal_lines, "activity": activity_lines, "email": email_lines,
     "meetings": meeting_lines, "calls": call_lines, "chat": chat_lines, "documents": document_lines,
     "news": news_lines,
+    "orders": order_lines, "refunds": refund_lines, "cards": card_lines, "addresses": address_lines,
 }
-OVERVIEW_ORDER = ("account", "billing", "usage", "support", "deals", "meetings", "email", "news")
+OVERVIEW_ORDER = ("account", "billing", "usage", "support", "deals", "meetings", "email", "news", "orders")
 HEALTH_ORDER = ("account", "billing", "usage", "support")
 
 
@@ -307,10 +309,11 @@ def conflict_lines(conflicts: list[dict[str, Any]]) -> list[str]:
 
 def compose_answer(name: str, intents: list[str], slices: Slices, gaps: list[SourceGap],
                    traits: dict[str, Any], as_of: date | datetime | str | None = None,
-                   conflicts: list[dict[str, Any]] | None = None) -> str:
-    """The offline model's answer: one section per intent, every fact cited."""
+                   conflicts: list[dict[str, Any]] | None = None, lead: list[str] | None = None) -> str:
+    """The offline model's answer: one section per intent, every fact cited. ``lead``: lines that
+    come first (the asked fields, agent.offline.field_answers)."""
     slices = CustomerSlices(slices, name)
-    lines: list[str] = []
+    lines: list[str] = list(lead or [])
     seen: set[str] = set()
     for intent in intents:
         order = OVERVIEW_ORDER if intent == "overview" else HEALTH_ORDER if intent == "health" else (intent,)
@@ -352,6 +355,8 @@ def review_summary(name: str, slices: Slices, gaps: list[SourceGap], traits: dic
         cite = " ".join(f"[{n}]" for n in traits["based_on"] if n in HEALTH_SLICES)
         reasons = "; ".join(r["reason"] for r in traits.get("risk_reasons", [])[:3])
         out.append(f"Health is {traits['health']}" + (f": {reasons}" if reasons else "") + f" {cite}.")
+    if (orders := commerce_summary(name, slices)) is not None:
+        out.append(orders)
     if opps and opps.open:
         d = opps.open[0]
         out.append(f"Open deal \"{d.name}\" is at {d.stage} for {usd(d.amount)}, closing {d.close_date} "

@@ -26,8 +26,9 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict
 
-from agent.offline.answers import compose_answer, review_summary
-from agent.offline.planning import intents_for_slices, intents_of, plan_question
+from agent.offline.answers import review_summary
+from agent.offline.field_answers import compose_field_answer
+from agent.offline.planning import intents_for_slices, plan_fields
 from agent.prompting import ModelContext, parse_context_block, section
 from tools.context.assembly import find_conflicts
 from tools.context.view import slice_from_model
@@ -54,6 +55,7 @@ class OfflineDeterministicModel(BaseChatModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
     thresholds: Thresholds = Thresholds()
     churn_weights: ChurnWeights = ChurnWeights()
+    commerce: bool = False  # a commerce source is connected: orders, refunds, cards, addresses are asked for
     model_name: str = "offline-deterministic"
 
     @property
@@ -97,7 +99,7 @@ class OfflineDeterministicModel(BaseChatModel):
         idx, after = _turn(messages)
         question = _text(messages[idx]) if idx >= 0 else ""
         if TOOL_NAME in tools and idx >= 0 and not any(isinstance(m, ToolMessage) for m in after):
-            _, wanted = plan_question(question, _cited(messages[:idx]))
+            wanted = plan_fields(question, _cited(messages[:idx]), self.commerce).slices
             salt = hashlib.sha1(f"{idx}:{question}".encode()).hexdigest()[:8]
             return AIMessage(content="", tool_calls=[{"name": TOOL_NAME, "args": {"slices": wanted},
                                                       "id": f"call_{salt}", "type": "tool_call"}])
@@ -109,11 +111,18 @@ class OfflineDeterministicModel(BaseChatModel):
                 gaps += read["gaps"]
         traits = derive_traits(slices, self.thresholds, self.churn_weights)
         conflicts = [c.model_dump(mode="json") for c in find_conflicts(slices, self.thresholds)]
-        intents = intents_of(question) or intents_for_slices(list(slices) + [g.slice for g in gaps]) \
-            or ["overview"]
-        return AIMessage(content=compose_answer(name, intents, slices, gaps,
-                                                traits.model_dump(mode="json") if traits.based_on else {},
-                                                as_of, conflicts))
+        if not slices and not gaps:  # nothing read (a question no source answers): the name from the prompt
+            system = "\n".join(_text(m) for m in messages if isinstance(m, SystemMessage))
+            found = re.search(r"with one customer: (.+?)\. read_slices", system)
+            name = found.group(1) if found else name
+        plan = plan_fields(question, _cited(messages[:idx]), self.commerce)
+        intents = plan.intents
+        if not (intents or plan.fields or plan.needs) and (slices or gaps):
+            intents = intents_for_slices(list(slices) + [g.slice for g in gaps]) or ["overview"]
+        told = _user_facts(messages)
+        return AIMessage(content=compose_field_answer(name, intents, plan.fields, plan.needs, slices, gaps,
+                                                      traits.model_dump(mode="json") if traits.based_on else {},
+                                                      as_of, conflicts, user_facts=told))
 
     def _context(self, messages: list[BaseMessage]) -> ModelContext:
         for m in messages:
@@ -143,7 +152,19 @@ def _cited(messages: Sequence[BaseMessage]) -> list[str]:
     """The slices the latest answer cited: what a follow-up such as "tell me more" is about."""
     for m in reversed(messages):
         if isinstance(m, AIMessage) and not m.tool_calls:
-            return list(dict.fromkeys(s for s in re.findall(r"\[([a-z]+\.[a-z]+)\]", _text(m)) if s in SLICE_MODELS))
+            return list(dict.fromkeys(s for s in re.findall(r"\[([a-z]+\.[a-z_]+)\]", _text(m)) if s in SLICE_MODELS))
+    return []
+
+
+def _user_facts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """The ``<user_facts>`` block of the system prompt (facts users told us), or none."""
+    for m in messages:
+        if isinstance(m, SystemMessage) and (block := section(_text(m), "user_facts")) is not None:
+            try:
+                rows = json.loads(block)
+            except ValueError:
+                return []
+            return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     return []
 
 

@@ -12,6 +12,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from agent.offline.fields import (
+    field_slices,
+    fields_of,
+    is_specific,
+    needs_of,
+    replaced_intents,
+    without_names,
+)
 from tools.slices import SLICE_NAMES
 
 
@@ -57,25 +65,52 @@ INTENTS: tuple[Intent, ...] = (
            ("docs.documents",)),
     Intent("news", (r"\bnews\b", r"\bpress\b", r"\bannounce", r"\bfunding\b", r"\bleadership\b",
                     r"\b(ceo|cto|cfo)\b", r"\bacquisition"), ("research.news",)),
+    # A store's customer (commerce): asked for only while a commerce source is connected.
+    Intent("orders", (r"\borders?\b", r"\bordered\b", r"\bpurchas", r"\bbought\b", r"\bbuy", r"\bshipp",
+                      r"\bshipments?\b", r"\bdeliver", r"\bfulfil", r"\bparcels?\b", r"\bitems?\b",
+                      r"\bcancel+ed\b", r"\bspent\b", r"\bpaid\b"), ("commerce.orders",)),
+    Intent("refunds", (r"\brefund", r"\breturn(s|ed)?\b", r"\bmoney back\b"), ("commerce.refunds",)),
+    Intent("cards", (r"\bcards?\b", r"\bpayment methods?\b", r"\bon file\b", r"\bwallet\b", r"\bexpir",
+                     r"\b(visa|mastercard|amex)\b"), ("commerce.payment_methods",)),
+    Intent("addresses", (r"\baddress", r"\bship(ping)? to\b", r"\bpost ?codes?\b", r"\bzip\b",
+                         r"\bwhere (do|does) (she|he|they) live\b"), ("commerce.addresses",)),
 )
+COMMERCE_INTENTS = frozenset({"orders", "refunds", "cards", "addresses"})
+#: Words only a subscription's billing speaks: with them, a commerce question is a billing one too.
+_BILLING_ONLY = re.compile(r"\bbill|\binvoice|\bsubscription|past.?due|\bbalance\b|\btrial\b|\bdelinquen|\bowe"
+                           r"|\bcharge", re.IGNORECASE)
 INTENTS_BY_NAME = {i.name: i for i in INTENTS}
 _COMPILED = [(i, [re.compile(p, re.IGNORECASE) for p in i.patterns]) for i in INTENTS]
 
 
-def intents_of(question: str) -> list[str]:
-    """The intents a question asks about, in INTENTS order; empty when none matches."""
-    return [i.name for i, pats in _COMPILED if any(p.search(question) for p in pats)]
+def intents_of(question: str, commerce: bool = False) -> list[str]:
+    """The intents a question asks about, in INTENTS order; empty when none matches.
+
+    ``commerce``: a commerce source is connected. Without one, orders, refunds, cards and
+    addresses are not asked for (cards and refunds stay billing questions); with one, a
+    question about a shopper's cards or refunds is not also a subscription billing question
+    unless it uses billing's own words (invoice, subscription, past due, ...).
+    """
+    found = [i.name for i, pats in _COMPILED if any(p.search(question) for p in pats)]
+    if not commerce:
+        return [n for n in found if n not in COMMERCE_INTENTS]
+    if "billing" in found and COMMERCE_INTENTS & set(found) and not _BILLING_ONLY.search(question):
+        found.remove("billing")
+    return found
 
 
-def slices_for(intents: list[str]) -> list[str]:
-    """The union of the intents' slices, in source priority order."""
+def slices_for(intents: list[str], commerce: bool = False) -> list[str]:
+    """The union of the intents' slices, in source priority order (the overview of a store's
+    customer includes their orders)."""
     wanted = {s for name in intents for s in INTENTS_BY_NAME[name].slices}
+    if commerce and "overview" in intents:
+        wanted.add("commerce.orders")
     return [n for n in SLICE_NAMES if n in wanted]
 
 
 def intents_for_slices(slices: list[str]) -> list[str]:
     """The intents whose slices were fetched (to answer a follow-up that named nothing)."""
-    have = set(slices)
+    have = set(slices) - ({"commerce.orders"} if set(OVERVIEW_SLICES) <= set(slices) else set())
     if set(OVERVIEW_SLICES) <= have:
         return ["overview"]
     if set(HEALTH_SLICES) <= have and have <= set(HEALTH_SLICES):
@@ -83,15 +118,46 @@ def intents_for_slices(slices: list[str]) -> list[str]:
     return [i.name for i in INTENTS if i.name not in ("overview", "health") and have & set(i.slices)]
 
 
-def plan_question(question: str, previous_slices: list[str] | None = None) -> tuple[list[str], list[str]]:
+def plan_question(question: str, previous_slices: list[str] | None = None,
+                  commerce: bool = False) -> tuple[list[str], list[str]]:
     """(intents, slices) for a question. A follow-up that names nothing ("and then?") keeps the
-    previous turn's slices; a first question that names nothing gets the overview."""
-    intents = intents_of(question)
+    previous turn's slices; a first question that names nothing gets the overview.
+    ``commerce``: a commerce source is connected (see :func:`intents_of`)."""
+    intents = intents_of(question, commerce)
     if intents:
-        return intents, slices_for(intents)
+        return intents, slices_for(intents, commerce)
     if previous_slices:
         return intents_for_slices(previous_slices), [n for n in SLICE_NAMES if n in set(previous_slices)]
-    return ["overview"], slices_for(["overview"])
+    return ["overview"], slices_for(["overview"], commerce)
+
+
+@dataclass(frozen=True)
+class QuestionPlan:
+    """What a question asks for: topics (intents), fields, needs no source holds, and the slices to read."""
+
+    intents: list[str]
+    fields: list[str]
+    needs: list[str]
+    slices: list[str]
+
+
+def plan_fields(question: str, previous_slices: list[str] | None = None, commerce: bool = False) -> QuestionPlan:
+    """The field-level plan (agent.offline.fields): a field replaces the intents it answers more
+    precisely; a specific question that names nothing known reads nothing and says so (never the
+    overview); a follow-up that names nothing keeps the previous turn's slices."""
+    fields, needs = fields_of(question, commerce), needs_of(question)
+    intents = [i for i in intents_of(without_names(question), commerce) if i not in replaced_intents(fields)]
+    if fields or intents:
+        wanted = set(slices_for(intents, commerce)) | field_slices(fields)
+        return QuestionPlan(intents, fields, needs, [n for n in SLICE_NAMES if n in wanted])
+    if needs:
+        return QuestionPlan([], [], needs, [])
+    if previous_slices:
+        return QuestionPlan(intents_for_slices(previous_slices), [], [],
+                            [n for n in SLICE_NAMES if n in set(previous_slices)])
+    if is_specific(question):
+        return QuestionPlan([], [], [], [])
+    return QuestionPlan(["overview"], [], [], slices_for(["overview"], commerce))
 
 
 # Fixed workflows: (step name, slices). Each step's slices are fetched in parallel.

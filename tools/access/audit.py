@@ -24,32 +24,19 @@ Tamper evidence, in three layers (docs/ACCESS.md, "The audit log"):
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
-import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import orjson
 from sqlalchemy import (
-    BigInteger,
-    Column,
     Connection,
-    DateTime,
-    Float,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
+    bindparam,
     func,
     insert,
     inspect,
@@ -57,43 +44,46 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
+from tools.access.audit_chain import (
+    _FIELDS,
+    ANCHOR_FILE,
+    BROKEN_TEMPLATE,
+    GENESIS,
+    AuditAnchor,
+    AuditChainBroken,
+    AuditRecord,
+    ChainHead,
+    ChainProblem,
+    ChainReport,
+    Decision,
+    ProblemKind,
+    _compare_anchor,
+    _row,
+    _walk,
+    audit_log_table,
+    log_identity,
+    metadata,
+    record_hash,
+)
+from tools.access.group_commit import GroupCommit
 from tools.settings import Settings
 from tools.sources.base import utcnow
 from tools.sources.registry import engine_for
 
-Decision = Literal["allowed", "masked", "denied"]
-ProblemKind = Literal["missing", "altered", "broken_link", "duplicate", "anchor_mismatch"]
+__all__ = [
+    "ADVISORY_NAMESPACE", "ANCHOR_FILE", "BROKEN_TEMPLATE", "GENESIS", "AuditAnchor", "AuditChainBroken", "AuditLog",
+    "AuditRecord", "ChainHead", "ChainProblem", "ChainReport", "Decision", "ProblemKind", "audit_log", "audit_log_for",
+    "audit_log_table", "audit_url", "log_identity", "metadata", "parse_since", "record_hash",
+]
 
-GENESIS = "0" * 64  # the previous hash of a chain's first record
 ADVISORY_NAMESPACE = 0x63636175  # "ccau": first key of the audit's advisory locks (threads use "cctx")
-ANCHOR_FILE = "audit-anchor.json"
-_HASH_VERSION = "custctx-audit-v1"
+_SETUP_LOCK_KEY = 0x73657475  # "setu": second key of the lock that serialises creating the tables
 
-metadata = MetaData()
-audit_log_table = Table(
-    "audit_log", metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("seq", BigInteger),  # per tenant, from 1; NULL: written before the chain existed
-    Column("at", DateTime, nullable=False),
-    Column("tenant", String(100), nullable=False),
-    Column("user_name", String(100), nullable=False),
-    Column("role", String(50), nullable=False),
-    Column("scope", String(50), nullable=False),
-    Column("interface", String(20), nullable=False),
-    Column("customer_id", String(40), nullable=False),
-    Column("slice", String(40), nullable=False),
-    Column("decision", String(10), nullable=False),
-    Column("outcome", String(20), nullable=False),
-    Column("latency_ms", Float, nullable=False),
-    Column("detail", Text),
-    Column("prev_hash", String(64)),
-    Column("hash", String(64)),
-    Index("ix_audit_log_tenant_at", "tenant", "at"),
-    Index("ix_audit_log_tenant_customer_at", "tenant", "customer_id", "at"),
-    Index("ux_audit_log_tenant_seq", "tenant", "seq", unique=True),
-)
+_HEAD = (select(audit_log_table.c.seq, audit_log_table.c.hash, audit_log_table.c.at)  # built once: per append
+         .where(audit_log_table.c.tenant == bindparam("tenant"), audit_log_table.c.seq.is_not(None))
+         .order_by(audit_log_table.c.seq.desc()).limit(1))
+_INSERT = insert(audit_log_table)
 _CHAIN_COLUMNS = {"seq": "BIGINT", "prev_hash": "VARCHAR(64)", "hash": "VARCHAR(64)"}
 
 _APPEND_ONLY = "audit_log is append-only"
@@ -110,157 +100,20 @@ _POSTGRES_TRIGGERS = [
     "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit_log "
     "FOR EACH STATEMENT EXECUTE FUNCTION custctx_audit_append_only()",
 ]
-BROKEN_TEMPLATE = (
-    "the audit log of tenant {tenant!r} at {log} has {held}, but its anchor {anchor} records seq {seq} "
-    "(hash {hash}…, {at}): records were removed or rewritten. Refusing to append. Restore the audit log, "
-    "or start a new chain that records the break: custctx audit restart-chain --tenant {tenant} --reason TEXT")
 
 
-class AuditChainBroken(SQLAlchemyError):
-    """The audit database lost records its anchor holds: appends refuse until it is restored
-    or a new chain is started on purpose (a database error: interfaces report it as one)."""
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One read, as the audit log keeps it (``seq`` and ``hash`` are set when read back)."""
-
-    at: datetime
-    tenant: str
-    user_name: str
-    role: str
-    scope: str
-    interface: str
-    customer_id: str
-    slice: str
-    decision: Decision
-    outcome: str
-    latency_ms: float
-    detail: str | None = None
-    seq: int | None = None
-    hash: str | None = None
-
-
-_FIELDS = ("at", "tenant", "user_name", "role", "scope", "interface", "customer_id", "slice", "decision",
-           "outcome", "latency_ms", "detail")
-
-
-def record_hash(row: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of a record's canonical form: compact UTF-8 JSON (orjson) of an array of the
-    version tag, the tenant, seq, every field in a fixed order (time as naive-UTC ISO with
-    microseconds, latency as a float) and the previous record's hash."""
-    body = [_HASH_VERSION, row["tenant"], int(row["seq"]), _naive_utc(row["at"]).isoformat(timespec="microseconds"),
-            row["user_name"], row["role"], row["scope"], row["interface"], row["customer_id"], row["slice"],
-            row["decision"], row["outcome"], float(row["latency_ms"]), row["detail"], row["prev_hash"]]
-    return hashlib.sha256(orjson.dumps(body)).hexdigest()
-
-
-def _row(r: AuditRecord) -> dict[str, Any]:
-    return {f: getattr(r, f) for f in _FIELDS} | {"at": _naive_utc(r.at)}
-
-
-def _naive_utc(at: datetime) -> datetime:
-    return at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
-
-
-@dataclass(frozen=True)
-class ChainHead:
-    """The last record of one tenant's chain: its seq, hash and time."""
-
-    seq: int
-    hash: str
-    at: datetime | None = None
-
-
-class AuditAnchor:
-    """The chain heads of audit databases, kept in ``audit-anchor.json`` outside them.
-
-    One file per data home, ``{"logs": {<log id>: {<tenant>: {seq, hash, at}}}}``, mode 0600,
-    replaced atomically under an exclusive ``flock`` and only ever moved forward. It holds no
-    customer data. It detects what a database writer alone can do — drop or empty the table,
-    delete the newest records, rewrite and re-hash the chain — not an attacker who rewrites
-    this file as well (keep the head ``custctx audit verify`` prints somewhere else too)."""
-
-    def __init__(self, directory: Path, log_id: str):
-        self.path, self.log_id = Path(directory) / ANCHOR_FILE, log_id
-
-    def heads(self) -> dict[str, ChainHead]:
-        """The anchored head of every tenant of this log ({} without a file)."""
-        try:
-            with open(self.path, "rb") as fh:
-                fcntl.flock(fh, fcntl.LOCK_SH)
-                doc = self._parse(fh.read())
-        except FileNotFoundError:
-            return {}
-        return {t: ChainHead(h["seq"], h["hash"], datetime.fromisoformat(h["at"]) if h.get("at") else None)
-                for t, h in doc.get("logs", {}).get(self.log_id, {}).items()}
-
-    def advance(self, heads: Mapping[str, ChainHead]) -> None:
-        """Record new heads (a head never moves back: concurrent writers finish in any order)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            raw = fh.read()
-            doc = self._parse(raw)
-            mine = doc.setdefault("logs", {}).setdefault(self.log_id, {})
-            new = {t: {"seq": h.seq, "hash": h.hash, "at": h.at.isoformat() if h.at else None}
-                   for t, h in heads.items() if h.seq > mine.get(t, {}).get("seq", 0)}
-            if new:
-                mine.update(new)
-                data = json.dumps({**doc, "version": 1}, indent=1, sort_keys=True).encode()
-                # Rewritten in place, padded rather than truncated: ext4 flushes a file truncated and
-                # rewritten (or renamed over another) on close, which cost milliseconds per append.
-                fh.seek(0)
-                fh.write(data.ljust(len(raw)))
-                fh.flush()
-
-    def _parse(self, raw: bytes) -> dict[str, Any]:
-        try:
-            return json.loads(raw) if raw.strip() else {}
-        except ValueError as exc:
-            raise AuditChainBroken(f"the audit anchor {self.path} is unreadable ({exc}): restore it, or move it "
-                                   "aside to anchor afresh (verify then cannot tell what came before)") from None
-
-
-def log_identity(engine: Engine, home: Path | None = None) -> str:
-    """Names one audit database whoever connects to it (the owner, an insert-only role); a
-    SQLite file inside ``home`` by its path there, so a data home can move."""
-    u = engine.url
-    if u.get_backend_name() == "sqlite":
-        db = u.database or ":memory:"
-        if db == ":memory:":
-            return "sqlite:///:memory:"
-        path = Path(db).resolve()
-        if home is not None and path.is_relative_to(base := Path(home).resolve()):
-            return f"sqlite:{path.relative_to(base)}"
-        return f"sqlite:///{path}"
-    return f"{u.get_backend_name()}://{u.host or ''}:{u.port or ''}/{u.database or ''}"
-
-
-@dataclass(frozen=True)
-class ChainProblem:
-    """The first thing wrong at one place of a chain."""
-
-    seq: int
-    at: datetime | None
-    kind: ProblemKind
-    message: str
-
-
-@dataclass
-class ChainReport:
-    """What :meth:`AuditLog.verify` found in one tenant's chain."""
-
-    tenant: str
-    records: int = 0
-    head: ChainHead | None = None
-    anchor: ChainHead | None = None
-    unchained: int = 0  # records from before the chain (NULL seq): not verifiable
-    problems: list[ChainProblem] = field(default_factory=list)
-
-    @property
-    def intact(self) -> bool:
-        return not self.problems
+def _commit_without_fsync(conn: Connection) -> None:
+    """On a SQLite database in WAL mode (the state database: the checkpointer sets it), commit
+    without waiting for the disk (``synchronous=NORMAL``): a committed append survives the
+    process being killed (``tests/test_served_read.py`` kills one), not a power cut — an fsync per
+    commit cost more than the rest of a served read. Power-loss durability is PostgreSQL's,
+    where group commit spreads each flush over every request of the batch."""
+    info = conn.connection.info
+    if not info.get("custctx_audit_sync"):
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        if str(mode).lower() == "wal":
+            conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+        info["custctx_audit_sync"] = True
 
 
 class AuditLog:
@@ -271,21 +124,24 @@ class AuditLog:
         self.anchor = AuditAnchor(anchor, log_identity(engine, anchor)) if isinstance(anchor, Path) else anchor
         self._checked: set[str] = set()  # tenants whose anchored record was compared (once per process)
         self.table_missing = False
+        self._groups: dict[str, GroupCommit[dict[str, Any]]] = {}  # per tenant: concurrent appends, one commit
+        self._groups_lock = threading.Lock()
         self._setup()
 
     def _setup(self) -> None:
-        insp = inspect(self.engine)
-        if not insp.has_table("audit_log"):
-            if self.anchor is not None and self.anchor.heads():
-                self.table_missing = True  # never recreate a lost log as if nothing happened
-                return
-            metadata.create_all(self.engine, checkfirst=True)
-        elif missing := [c for c in _CHAIN_COLUMNS if c not in {x["name"] for x in insp.get_columns("audit_log")}]:
-            with self.engine.begin() as conn:  # a log from before the chain: its records stay unchained
-                for col in missing:
+        # One creator at a time: two processes opening a brand-new database would otherwise both
+        # find no table and the second CREATE (table, index, column or trigger) would fail.
+        with self._setup_lock() as conn:
+            insp = inspect(conn)
+            if not insp.has_table("audit_log"):
+                if self.anchor is not None and self.anchor.heads():
+                    self.table_missing = True  # never recreate a lost log as if nothing happened
+                    return
+                metadata.create_all(conn, checkfirst=True)
+            elif missing := [c for c in _CHAIN_COLUMNS if c not in {x["name"] for x in insp.get_columns("audit_log")}]:
+                for col in missing:  # a log from before the chain: its records stay unchained
                     conn.execute(text(f"ALTER TABLE audit_log ADD COLUMN {col} {_CHAIN_COLUMNS[col]}"))
                 next(i for i in audit_log_table.indexes if i.unique).create(conn, checkfirst=True)
-        with self.engine.begin() as conn:
             if self.engine.dialect.name == "sqlite":
                 for stmt in _SQLITE_TRIGGERS:
                     conn.execute(text(stmt))
@@ -293,10 +149,28 @@ class AuditLog:
                 for stmt in _POSTGRES_TRIGGERS:  # the owner's job: an insert-only role finds them there
                     conn.execute(text(stmt))
 
+    @contextmanager
+    def _setup_lock(self) -> Iterator[Connection]:
+        """One transaction that holds the database's write lock (SQLite) or the audit's set-up
+        advisory lock (PostgreSQL) from the first look at the schema to the last CREATE."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif self.engine.dialect.name == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(ADVISORY_NAMESPACE, _SETUP_LOCK_KEY)))
+            try:
+                yield conn
+            except BaseException:
+                conn.rollback()
+                raise
+            conn.commit()
+
     # -------------------------------------------------------------- append
     def append(self, records: Sequence[AuditRecord]) -> None:
-        """Append records in one transaction, each linked to its tenant's chain (a failure
-        raises: no read goes unrecorded).
+        """Append records, each linked to its tenant's chain, and return once they are committed
+        (a failure raises: no read goes unrecorded). Concurrent appends of one tenant are group
+        committed: whoever finds no write in progress writes every record queued meanwhile in
+        one transaction (``tools.access.group_commit``).
 
         Raises:
             AuditChainBroken: the log lost records its anchor holds.
@@ -307,7 +181,19 @@ class AuditLog:
             assert self.anchor is not None
             tenant = records[0].tenant
             raise AuditChainBroken(self._broken(tenant, "no audit_log table", self.anchor.heads().get(tenant)))
-        self._write([_row(r) for r in records], restart=False)
+        rows = [_row(r) for r in records]
+        tenant = rows[0]["tenant"]
+        if any(row["tenant"] != tenant for row in rows):  # a rare mixed call: its own transaction
+            self._write(rows, restart=False)
+            return
+        self.group(tenant).submit(rows)
+
+    def group(self, tenant: str) -> GroupCommit[dict[str, Any]]:
+        """The group commit of one tenant's appends in this process."""
+        with self._groups_lock:
+            if tenant not in self._groups:
+                self._groups[tenant] = GroupCommit(partial(self._write, restart=False))
+            return self._groups[tenant]
 
     def restart_chain(self, tenant: str, reason: str, by: AuditRecord) -> ChainHead:
         """Start a new chain after a break, on purpose: one ``chain_restart`` record (the
@@ -340,7 +226,7 @@ class AuditLog:
                     row.update(seq=seq, prev_hash=prev)
                     row["hash"] = prev = record_hash(row)
                 heads[tenant] = ChainHead(seq, prev, mine[-1]["at"])
-            conn.execute(insert(audit_log_table), rows)
+            conn.execute(_INSERT, rows)
         if self.anchor is not None:  # after the commit: an anchor may lag the log, never lead it
             self.anchor.advance(heads)
         self._checked.update(heads)
@@ -351,6 +237,7 @@ class AuditLog:
         """One transaction in which no other appender of these tenants reads or moves a head."""
         with self.engine.connect() as conn:
             if self.engine.dialect.name == "sqlite":
+                _commit_without_fsync(conn)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock before the head is read
             for tenant in tenants:
                 if self.engine.dialect.name == "postgresql":  # sorted: two batches never deadlock
@@ -364,9 +251,7 @@ class AuditLog:
 
     @staticmethod
     def _head(conn: Connection, tenant: str) -> ChainHead | None:
-        c = audit_log_table.c
-        row = conn.execute(select(c.seq, c.hash, c.at).where(c.tenant == tenant, c.seq.is_not(None))
-                           .order_by(c.seq.desc()).limit(1)).first()
+        row = conn.execute(_HEAD, {"tenant": tenant}).first()
         return ChainHead(row.seq, row.hash, row.at) if row else None
 
     def _check_anchor(self, conn: Connection, tenant: str, head: ChainHead | None, anchored: ChainHead | None) -> None:
@@ -427,68 +312,6 @@ class AuditLog:
             rep.problems.sort(key=lambda p: p.seq)
             reports.append(rep)
         return reports
-
-
-def _walk(engine: Engine, rep: ChainReport) -> None:
-    """Check seq continuity, links and hashes of one chain, streaming it in seq order."""
-    c = audit_log_table.c
-    stmt = select(*(c[f] for f in (*_FIELDS, "seq", "prev_hash", "hash"))).where(c.tenant == rep.tenant)
-    expected, prev, last_at = 1, GENESIS, None
-    with engine.connect() as conn:
-        rep.unchained = conn.execute(select(func.count()).where(c.tenant == rep.tenant, c.seq.is_(None))).scalar() or 0
-        rows = conn.execution_options(yield_per=2000).execute(stmt.where(c.seq.is_not(None)).order_by(c.seq))
-        for row in rows.mappings():
-            seq, at = row["seq"], row["at"]
-            problem: tuple[ProblemKind, str] | None = None
-            if seq < expected:
-                problem = ("duplicate", f"record {seq} appears twice")
-            elif seq > expected:
-                after = f"after seq {expected - 1} at {last_at:%Y-%m-%d %H:%M:%S}, " if last_at else ""
-                problem = ("missing", f"{_span(expected, seq - 1)} missing ({after}before seq {seq} "
-                                      f"at {at:%Y-%m-%d %H:%M:%S})")
-            elif row["prev_hash"] != prev:
-                problem = ("broken_link", f"record {seq} at {at:%Y-%m-%d %H:%M:%S} does not link to record "
-                                          f"{seq - 1}: one of them was rewritten, or record {seq} was forged")
-            if problem:
-                rep.problems.append(ChainProblem(min(seq, expected), last_at if problem[0] == "missing" else at,
-                                                 *problem))
-            if _rehash(row) != row["hash"]:
-                rep.problems.append(ChainProblem(seq, at, "altered", f"record {seq} at {at:%Y-%m-%d %H:%M:%S} "
-                                                 "does not match its hash: changed after it was written, or forged"))
-            if rep.anchor is not None and seq == rep.anchor.seq and row["hash"] != rep.anchor.hash:
-                rep.problems.append(ChainProblem(seq, at, "anchor_mismatch", f"record {seq} differs from the anchored "
-                                                 "one (its hash changed): the chain was rewritten and re-hashed"))
-            rep.records += 1
-            expected, prev, last_at = max(expected, seq + 1), row["hash"], at
-            rep.head = ChainHead(seq, row["hash"], at)
-
-
-def _rehash(row: Mapping[Any, Any]) -> str | None:
-    try:
-        return record_hash(row)
-    except (TypeError, ValueError, AttributeError):  # a forged row with the wrong types: no hash fits it
-        return None
-
-
-def _span(first: int, last: int) -> str:
-    return f"record {first}" if first == last else f"records {first}–{last}"
-
-
-def _compare_anchor(rep: ChainReport, present: bool) -> None:
-    a = rep.anchor
-    held = rep.head.seq if rep.head else 0
-    if a is None or held >= a.seq:
-        return
-    if not present:
-        what = "the audit_log table is missing"
-    elif rep.head is None:
-        what = "the log has no records of this tenant"
-    else:
-        what = f"the log ends at seq {held}" + (f" ({rep.head.at:%Y-%m-%d %H:%M:%S})" if rep.head.at else "")
-    at = f", at {a.at:%Y-%m-%d %H:%M:%S}" if a.at else ""
-    rep.problems.append(ChainProblem(held + 1, rep.head.at if rep.head else None, "missing",
-                                     f"{_span(held + 1, a.seq)} missing: {what}, but the anchor records seq "
-                                     f"{a.seq} (hash {a.hash[:12]}…{at})"))
 
 
 _logs: dict[tuple[str, Path | None], AuditLog] = {}

@@ -20,6 +20,7 @@ from tools.guard import CallOutcome
 from tools.settings import Thresholds
 from tools.slices import SLICE_MODELS, SLICE_NAMES, BillingStatus, CrmAccount, Slice, SourceGap
 from tools.sources.base import CustomerRef, SourceReader
+from tools.sources.registry import default_slices
 from tools.traits import Traits, derive_traits
 
 
@@ -107,6 +108,9 @@ def assemble_context(scope: ReadScope, customer: CustomerRef, slices: Iterable[s
     """Read the requested slices (in parallel, each guarded, each through the scope's gate) and
     derive the unified context."""
     names = expand_slices(slices)
+    if not slices or set(names) == set(SLICE_NAMES):  # every slice: an optional source (commerce) if connected
+        access = scope.access
+        names = default_slices(scope.settings, names, None if access is None else lambda n: not access.allows(n))
     readers, results = read_slices(scope, customer, names)
     got = {n: r for n, (r, _) in zip(names, results, strict=True) if not isinstance(r, SourceGap)}
     gaps = [r for r, _ in results if isinstance(r, SourceGap)]

@@ -19,9 +19,10 @@ from sqlalchemy.exc import ArgumentError
 
 from tools.access.gate import Access
 from tools.access.policy import hide_shared_records
+from tools.context.resolution import CachedIndex
 from tools.context.scope import ReadScope, _guards_lock
 from tools.guard import CallOutcome, summarize
-from tools.identity import AmbiguousCustomer, CustomerNotFound, IdentityIndex, normalize_name
+from tools.identity import AmbiguousCustomer, CustomerNotFound, normalize_name
 from tools.mapping.conversions import MappingError
 from tools.memory import CachedSlice, ContextMemory
 from tools.slices import SLICE_MODELS, GapKind, Slice, SourceGap
@@ -51,16 +52,18 @@ def resolve(scope: ReadScope, ref: str) -> tuple[CustomerRef, str]:
     key = ref.strip()
     if key in scope.resolved:
         return scope.resolved[key]
-    if scope.access is None or not scope.access.filters_rows:
-        found = scope.index.resolve(ref)
-    else:
-        with scope.access.batch():
-            found = _resolve_visible(scope, scope.index, ref)
+    access = scope.access
+    if access is None or not access.filters_rows:
+        found = CachedIndex(scope.index).resolve(ref)
+    else:  # answers kept apart per principal: another user's reads never warm a hidden customer's
+        p = access.principal
+        with access.batch():
+            found = _resolve_visible(scope, CachedIndex(scope.index, (p.tenant, p.user, p.role)), ref)
     scope.resolved[key] = found
     return found
 
 
-def _resolve_visible(scope: ReadScope, index: IdentityIndex, ref: str) -> tuple[CustomerRef, str]:
+def _resolve_visible(scope: ReadScope, index: CachedIndex, ref: str) -> tuple[CustomerRef, str]:
     def seen(customer: CustomerRef | None) -> bool:
         return customer is not None and visible(scope, customer)
 
@@ -81,7 +84,7 @@ def _resolve_visible(scope: ReadScope, index: IdentityIndex, ref: str) -> tuple[
     return customer, matched_by
 
 
-def _visible_names(index: IdentityIndex, ref: str, seen: Callable[[CustomerRef | None], bool],
+def _visible_names(index: CachedIndex, ref: str, seen: Callable[[CustomerRef | None], bool],
                    names: Iterable[str] | None = None, hidden: str | None = None) -> list[str]:
     """Closest-name suggestions, only of customers the principal may see. A reference that
     is not a name (an email, an id) gets none, as a missing one would. ``hidden``: the name of
@@ -161,7 +164,8 @@ def row_check_unmatched(scope: ReadScope) -> None:
 # ------------------------------------------------------------------- reading
 def read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
                 ) -> tuple[dict[str, SourceReader | None], list[Read]]:
-    """Read ``names`` in parallel (bounded pool), each through memory, the guard and the gate.
+    """Read ``names``, each through memory, the guard and the gate (in parallel on a bounded pool
+    when a remote source is read live; inline otherwise).
 
     Returns the readers used (None: not connected) and one (slice or gap, outcome) per
     name, in the order given. A source whose reader cannot even be built (a bad mapping
@@ -200,7 +204,7 @@ def _read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
         return read_slice(scope, readers[source], name, customer, prefetched)
 
     live = [n for n in names if not (prefetched and n in prefetched and prefetched[n].fresh) and scope.allows(n)]
-    if len(live) <= 1:  # served from memory (and at most one source read): no thread pool
+    if len(live) <= 1 or _local_sources(scope, live):  # no thread pool: see _local_sources
         return readers, [one(n) for n in names]
     pool = _read_pool()
     width = max(1, scope.settings.guard.max_concurrency)  # at most this many of the call's reads at once
@@ -209,6 +213,19 @@ def _read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
         futures = [pool.submit(copy_context().run, one, n) for n in names[i:i + width]]
         results.extend(f.result() for f in futures)
     return readers, results
+
+
+def _local_sources(scope: ReadScope, names: list[str]) -> bool:
+    """Whether every source of these live reads is a local SQLite file (or not connected): one
+    customer's point lookups there take a fraction of a millisecond each, less than handing them
+    to the pool's threads costs (a third of a cold view's time went to the pool), so they run
+    inline, one after the other, each on the engine's pooled connection. Remote warehouses keep
+    the pool: their reads wait on the network in parallel."""
+    for source in {SLICE_MODELS[n].source for n in names}:
+        url = scope.settings.source(source).url
+        if url is not None and not url.startswith("sqlite"):
+            return False
+    return True
 
 
 def read_slice(scope: ReadScope, rdr: SourceReader | None, name: str, customer: CustomerRef,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
 from tools.access.policy import hide_masks, masked_marker, show_masks
 from tools.context.assembly import CustomerContext
 from tools.slices import (
@@ -44,8 +46,26 @@ def primary_email(c: CustomerContext) -> str | None:
     return None
 
 
+def custom_fields(acc: CrmAccount | None, bil: BillingStatus | None) -> dict[str, Any]:
+    """The custom fields the mappings declare for the account and the billing customer (CRM's win)."""
+    out: dict[str, Any] = {}
+    for s in (bil, acc):
+        if s is not None and not masked_marker(s, "custom"):  # withheld from the role: not shown
+            out.update(s.custom or {})
+    return out
+
+
+class ToldContext(CustomerContext):
+    """A customer's context with the facts users supplied about it (``tools.facts.with_facts``
+    reads them through the gate); its reference view shows them as ``user_facts``."""
+
+    user_facts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Facts users told us: text, by, role, at, provenance user; oldest first.")
+
+
 def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str, Any]:
-    """The reference ``get_customer_context`` JSON shape, plus ids, health, gaps, conflicts, provenance."""
+    """The reference ``get_customer_context`` JSON shape, plus ids, health, gaps, conflicts, provenance
+    (and ``user_facts``, with provenance user, for a context read with them: :class:`ToldContext`)."""
     account, billing = c.get("crm.account"), c.get("billing.status")
     usage, support = c.get("product.usage"), c.get("support.summary")
     acc = account if isinstance(account, CrmAccount) else None
@@ -60,6 +80,8 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
             "plan": (acc.plan if acc and acc.plan else None) or (bil.plan if bil else None),
             "status": acc.status if acc else ("active" if bil and bil.status not in ("canceled", "none") else None),
             "owner": acc.owner if acc else None,
+            "parent_account": {"id": acc.parent_id, "name": acc.parent_name} if acc and acc.parent_id else None,
+            "custom": custom_fields(acc, bil),
         },
         "billing": None if bil is None else {
             "status": bil.status,
@@ -97,6 +119,8 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
         "sources": [x.model_dump(mode="json") for x in c.sources],
         "traits": c.traits.model_dump(mode="json"),
     }
+    if isinstance(c, ToldContext):
+        out["user_facts"] = c.user_facts
     if include_slices:
         out["slices"] = {n: slice_view(s, provenance=False) for n, s in c.slices.items()}
     return out
@@ -105,13 +129,13 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
 # ------------------------------------------------------------------ what a model is shown
 # slice → list field holding objects → their free-text fields written by customers or third parties
 UNTRUSTED_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "support.tickets": ("tickets", ("subject", "body")),
-    "email.threads": ("threads", ("subject", "last_message", "open_questions", "commitments")),
+    "support.tickets": ("tickets", ("subject", "body", "comments")),
+    "email.threads": ("threads", ("subject", "last_message", "open_questions", "commitments", "history")),
     "chat.mentions": ("mentions", ("text",)),
-    "calls.highlights": ("calls", ("title", "moments")),
-    "docs.documents": ("documents", ("title",)),
+    "calls.highlights": ("calls", ("title", "moments", "topics")),
+    "docs.documents": ("documents", ("title", "objectives")),
     "research.news": ("articles", ("headline",)),
-    "calendar.meetings": ("meetings", ("title",)),
+    "calendar.meetings": ("meetings", ("title", "agenda")),
     "crm.activities": ("activities", ("summary",)),
 }
 
@@ -124,7 +148,7 @@ WINDOWS: dict[str, str] = {
     "crm.opportunities": "open deals and deals closed in the last 12 months",
     "crm.activities": "the 20 newest activities",
     "email.threads": "threads of the last 60 days",
-    "calendar.meetings": "meetings within 30 days either side of the as-of date",
+    "calendar.meetings": "meetings from 60 days before to 30 days after the as-of date",
     "chat.mentions": "internal mentions of the last 30 days",
     "research.news": "company news of the last 30 days",
 }

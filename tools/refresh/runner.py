@@ -14,180 +14,42 @@ building slices is CPU-bound Python, so threads do not add throughput but proces
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
-import threading
-from collections import Counter, defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
-from langgraph.store.base import BaseStore, Op, PutOp, Result
 from sqlalchemy import select
 
 from tools.access.gate import Access
 from tools.access.principal import Principal
 from tools.context.read import read_slices
 from tools.context.scope import ReadScope, default_guard
-from tools.guard import CallOutcome, SourceGuard
+from tools.guard import SourceGuard
 from tools.identity import _ref as identity_ref
 from tools.identity import identity_customer
-from tools.mapping.conversions import MappingError
 from tools.mapping.engine import IN_CHUNK
 from tools.memory import ContextMemory, open_store
+from tools.refresh.bulk import BULK_TIMEOUT_S, _Bulk, _WriteBuffer
+from tools.refresh.report import MAX_FAILED_LISTED, RefreshReport, SliceWrite, _Tally
 from tools.settings import SOURCE_NAMES, Settings
-from tools.slices import SLICE_MODELS, Slice, SourceGap
-from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, utcnow
-from tools.sources.batch import RowBatch
-from tools.sources.registry import engine_for, reader, resolve_as_of
+from tools.slices import Slice, SourceGap
+from tools.sources.base import CustomerRef, ReadClock, utcnow
+from tools.sources.registry import config_fingerprint, engine_for, resolve_as_of
+
+__all__ = ["BULK_TIMEOUT_S", "CHUNK", "MAX_FAILED_LISTED", "PARALLEL_FROM", "REFRESH_USER", "Progress",
+           "RefreshReport", "SliceWrite", "default_workers", "refresh_access", "run_chunks"]
 
 Progress = Callable[[str, int, int], None]
 
-#: Customers read per chunk: one bulk read per source, one store write batch, bounded memory.
-CHUNK = 100
-#: Entries kept in ``RefreshReport.failed`` (the total is ``failures``).
-MAX_FAILED_LISTED = 1_000
+#: Customers read per chunk: one set-based read per source, one store write batch, bounded memory.
+CHUNK = 500
 #: Customers from which a refresh uses worker processes by default (below, starting them
 #: costs more than they save).
 PARALLEL_FROM = 2_000
-
-
-# ------------------------------------------------------------------ report
-@dataclass
-class SliceWrite:
-    """One slice a single-customer refresh wrote, with its freshness."""
-
-    customer_id: str
-    slice: str
-    fetched_at: datetime
-    source_updated_at: datetime | None
-    record_ids: int
-
-
-@dataclass
-class RefreshReport:
-    mode: str  # full | incremental | customer | event
-    customers: int = 0  # customers whose slices were read
-    slices_written: int = 0
-    gaps: int = 0  # not_found: the source holds nothing for the customer (its snapshot is removed)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (customer id, slice); first MAX_FAILED_LISTED
-    changed_by_source: dict[str, int] = field(default_factory=dict)  # customers refreshed per source
-    seconds: float = 0.0
-    watermarks: dict[str, str | None] = field(default_factory=dict)  # per source, after the run
-    failures: int = 0  # failed slice reads in all
-    failed_sources: dict[str, str] = field(default_factory=dict)  # source → why it kept its watermark
-    refreshed: list[str] = field(default_factory=list)  # customer ids (incremental, customer, event)
-    full_sources: list[str] = field(default_factory=list)  # sources read in full (no usable watermark)
-    untracked: list[str] = field(default_factory=list)  # watched entities a mapping cannot track
-    written: list[SliceWrite] = field(default_factory=list)  # single-customer modes only
-    event: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        def enc(v: Any) -> Any:
-            if isinstance(v, datetime):
-                return v.isoformat()
-            if isinstance(v, dict):
-                return {k: enc(x) for k, x in v.items()}
-            if isinstance(v, list | tuple):
-                return [enc(x) for x in v]
-            if isinstance(v, SliceWrite):
-                return enc(v.__dict__)
-            return v
-
-        return {k: enc(v) for k, v in self.__dict__.items()}
-
-
-# ------------------------------------------------------------------ writing
-class _WriteBuffer(BaseStore):
-    """A store view that holds puts until :meth:`flush` (one batch, one transaction) and
-    passes reads through, so ``ContextMemory.put`` keeps its one value format."""
-
-    def __init__(self, inner: BaseStore):
-        self.inner = inner
-        self._ops: list[PutOp] = []
-        self._lock = threading.Lock()
-
-    def batch(self, ops: Iterable[Op]) -> list[Result]:
-        ops = list(ops)
-        puts = [o for o in ops if isinstance(o, PutOp)]
-        if ops and len(puts) == len(ops):
-            with self._lock:
-                self._ops.extend(puts)
-            return [None] * len(ops)
-        return self.inner.batch(ops)
-
-    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
-        return self.batch(ops)
-
-    def forget(self, namespace: tuple[str, ...], key: str) -> None:
-        with self._lock:
-            self._ops.append(PutOp(namespace, key, None))
-
-    def flush(self) -> None:
-        with self._lock:
-            ops, self._ops = self._ops, []
-        if ops:
-            self.inner.batch(ops)
-
-
-@dataclass
-class _Tally:
-    report: RefreshReport
-    keep_customers: bool
-    keep_writes: bool
-    failed_by_source: Counter = field(default_factory=Counter)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, customer_id: str, results: list[tuple[str, Slice | SourceGap, Any]]) -> None:
-        r = self.report
-        with self._lock:
-            r.customers += 1
-            if self.keep_customers:
-                r.refreshed.append(customer_id)
-            for name, got, outcome in results:
-                status = outcome.status if outcome is not None else None
-                source = SLICE_MODELS[name].source
-                if status == "ok":
-                    r.slices_written += 1
-                    if self.keep_writes and isinstance(got, Slice):
-                        p = got.provenance
-                        r.written.append(SliceWrite(customer_id, name, p.fetched_at, p.source_updated_at,
-                                                    len(p.record_ids)))
-                elif status == "not_found":
-                    r.gaps += 1
-                else:
-                    r.failures += 1
-                    self.failed_by_source[source] += 1
-                    if len(r.failed) < MAX_FAILED_LISTED:
-                        r.failed.append((customer_id, name))
-
-    def unknown(self, customer_id: str) -> None:
-        """A listed customer the identity index no longer knows."""
-        with self._lock:
-            self.report.failures += 1
-            if len(self.report.failed) < MAX_FAILED_LISTED:
-                self.report.failed.append((customer_id, "unknown customer"))
-
-    def part(self) -> dict[str, Any]:
-        """What a worker process tallied, to :meth:`merge` into the parent's tally."""
-        r = self.report
-        return {"customers": r.customers, "slices_written": r.slices_written, "gaps": r.gaps,
-                "failures": r.failures, "failed": r.failed, "refreshed": r.refreshed,
-                "failed_by_source": dict(self.failed_by_source)}
-
-    def merge(self, part: dict[str, Any]) -> None:
-        r = self.report
-        with self._lock:
-            r.customers += part["customers"]
-            r.slices_written += part["slices_written"]
-            r.gaps += part["gaps"]
-            r.failures += part["failures"]
-            r.failed.extend(part["failed"][:max(0, MAX_FAILED_LISTED - len(r.failed))])
-            if self.keep_customers:
-                r.refreshed.extend(part["refreshed"])
-            self.failed_by_source.update(part["failed_by_source"])
 
 
 def _connected(settings: Settings) -> list[str]:
@@ -226,7 +88,8 @@ class _Chunks:
         self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
         self.access = refresh_access(settings, memory.tenant, caller)
         self.buffer = _WriteBuffer(memory.store)
-        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock, key=memory.key)
+        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock, key=memory.key,
+                                      config=memory.config)
         self.bulk = None if slice_parallel else _Bulk(settings, self.clock, self.guard, self.buffered, self.buffer,
                                                       self.access)
         # Refresh reads live, through the buffered memory (its writes land in one transaction per chunk).
@@ -330,7 +193,8 @@ def _start_worker(settings: Settings, tenant: str, ttls: dict[str, int], key: by
     stack = ExitStack()
     atexit.register(stack.close)
     store = stack.enter_context(open_store(settings.state_db_url))
-    _worker = _Chunks(settings, ContextMemory(store, tenant, ttls, key=key), None, concurrency, caller=caller)
+    memory = ContextMemory(store, tenant, ttls, key=key, config=functools.partial(config_fingerprint, settings))
+    _worker = _Chunks(settings, memory, None, concurrency, caller=caller)
 
 
 def _work(chunk: list[tuple[str, list[str]]], keep_customers: bool) -> dict[str, Any]:
@@ -361,79 +225,6 @@ def _run_in_processes(settings: Settings, memory: ContextMemory, work: Iterable[
             fut, n = inflight.popleft()
             tally.merge(fut.result())
             step(n)
-
-
-#: Budget of one source's bulk read of a chunk (it answers for CHUNK customers at once).
-BULK_TIMEOUT_S = 60.0
-
-
-class _Bulk:
-    """Bulk reads of a chunk, source by source, written to memory and admitted like single reads."""
-
-    def __init__(self, settings: Settings, clock: ReadClock, guard: SourceGuard, memory: ContextMemory,
-                 buffer: _WriteBuffer, access: Access):
-        self.settings, self.clock, self.guard, self.memory, self.buffer, self.access = (
-            settings, clock, guard, memory, buffer, access)
-        self.batches: dict[str, RowBatch] = {}  # per source, kept across chunks
-
-    def read(self, jobs: Sequence[tuple[CustomerRef, Sequence[str]]],
-             ) -> tuple[dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]],
-                        list[tuple[CustomerRef, list[str]]]]:
-        """The chunk's slices read in bulk, per customer id and slice name, and what is left
-        to read one by one (per customer, the slice names)."""
-        got: dict[str, dict[str, tuple[Slice | SourceGap, CallOutcome]]] = defaultdict(dict)
-        left: dict[str, list[str]] = defaultdict(list)
-        refs = {ref.customer_id: ref for ref, _ in jobs}
-        by_source: dict[str, dict[str, list[CustomerRef]]] = defaultdict(lambda: defaultdict(list))
-        for ref, names in jobs:
-            for n in names:
-                by_source[SLICE_MODELS[n].source][n].append(ref)
-        if self.access.filters_rows:  # never for a refresh (admin); a row filter is judged per customer
-            by_source, left = {}, {ref.customer_id: list(names) for ref, names in jobs}
-        for source, wanted in by_source.items():
-            results = self._source(source, wanted)
-            for (cid, name), result in (results or {}).items():
-                if result is None:
-                    left[cid].append(name)
-                else:
-                    got[cid][name] = result
-            if results is None:
-                for name, customers in wanted.items():
-                    for ref in customers:
-                        left[ref.customer_id].append(name)
-        return got, [(refs[cid], names) for cid, names in left.items()]
-
-    def _source(self, source: str, wanted: dict[str, list[CustomerRef]],
-                ) -> dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] | None:
-        """One source's bulk read: per (customer, slice) the admitted result, or None where it
-        must be read alone; None for all when the source cannot be read in bulk."""
-        try:
-            rdr = reader(self.settings, source)
-        except (MappingError, ValueError):
-            return None
-        if rdr is None or not rdr.batchable:
-            return None
-        batch = self.batches.setdefault(source, RowBatch())
-        n = sum(len(c) for c in wanted.values())
-        results, outcome, _ = self.guard.call(
-            source, f"{source} bulk read of {n} slices", lambda: rdr.read_many(wanted, self.clock, batch),
-            max(BULK_TIMEOUT_S, self.settings.source(source).timeout_s or 0))
-        if outcome.status != "ok":
-            return None
-        ms = outcome.latency_ms / max(1, n)
-        out: dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] = {}
-        for (cid, name), result in results.items():
-            if isinstance(result, Slice):
-                self.memory.put(cid, result)
-                out[cid, name] = (self.access.admit(cid, result, ms), CallOutcome(source, name, "ok", ms, 1))
-            elif isinstance(result, SliceNotFound):
-                gap = SourceGap(slice=name, source=source, kind="not_found", message=str(result))
-                self.buffer.forget(self.memory.namespace(cid), name)
-                out[cid, name] = (self.access.admit(cid, gap, ms),
-                                  CallOutcome(source, name, "not_found", ms, 1, str(result)))
-            else:
-                out[cid, name] = None
-        return out
 
 
 REFRESH_USER = "refresh"

@@ -14,16 +14,28 @@ import sys
 
 import typer
 
-from agent.interfaces.cli import audit, bench, context, evals, refresh, serve, workflows
+from agent.interfaces.cli import (
+    audit,
+    bench,
+    book,
+    context,
+    evals,
+    mappings,
+    notes,
+    refresh,
+    serve,
+    workflows,
+)
 from agent.interfaces.cli.common import err
 
 app = typer.Typer(help="Customer context agent: fresh, safe, step-sized customer context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 # Unnamed groups merge their commands into the app, in this order (the order of --help).
-for group in (context.commands, audit.commands, bench.commands, evals.commands, refresh.commands,
-              workflows.commands):
+for group in (context.commands, notes.commands, audit.commands, bench.commands, evals.commands, refresh.commands,
+              workflows.commands, book.commands):
     app.add_typer(group)
 app.add_typer(serve.commands, name="serve")
+app.add_typer(mappings.commands, name="mappings")
 
 # User errors that end a command with one line instead of a traceback: (the module that
 # defines the class, its name). Looked up among the modules already imported, so catching

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from agent.interfaces.cli.common import (
     progress_bar,
     resolve_or_exit,
 )
+
+if TYPE_CHECKING:
+    from tools.settings import Settings
 
 commands = typer.Typer()
 
@@ -55,7 +58,9 @@ def seed(
 
 @commands.command()
 def context(
-    ref: Annotated[str, typer.Argument(help="Customer email, domain, id (e.g. crm:1001) or name.")],
+    ref: Annotated[str, typer.Argument(help="Customer email, domain, id (e.g. crm:1001) or name; a person by "
+                                       "user:<app user id>, anon:<anonymous id>, support_user:<id> (or "
+                                       "zendesk_user:<id>) or 'name+postcode:<name>, <postcode>'.")],
     format: FormatOpt = Format.markdown,
     slices: Annotated[list[str] | None, typer.Option(
         "--slices", "-s", help="Slices or sources to include, e.g. billing.status,support (default: all).")] = None,
@@ -80,14 +85,19 @@ def context(
                             prefer_memory=not fresh)
     customer, matched_by = resolve_or_exit(lambda q: resolve(scope, q), ref, format)
     ctx = assemble_context(scope, customer, wanted, matched_by=matched_by)
+    from tools.facts import user_facts
+
+    facts = user_facts(scope, customer.customer_id)  # what users told us (custctx note): provenance user
     if format is Format.json:
         from tools.context.view import reference_view
 
-        print(json.dumps(reference_view(ctx), indent=2, ensure_ascii=False))
+        view = reference_view(ctx)
+        view["user_facts"] = [f.model_dump(mode="json") for f in facts]
+        print(json.dumps(view, indent=2, ensure_ascii=False))
     else:
         from agent.brief import render_brief
 
-        out.print(render_brief(ctx), markup=False)
+        out.print(render_brief(ctx, facts), markup=False)
 
 
 @commands.command()
@@ -113,4 +123,24 @@ def sources(format: FormatOpt = Format.markdown) -> None:
                       f"{h.rows:,}" if h.rows is not None else "—",
                       f"{h.newest_row:%Y-%m-%d %H:%M}" if h.newest_row else "—", h.breaker or "—", h.fault or "—",
                       h.detail or "")
+    out.print(table)
+    _print_worker(r.settings)
+
+
+def _print_worker(settings: Settings) -> None:
+    """The refresh worker's jobs (``custctx serve worker``): last run, next run, errors."""
+    from rich.table import Table
+
+    from tools.refresh.worker import worker_status
+
+    jobs = worker_status(settings)
+    if not jobs:
+        out.print("Refresh worker: never ran for this tenant (custctx serve worker).", markup=False)
+        return
+    table = Table("worker job", "status", "last run (UTC)", "last success", "next run", "runs", "failures",
+                  "last error", box=None, pad_edge=False)
+    for j in jobs:
+        table.add_row(j.job, j.status, *(f"{t:%Y-%m-%d %H:%M:%S}" if t else "—"
+                                         for t in (j.last_finished, j.last_ok, j.next_run)),
+                      str(j.runs), str(j.failures), j.last_error or "")
     out.print(table)

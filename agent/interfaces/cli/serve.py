@@ -1,4 +1,4 @@
-"""``custctx serve mcp | api``: the MCP server and the HTTP API (docs/SERVING.md)."""
+"""``custctx serve mcp | api | worker``: the MCP server, the HTTP API and the refresh worker (docs/SERVING.md)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,34 @@ def serve_api(
         serve(host=host, port=port)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
+
+
+@commands.command("worker")
+def serve_worker() -> None:
+    """Refresh worker: each source on its cadence (CUSTCTX_WORKER__CADENCES), and at once on a PostgreSQL
+    NOTIFY; ends on SIGINT / SIGTERM. Several may run at once (a lease per job)."""
+    import logging
+    import signal
+
+    from agent.bootstrap import ready
+    from tools.refresh.worker import Worker, WorkerConfigError, cadences
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # a run skipped while one is running: expected
+    r = ready(memory=True)
+    assert r.memory is not None
+    try:
+        worker = Worker(r.settings, r.memory)
+    except WorkerConfigError as exc:
+        raise fail(str(exc), 2) from None
+
+    def stop(signum: int, frame: object) -> None:
+        worker.stop_event.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    plan = ", ".join(f"{s} every {int(c)} s" for s, c in cadences(r.settings).items())
+    worker.run(ready=lambda: err.print(f"worker {worker.holder} started: {plan or 'no connected source'}; "
+                                       f"listening on {len(worker.listen_urls())} PostgreSQL database(s)",
+                                       markup=False))
+    err.print("worker stopped", markup=False)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from agent.runs import Runner
 
 NO_THREAD = "give --customer (email, domain, id or name), or --thread of an existing conversation"
+#: No minimum viable context (no customer): the assistant asks, one clear question (issue 18), never an error.
+# (no example customer in it: a fixture's name here would read as a leak to whoever may not see it)
+ASK_WHO = ("Who is the customer, and what is the conversation about? Give their email, domain or company name "
+           "with --customer, and ask what you are discussing with them.")
 
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help='"offline" (default) or an OpenAI-compatible model name (needs OPENAI_API_KEY).')]
@@ -86,7 +90,8 @@ def ask(
         if customer:
             resolve_or_exit(lambda q: resolve(scope, q), customer, format)
         elif not thread or runner.thread_customer(thread, scope) is None:  # a hidden thread: as if none
-            raise fail(NO_THREAD, 2)
+            err.print(ASK_WHO, markup=False)  # a question, not an error line; exit 2: the input is incomplete
+            raise typer.Exit(2)
         result = runner.ask(question, customer, thread or new_thread_id(), scope=scope, model=model, fresh=fresh)
     if result.get("error"):
         raise fail(result["error"], 1)
@@ -116,8 +121,15 @@ def chat(
             name = ref.name
         elif known:
             name = known
-        else:
-            raise fail(NO_THREAD, 2)
+        else:  # no customer yet: ask who it is (one question), then talk about the one named
+            err.print(ASK_WHO, markup=False)
+            try:
+                customer = input("customer> " if sys.stdin.isatty() else "").strip()
+            except EOFError:
+                customer = ""
+            if not customer:
+                return
+            name = resolve_or_exit(lambda q: resolve(scope, q), customer, format)[0].name
         thread = thread or new_thread_id()
         interactive = sys.stdin.isatty()
         err.print(f"Chatting about {name} (thread {thread}). /exit or an empty line ends; "
