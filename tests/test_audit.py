@@ -27,6 +27,7 @@ from tools.context.scope import ReadScope
 from tools.memory import ContextMemory
 from tools.settings import Settings
 from tools.slices import SLICE_NAMES
+from tools.sources.registry import default_slices
 
 from .test_cli import custctx
 
@@ -93,7 +94,11 @@ def test_every_read_has_its_record(sqlite_ready):
     assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=access), acme, None)  # from the sources
     assemble_context(ReadScope.build(r.settings, r.clock, memory=memory, access=access), acme, None)  # from memory
     recs = audit_log(r.settings.state_db_url).query(tenant, limit=None)
-    assert len(recs) == 1 + 2 * len(SLICE_NAMES)  # one row check (judged once per gate) + every slice, twice
+    # "every slice": the connected sources' (no commerce here) and every slice the role may not
+    # read, which is answered forbidden (and audited) whatever is connected
+    every = default_slices(r.settings, SLICE_NAMES, lambda n: not access.allows(n))
+    assert "commerce.payment_methods" in every and "commerce.orders" not in every
+    assert len(recs) == 1 + 2 * len(every)  # one row check (judged once per gate) + every slice, twice
     assert {(x.tenant, x.user_name, x.role, x.scope, x.interface) for x in recs} == {
         (tenant, "dana.scully", "account_exec", "customers", "mcp")}
     assert {x.customer_id for x in recs} == {acme.customer_id}
@@ -134,7 +139,9 @@ def test_custctx_audit_reads_the_log(home):
     assert hidden.returncode == 1
     proc = custctx(home, "audit", "--customer", "acme.com", "--format", "json", "--limit", "100", check=True)
     recs = json.loads(proc.stdout)
-    assert len(recs) == 1 + len(SLICE_NAMES)  # the row check and every slice of the context
+    # the row check and every slice of the context: the embedded sources' and the optional
+    # source's slice the role may not read (commerce.payment_methods: answered forbidden)
+    assert len(recs) == 1 + len([n for n in SLICE_NAMES if not n.startswith("commerce.")]) + 1
     assert {(x["role"], x["user_name"], x["interface"], x["tenant"]) for x in recs} == {
         ("account_exec", "dana.scully", "cli", "default")}
     assert {x["decision"] for x in recs} == {"allowed", "masked", "denied"}

@@ -49,6 +49,10 @@ def test_ask_markdown_and_user_errors(home):
     assert amb.returncode == 3 and "Acme Logistics" in amb.stderr and "Traceback" not in amb.stderr
     none = custctx(home, "ask", "billing?")
     assert none.returncode == 2 and "--customer" in none.stderr
+    # an unknown company: not found, and the assistant asks who the customer is (one line)
+    unknown = custctx(home, "ask", "billing?", "--customer", "nobody-we-know.example")
+    assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "No customer matches" in unknown.stderr and "Who is the customer you are talking to?" in unknown.stderr
     bad_thread = custctx(home, "ask", "billing?", "--thread", "t-does-not-exist")
     assert bad_thread.returncode == 2
     nokey = custctx(home, "ask", "billing?", "--customer", "acme.com", "--model", "gpt-4o-mini")

@@ -111,9 +111,10 @@ def access_or_exit(as_: str | None, settings: Settings, interface: str = "cli") 
 
 
 def resolve_or_exit(resolve: Callable[[str], tuple[CustomerRef, str]], ref: str,
-                    format: Format = Format.markdown) -> tuple[CustomerRef, str]:
+                    format: Format = Format.markdown, ask: str = "") -> tuple[CustomerRef, str]:
     """Resolve a customer reference with ``resolve`` (an index's, or as a principal may), or
-    exit with a one-line reason (1: not found, 3: ambiguous)."""
+    exit with a one-line reason (1: not found, 3: ambiguous); ``ask``: the question a
+    conversation asks after "not found" (the same for a hidden customer as for a missing one)."""
     from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound
 
     try:
@@ -128,5 +129,7 @@ def resolve_or_exit(resolve: Callable[[str], tuple[CustomerRef, str]], ref: str,
             err.print(f"  - {c.name} ({c.domain or '-'}, {c.customer_id})")
         err.print("Use a domain, an email or an id to pick one.")
         raise typer.Exit(3) from None
-    except (CustomerNotFound, BadReference) as exc:
+    except CustomerNotFound as exc:
+        raise fail(f"{exc} {ask}".strip(), 1) from None
+    except BadReference as exc:
         raise fail(str(exc), 1) from None

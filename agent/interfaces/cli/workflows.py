@@ -31,6 +31,9 @@ NO_THREAD = "give --customer (email, domain, id or name), or --thread of an exis
 ASK_WHO = ("Who is the customer, and what is the conversation about? Give their email, domain or company name "
            "with --customer, and ask what you are discussing with them.")
 
+#: An unknown (or hidden: the same words) customer in a conversation: ask who it is, on the same line.
+ASK_WHICH = "Who is the customer you are talking to? Give their email, domain or company id."
+
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", help='"offline" (default) or an OpenAI-compatible model name (needs OPENAI_API_KEY).')]
 
@@ -88,7 +91,7 @@ def ask(
     with _runner(as_) as runner:
         scope = runner.request(fresh=fresh)  # one request: resolved here, not again by the graph
         if customer:
-            resolve_or_exit(lambda q: resolve(scope, q), customer, format)
+            resolve_or_exit(lambda q: resolve(scope, q), customer, format, ask=ASK_WHICH)
         elif not thread or runner.thread_customer(thread, scope) is None:  # a hidden thread: as if none
             err.print(ASK_WHO, markup=False)  # a question, not an error line; exit 2: the input is incomplete
             raise typer.Exit(2)
@@ -129,7 +132,7 @@ def chat(
                 customer = ""
             if not customer:
                 return
-            name = resolve_or_exit(lambda q: resolve(scope, q), customer, format)[0].name
+            name = resolve_or_exit(lambda q: resolve(scope, q), customer, format, ask=ASK_WHICH)[0].name
         thread = thread or new_thread_id()
         interactive = sys.stdin.isatty()
         err.print(f"Chatting about {name} (thread {thread}). /exit or an empty line ends; "
