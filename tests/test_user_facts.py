@@ -23,6 +23,7 @@ from langgraph.store.memory import InMemoryStore
 
 from agent.brief import render_brief
 from agent.interfaces.service import ContextService
+from agent.interfaces.web.customers import brief_head
 from agent.runs import Runner
 from tools.access.audit import audit_log
 from tools.access.gate import Access
@@ -274,6 +275,8 @@ def test_context_and_review_show_user_facts_through_the_gate(sqlite_ready, tmp_p
         assert [{k: f[k] for k in ("text", "by", "role", "provenance")} for f in view["user_facts"]] == [
             {"text": ONBOARDING, "by": "dana.scully", "role": "account_exec", "provenance": "user"}]
         assert set(bare) - {"user_facts"} <= set(view) and view["customer"]["name"] == "Acme Corp"
+        page = brief_head(service.context("acme.com", ["crm.account"], principal=sam))  # the web customer page
+        assert "### Told by Users" in page and f"dana.scully (account_exec, provenance user): “{ONBOARDING}”" in page
         review = service.review("acme.com", principal=dana)
         assert f'dana.scully (account_exec, provenance user): "{ONBOARDING}"' in review["markdown"]
         assert review["review"]["user_facts"][0]["text"] == ONBOARDING

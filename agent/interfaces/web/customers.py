@@ -26,6 +26,9 @@ def brief_head(ctx: CustomerContext) -> str:
     text = render_brief(ctx)
     cut = min((i for h in _TAIL_HEADINGS if (i := text.find(h)) >= 0), default=len(text))
     head = text[:cut]
+    if facts := getattr(ctx, "user_facts", None):  # what users told us (provenance user), read through the gate
+        head += "\n### Told by Users\n" + "".join(
+            f"- {str(f['at'])[:10]} {f['by']} ({f['role']}, provenance user): “{f['text']}”\n" for f in facts)
     return head.split("\n", 1)[1] if head.startswith("## ") else head  # the page has its own title
 
 
