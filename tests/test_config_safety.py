@@ -228,3 +228,23 @@ def test_identity_keys_the_database_refuses_are_said_not_passed_over(shop, caplo
     (line,) = [r.getMessage() for r in caplog.records if r.name == "tools.identity"]
     assert "crm source's identity keys were left out" in line and "nme" in line
     assert "custctx mappings check" in line
+
+
+def test_the_fingerprint_is_the_url_and_the_mappings_content_not_its_location(tmp_path):
+    from tools.mapping.check import mapping_file
+
+    url = f"sqlite:///{tmp_path / 'crm.sqlite'}"
+    (tmp_path / "crm.sqlite").touch()
+    builtin = mapping_file("hubspot").read_text(encoding="utf-8")
+    for folder in ("a", "b"):  # the same mapping in two places (two installs of the package)
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "crm.yaml").write_text(builtin, encoding="utf-8")
+    (tmp_path / "c.yaml").write_text(builtin + "# another mapping\n", encoding="utf-8")
+
+    def fp(mapping: Path, at: str = url) -> str | None:
+        return config_fingerprint(Settings(home=tmp_path, sources={"crm": SourceConfig(url=at, mapping=str(mapping))}), "crm")
+
+    assert fp(tmp_path / "a" / "crm.yaml") == fp(tmp_path / "b" / "crm.yaml")
+    assert fp(tmp_path / "c.yaml") != fp(tmp_path / "a" / "crm.yaml")
+    (tmp_path / "other.sqlite").touch()
+    assert fp(tmp_path / "a" / "crm.yaml", f"sqlite:///{tmp_path / 'other.sqlite'}") != fp(tmp_path / "a" / "crm.yaml")

@@ -140,7 +140,9 @@ def config_fingerprint(settings: Settings, source: str) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _fingerprint(url: str, path: str, version: tuple[int, int]) -> str:
-    digest = hashlib.sha256(f"{url}\n{path}\n".encode())
+    # the URL and the mapping's content, not where the file lies: the same mapping read from
+    # another install of the package is the same configuration (path and version key the cache)
+    digest = hashlib.sha256(f"{url}\n".encode())
     try:
         digest.update(Path(path).read_bytes())
     except OSError:
