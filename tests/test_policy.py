@@ -12,6 +12,7 @@ from langgraph.store.memory import InMemoryStore
 from pydantic import ValidationError
 
 from agent.brief import render_brief
+from agent.graphs.nodes import NO_CUSTOMER_GIVEN
 from agent.offline.answers import billing_lines
 from agent.prompting import context_block, parse_context_block
 from agent.runs import Runner
@@ -396,5 +397,6 @@ def test_a_thread_continued_by_someone_who_may_not_see_its_customer_ends_not_fou
                            principal=Principal(tenant, "dana.scully", "account_exec"))
     # exactly what a thread that does not exist gives: its customer (and the reference it was started
     # with) never named (issue 15; tests/test_entry_points.py)
-    assert again["error"] == "No customer given: name one by email, domain, id or name."
+    assert again["error"] == NO_CUSTOMER_GIVEN  # asked who the customer is, as on a new thread
+    assert again["error"].startswith("Who is the customer, and what is the conversation about?")
     assert not again.get("slices_used") and "30,000" not in json.dumps(again) and "massive" not in json.dumps(again)

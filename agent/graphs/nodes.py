@@ -26,7 +26,10 @@ from tools.slices import SLICE_MODELS, Slice, SourceGap
 from tools.sources.registry import default_slices
 
 FETCH = "fetch_slice"
-NO_CUSTOMER_GIVEN = "No customer given: name one by email, domain, id or name."
+#: No minimum viable context: the assistant asks who the customer is and what the conversation is
+#: about (issue 18) — the same words for a new thread as for one the caller may not continue.
+NO_CUSTOMER_GIVEN = ("Who is the customer, and what is the conversation about? Name the customer by email, "
+                     "domain, id or name.")
 THREAD_NOT_CONTINUED = "This conversation cannot be continued: start a new one."
 M = TypeVar("M", bound=BaseModel)
 
