@@ -83,6 +83,13 @@ def test_a_hidden_answer_must_be_a_missing_answer_up_to_the_typed_reference():
     assert same_as_missing(Reply(True, "200", "{}"), "x", missing, "y")
     assert normal("thread 0b0e4a1e-3f7c-4c39-9d59-0a4f7a3c2b11 at 2026-01-15T12:00:00Z in 0.3 s", "x") == \
         "thread ID at TIME in DURATION"
+    # suggestions are cut up to their own "?": a question asked after them stays in both texts
+    ask = " Who is the customer you are talking to? Give their email."
+    hidden_ask = Reply(False, "exit 1", "No customer matches 'acme.io'. Did you mean: Acme Corp?" + ask)
+    missing_ask = Reply(False, "exit 1", "No customer matches 'nowhere.example'." + ask)
+    assert same_as_missing(hidden_ask, "acme.io", missing_ask, "nowhere.example") == []
+    cut_short = Reply(False, "exit 1", "No customer matches 'acme.io'. Did you mean: Acme Corp?")
+    assert same_as_missing(cut_short, "acme.io", missing_ask, "nowhere.example")[0].startswith("LEAK")
 
 
 def test_what_identifies_a_hidden_customer_and_nothing_a_visible_one_shares(world):
