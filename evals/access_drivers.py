@@ -105,14 +105,14 @@ class CliDriver:
 
 
 # ---------------------------------------------------------------------------- HTTP API
-class HttpDriver:
-    """The HTTP API over a real connection (keep-alive), ``X-API-Key`` per principal."""
+class _KeyedHttp:
+    """A server over one real connection (keep-alive), ``X-API-Key`` per principal; each driver
+    says how a response reads (:meth:`_reply`)."""
 
-    name = "http"
-    ops = ("context", "ticket", "event", "review")
+    timeout = 120.0
 
     def __init__(self, base: str, keys: dict[str, str]):
-        self.client = httpx.Client(base_url=base, timeout=120)
+        self.client = httpx.Client(base_url=base, timeout=self.timeout)
         self.keys = keys
 
     def close(self) -> None:
@@ -120,7 +120,19 @@ class HttpDriver:
 
     def _send(self, who: str, method: str, path: str, body: Any = None) -> Reply:
         resp = self.client.request(method, path, json=body, headers={"X-API-Key": self.keys[who]})
-        data = _json(resp.text)
+        return self._reply(resp, _json(resp.text))
+
+    def _reply(self, resp: httpx.Response, data: Any) -> Reply:
+        raise NotImplementedError
+
+
+class HttpDriver(_KeyedHttp):
+    """The HTTP API: an error is its status and JSON error code."""
+
+    name = "http"
+    ops = ("context", "ticket", "event", "review")
+
+    def _reply(self, resp: httpx.Response, data: Any) -> Reply:
         code = data.get("error") if isinstance(data, dict) and resp.status_code >= 400 else ""
         return Reply(resp.is_success, f"{resp.status_code} {code}".strip(), _shown(resp.text, data), data)
 
@@ -218,23 +230,15 @@ class McpDriver:
 
 
 # ---------------------------------------------------------------------------- LangGraph server
-class LangGraphDriver:
+class LangGraphDriver(_KeyedHttp):
     """LangGraph's server (``langgraph dev``, the auth of ``langgraph.json``): the assistant on threads,
     the triage graph with a ticket for a named customer, the review graph; ``X-API-Key`` per principal."""
 
     name = "langgraph"
     ops = ("ask", "continue", "ticket_for", "review")
+    timeout = 300.0
 
-    def __init__(self, base: str, keys: dict[str, str]):
-        self.client = httpx.Client(base_url=base, timeout=300)
-        self.keys = keys
-
-    def close(self) -> None:
-        self.client.close()
-
-    def _send(self, who: str, method: str, path: str, body: Any = None) -> Reply:
-        resp = self.client.request(method, path, json=body, headers={"X-API-Key": self.keys[who]})
-        data = _json(resp.text)
+    def _reply(self, resp: httpx.Response, data: Any) -> Reply:
         error = data.get("error") if isinstance(data, dict) else None
         ok = resp.is_success and not error
         return Reply(ok, f"{resp.status_code}" + (" error" if error else ""), _shown(resp.text, data), data)

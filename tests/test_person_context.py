@@ -12,7 +12,6 @@ of their tickets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -51,6 +50,7 @@ from .test_person_identity import (
     cli_env,
     people_settings,
     people_warehouse,
+    ready_with_keys,
     shop_mapping,
 )
 
@@ -116,11 +116,7 @@ def world(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 @pytest.fixture(scope="module")
 def people(world, tmp_path_factory) -> Ready:
     url, mapping = world
-    home = tmp_path_factory.mktemp("person-context-home")
-    keys = {hashlib.sha256(ADMIN_KEY.encode()).hexdigest(): {"user": "ops", "role": "admin"},
-            hashlib.sha256(DANA_KEY.encode()).hexdigest(): {"user": "dana.scully", "role": "account_exec"}}
-    (home / "keys.json").write_text(json.dumps(keys), encoding="utf-8")
-    return ready(people_settings(url, home, mapping, api_keys_file=home / "keys.json"))
+    return ready_with_keys(url, mapping, tmp_path_factory.mktemp("person-context-home"))
 
 
 def context_json(env: dict[str, str], ref: str) -> dict:

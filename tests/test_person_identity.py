@@ -112,14 +112,18 @@ def world(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     dispose_engines()
 
 
-@pytest.fixture(scope="module")
-def people(world, tmp_path_factory) -> Ready:
-    url, mapping = world
-    home = tmp_path_factory.mktemp("people-home")
+def ready_with_keys(url: str, mapping: Path, home: Path) -> Ready:
+    """The people warehouse ready in ``home``, with API keys for an admin and dana.scully."""
     keys = {hashlib.sha256(ADMIN_KEY.encode()).hexdigest(): {"user": "ops", "role": "admin"},
             hashlib.sha256(DANA_KEY.encode()).hexdigest(): {"user": "dana.scully", "role": "account_exec"}}
     (home / "keys.json").write_text(json.dumps(keys), encoding="utf-8")
     return ready(people_settings(url, home, mapping, api_keys_file=home / "keys.json"))
+
+
+@pytest.fixture(scope="module")
+def people(world, tmp_path_factory) -> Ready:
+    url, mapping = world
+    return ready_with_keys(url, mapping, tmp_path_factory.mktemp("people-home"))
 
 
 def billing_id(ix: IdentityIndex, ref: str) -> str:
