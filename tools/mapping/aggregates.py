@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, type_coerce
+from sqlalchemy import bindparam, func, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
 
@@ -45,12 +45,16 @@ class Aggregate:
     by: str
     where: dict[str, Any] = field(default_factory=dict)
 
+    #: Its statement per part (keys an expanding parameter): built once, compiled once by SQLAlchemy.
+    _statements: dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+
     def compute(self, conn: Connection, parts: Sequence[EntityPart], keys: Iterable[Any]) -> dict[Any, Any]:
         """``{key: value}`` for every key asked for (Python values, matched in the source
-        representation as lookups match them); one query per part and chunk of keys."""
+        representation as lookups match them); one statement per part and chunk of keys — the
+        same statement for one customer's read and for a bulk read's chunk."""
         wanted = list(dict.fromkeys(keys))
         raw: dict[Any, list[Any]] = {k: [] for k in wanted}
-        for p in parts:
+        for i, p in enumerate(parts):
             if not p.maps(self.by):
                 raise MappingError(f"aggregate {self.name!r}: field {self.by!r} is not mapped for {p.table!r}")
             pairs = p.fields[self.by].in_source(wanted)
@@ -58,12 +62,17 @@ class Aggregate:
             for v, r in pairs:
                 by_raw.setdefault(str(r), []).append(v)
             sources = list(dict.fromkeys(r for _, r in pairs))
-            for i in range(0, len(sources), _CHUNK):
+            if not sources:
+                continue
+            stmt = self._statements.get(i)
+            if stmt is None:
                 key = p.col(self.by)
-                stmt = (select(type_coerce(key, NullType()), type_coerce(self._sql(p), NullType()))
-                        .select_from(p.from_clause).where(key.in_(sources[i:i + _CHUNK]))
-                        .where(*p.filters(), *p.conditions(self.where)).group_by(key))
-                for k, value in conn.execute(stmt):
+                stmt = self._statements[i] = (
+                    select(type_coerce(key, NullType()), type_coerce(self._sql(p), NullType()))
+                    .select_from(p.from_clause).where(key.in_(bindparam("keys", expanding=True)))
+                    .where(*p.filters(), *p.conditions(self.where)).group_by(key))
+            for j in range(0, len(sources), _CHUNK):
+                for k, value in conn.execute(stmt, {"keys": sources[j:j + _CHUNK]}):
                     for v in by_raw.get(str(k), ()):
                         raw[v].append(value)
         spec = parts[0].fields.get(self.of) if parts else None

@@ -59,8 +59,11 @@ def _to_date(v: Any) -> date:
 
 
 def _to_datetime(v: Any) -> datetime:
+    if v.__class__ is str:  # the common case (SQLite): one parse, no second dispatch
+        v = datetime.fromisoformat(v)
+        return v if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
     if isinstance(v, datetime):
-        return v.replace(tzinfo=None) if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
+        return v if v.tzinfo is None else v.astimezone(UTC).replace(tzinfo=None)
     if isinstance(v, date):
         return datetime(v.year, v.month, v.day)
     return _to_datetime(datetime.fromisoformat(str(v)))
@@ -88,6 +91,8 @@ def _to_float(v: Any) -> float:
 
 
 def _to_int(v: Any) -> int:
+    if v.__class__ is int:  # already one (not a bool)
+        return v
     f = _to_float(v)
     if f != int(f):
         raise ValueError(f"not an integer: {v!r}")

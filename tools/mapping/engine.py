@@ -18,7 +18,7 @@ fields live in ``fields.py``, a table's SQL in ``part.py``, aggregates in ``aggr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
@@ -32,7 +32,7 @@ from sqlalchemy.types import NullType
 from tools.mapping.aggregates import Aggregate
 from tools.mapping.conversions import MappingError, RowError
 from tools.mapping.fields import ROW_TAMPER, SKIP_TALLY, FieldSpec, count_skipped
-from tools.mapping.part import EntityPart
+from tools.mapping.part import EntityPart, RowConverter
 
 __all__ = ["IN_CHUNK", "ROW_TAMPER", "SKIP_TALLY", "Aggregate", "Entity", "EntityPart", "Fetched", "FieldSpec",
            "CUSTOM", "IdentityKey", "Mapping", "count_skipped", "order_rows", "prepared"]
@@ -50,6 +50,10 @@ class Entity:
     parts: tuple[EntityPart, ...]
     key: str = "id"
     aggregates: dict[str, Aggregate] = field(default_factory=dict)
+    #: Set-based statements built from this entity, by their shape (``tools.sources.batch``): built
+    #: once per kind of lookup and part, their keys an expanding parameter, so SQLAlchemy compiles
+    #: each once (its compiled cache) and no ``select()`` is rebuilt per chunk.
+    statements: dict[Hashable, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def part(self) -> EntityPart:
@@ -277,13 +281,19 @@ IN_CHUNK = 500
 def order_rows(rows: list[dict[str, Any]], order_by: str, descending: bool = True,
                limit: int | None = None) -> list[dict[str, Any]]:
     """Sort converted rows as SQL orders them here (NULL lowest), in place; keep ``limit``."""
-    rows.sort(key=lambda r: (r.get(order_by) is not None, r.get(order_by)), reverse=descending)
+    if len(rows) > 1:
+        keys: list[Any] = [r.get(order_by) for r in rows]
+        if None in keys:
+            rows.sort(key=lambda r: (r.get(order_by) is not None, r.get(order_by)), reverse=descending)
+        else:  # the same order (stable, equal keys kept as they came), without a tuple per row
+            order = sorted(range(len(rows)), key=lambda i: keys[i], reverse=descending)
+            rows[:] = [rows[i] for i in order]
     if limit is not None:
         del rows[limit:]
     return rows
 
 
-@dataclass
+@dataclass(slots=True)
 class Fetched:
     """Converted rows plus the count of malformed rows and values skipped.
 
@@ -297,15 +307,19 @@ class Fetched:
     skipped_raw: list[dict[str, Any]] = field(default_factory=list)
 
     def add(self, part: EntityPart, names: Sequence[str], raw: Sequence[Any]) -> None:
-        problems: list[str] = []
+        self.add_converted(part.converter(names), raw)
+
+    def add_converted(self, conv: RowConverter, raw: Sequence[Any]) -> None:
+        """Add one raw row through ``conv`` (``EntityPart.converter``: built once per statement)."""
+        problems: list[str] | None = [] if conv.nested else None
         try:
-            row = {n: _value(part, n, v, problems) for n, v in zip(names, raw, strict=True)}
+            row = conv.convert(raw, problems)
         except RowError as exc:
-            self.skip(str(exc), dict(zip(names, raw, strict=True)))
+            self.skip(str(exc), dict(zip(conv.names, raw, strict=True)))
             return
         self.rows.append(row)
-        for reason in problems:
-            self.skip(reason, dict(zip(names, raw, strict=True)))
+        for reason in problems or ():
+            self.skip(reason, dict(zip(conv.names, raw, strict=True)))
 
     def skip(self, reason: str, raw: dict[str, Any]) -> None:
         """Count one malformed row or value (in this result and the read's tally)."""
@@ -319,11 +333,6 @@ class Fetched:
 def _json_safe(v: Any) -> Any:
     """A custom value as it reads back from memory (JSON): dates as ISO text."""
     return v.isoformat() if isinstance(v, date | datetime) else v
-
-
-def _value(part: EntityPart, name: str, raw: Any, problems: list[str]) -> Any:
-    spec = part.fields.get(name)
-    return None if spec is None else spec.to_python(raw, problems)  # None: an optional field left out
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ from typing import Any
 
 from tools.mapping.conversions import CONVERSIONS, TYPE_CASTS, RowError
 
+#: Declared types whose raw value is kept as it is when the driver already returns that Python type
+#: (checked by class, so ``True`` is no ``int``): the cast would return an equal value.
+_KEPT_AS_IS = {"str": "str", "int": "int", "float": "float", "decimal": "float"}
+
 #: Set by fault injection (``corrupt``): rewrites raw rows before conversion.
 ROW_TAMPER: ContextVar[Callable[[str, Sequence[str], Sequence[Any]], Sequence[Any]] | None] = \
     ContextVar("custctx_row_tamper", default=None)
@@ -79,6 +83,34 @@ class FieldSpec:
         except _UNREADABLE as exc:
             raise RowError(f"{self.name}: cannot read {raw!r} as {self.convert or self.type}") from exc
         return self._mapped(v)
+
+    def python_expr(self, var: str, ns: dict[str, Any]) -> str:
+        """A Python expression converting the raw value in ``var`` as :meth:`to_python` does
+        (``problems`` names the list nested values' problems go to), its callables put in ``ns``:
+        compiled once per statement (:func:`tools.mapping.part.EntityPart.converter`), so a
+        row costs no lookups of the field's type, conversion or value map."""
+        me = f"_f_{var}"
+        ns[me] = self
+        if self.type == "json":
+            return f"{me}.to_python({var}, problems)"
+        if self.required:
+            ns[f"_missing_{var}"] = self._missing
+            none = f"_missing_{var}()"
+        elif self.values and None in self.values:
+            ns[f"_none_{var}"] = self.values[None]
+            none = f"_none_{var}"
+        else:
+            none = "None"
+        cast = f"_cast_{var}"
+        ns[cast] = CONVERSIONS[self.convert][0] if self.convert else TYPE_CASTS[self.type]
+        kept = None if self.convert else _KEPT_AS_IS.get(self.type)
+        value = f"({var} if {var}.__class__ is {kept} else {cast}({var}))" if kept else f"{cast}({var})"
+        if self.values is not None:
+            value = f"{me}._mapped({value})"
+        return f"({none} if {var} is None else {value})"
+
+    def _missing(self) -> Any:
+        raise RowError(f"{self.name} is missing")
 
     def _mapped(self, v: Any) -> Any:
         if self.values is None:

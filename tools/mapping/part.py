@@ -9,7 +9,7 @@ to ``||`` with NULL parts left out, on every dialect.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,17 @@ class EntityPart:
     alias: str = "t"
     #: Fields the reader may ask for that this mapping leaves out: read as NULL.
     optional: frozenset[str] = frozenset()
+    _converters: dict[tuple[str, ...], RowConverter] = field(default_factory=dict, init=False, compare=False,
+                                                             repr=False)
+
+    def converter(self, names: Sequence[str]) -> RowConverter:
+        """The conversion of a raw row of ``names`` into a row of Python values, built once per
+        list of names (see :class:`RowConverter`)."""
+        key = tuple(names)
+        conv = self._converters.get(key)
+        if conv is None:
+            conv = self._converters[key] = RowConverter(self, key)
+        return conv
 
     @property
     def names(self) -> list[str]:
@@ -142,3 +153,36 @@ class EntityPart:
             else:
                 out.append(expr == value)
         return out
+
+
+class RowConverter:
+    """A raw row of ``names`` → ``{name: Python value}``, as ``FieldSpec.to_python`` converts each
+    value, compiled into one function: no per-value lookup of the field, its type or conversion,
+    values the driver already returns as the declared type kept as they are. A row that fails is
+    converted again field by field, so its error (``RowError``, the field and value named) and its
+    nested values' problems are exactly the field-by-field conversion's.
+
+    ``nested``: whether a field is ``type: json`` (its problems are collected in a list)."""
+
+    __slots__ = ("convert", "names", "nested")
+
+    def __init__(self, part: EntityPart, names: tuple[str, ...]):
+        self.names = names
+        specs = [part.fields.get(n) for n in names]
+        self.nested = any(s is not None and s.type == "json" for s in specs)
+
+        def slow(raw: Sequence[Any], problems: list[str] | None) -> dict[str, Any]:
+            if problems:
+                del problems[:]
+            return {n: None if s is None else s.to_python(v, problems)  # None: an optional field left out
+                    for n, s, v in zip(names, specs, raw, strict=True)}
+
+        ns: dict[str, Any] = {"_slow": slow}
+        variables = [f"v{i}" for i in range(len(names))]
+        values = ", ".join(f"{n!r}: {'None' if s is None else s.python_expr(v, ns)}"
+                           for n, s, v in zip(names, specs, variables, strict=True))
+        unpack = f"        {', '.join(variables)}, = raw\n" if names else "        if len(raw): raise ValueError\n"
+        source = (f"def convert(raw, problems):\n    try:\n{unpack}        return {{{values}}}\n"
+                  "    except Exception:\n        return _slow(raw, problems)\n")
+        exec(compile(source, f"<row converter {part.table}>", "exec"), ns)  # noqa: S102 - names are repr()'d
+        self.convert: Callable[[Sequence[Any], list[str] | None], dict[str, Any]] = ns["convert"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from collections.abc import Mapping as MappingOf
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -54,6 +56,23 @@ class ReadClock:
     now: Callable[[], datetime] = utcnow
 
 
+@dataclass(frozen=True)
+class _At:
+    """A clock that always reads ``t``: the one time of a bulk read."""
+
+    t: datetime
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+#: Connections the reads of one customer's slices share, by engine (``tools.context.read`` binds one
+#: per local SQLite engine while it reads a customer's slices inline): one checkout and one read
+#: transaction for them all, instead of one per slice.
+SHARED_CONNECTIONS: ContextVar[dict[Engine, Connection] | None] = ContextVar("custctx_shared_connections",
+                                                                             default=None)
+
+
 class SliceNotFound(LookupError):
     """The source is connected but holds nothing for this customer."""
 
@@ -80,7 +99,8 @@ class SourceReader:
         tally = [0]
         token = SKIP_TALLY.set(tally)
         try:
-            with self.engine.connect() as conn:
+            shared = SHARED_CONNECTIONS.get()
+            with nullcontext(shared[self.engine]) if shared and self.engine in shared else self.engine.connect() as conn:
                 self._apply_deadline(conn)
                 return counted(method(conn, customer, clock), tally)
         except SliceNotFound:
@@ -106,8 +126,10 @@ class SourceReader:
         """
         batch = batch or RowBatch()
         batch.next_chunk()
+        clock = replace(clock, now=_At(clock.now()))  # the bulk read's slices are all fetched now
         out: dict[tuple[str, str], Slice | Exception] = {}
         pending = [(name, c) for name, customers in wanted.items() for c in customers]
+        methods = {name: getattr(self, "read_" + name.split(".", 1)[1]) for name in wanted}
         token = ROW_BATCH.set(batch)
         try:
             with self.engine.connect() as conn:
@@ -115,7 +137,7 @@ class SourceReader:
                 for _ in range(MAX_ROUNDS):
                     again = []
                     for name, customer in pending:
-                        method = getattr(self, "read_" + name.split(".", 1)[1])
+                        method = methods[name]
                         tally = [0]
                         tally_token = SKIP_TALLY.set(tally)
                         batch.missed = False
@@ -168,18 +190,30 @@ class SourceReader:
         """
         ent = self.mapping.entity(entity)
         values = list(dict.fromkeys(values))
-        if ROW_BATCH.get() is None and len(values) <= IN_CHUNK:
+        batch = ROW_BATCH.get()
+        if batch is None and len(values) <= IN_CHUNK:
             return ent.lookup_rows(conn, field, values, tuple(where), window, fields, order_by, descending, limit)
         # set-based: the chunk's keys in one statement, fields, window, order and limit pushed down
         sig = ("lookup", entity, field, tuple(where), window, tuple(fields or ()), order_by, descending, limit)
-        got = self.batched(conn, sig, values, SetLookup(ent, field, where, window, fields, order_by, descending,
-                                                        limit))
-        out = Fetched()
-        for v in values:
-            out.rows.extend(got[v].rows)
-            out.skipped += got[v].skipped
-            out.errors.extend(got[v].errors)
-            out.skipped_raw.extend(got[v].skipped_raw)
+        loaded = batch.loaded.get((self.source, sig)) if batch is not None else None
+        try:  # the common case in a bulk read: loaded already (no statement object made)
+            got = [loaded[v] for v in values] if loaded is not None else None
+        except KeyError:
+            got = None
+        if got is None:
+            by_key = self.batched(conn, sig, values, SetLookup(ent, field, where, window, fields, order_by,
+                                                                descending, limit))
+            got = [by_key[v] for v in values]
+        if len(got) == 1:
+            one = got[0]
+            out = Fetched(list(one.rows), one.skipped, list(one.errors), list(one.skipped_raw))
+        else:
+            out = Fetched()
+            for f in got:
+                out.rows.extend(f.rows)
+                out.skipped += f.skipped
+                out.errors.extend(f.errors)
+                out.skipped_raw.extend(f.skipped_raw)
         count_skipped(out.skipped)  # loaded without a tally (Entity.rows_by): this read's skips
         if order_by:
             order_rows(out.rows, order_by, descending, limit)
@@ -232,11 +266,17 @@ class SourceReader:
         extra_ids: Iterable[str] = (),
     ) -> Provenance:
         """Provenance of a slice built from ``rows``; its ``skipped_rows`` is set when the read
-        ends (:func:`counted`), from everything the read skipped."""
-        rows = list(rows)
-        ids = [str(r[id_field]) for r in rows if r.get(id_field) is not None]
+        ends (:func:`counted`), from everything the read skipped.
+
+        In a bulk read whose lookups were answered by placeholders this run, the method stops
+        here (``NeedRows``): the slice would be thrown away, and it runs again once loaded."""
+        batch = ROW_BATCH.get()
+        if batch is not None and batch.missed:
+            raise NeedRows("provenance")
+        rows = rows if isinstance(rows, list) else list(rows)
+        ids = [str(i) for r in rows if (i := r.get(id_field)) is not None]
         ids.extend(extra_ids)
-        updated = [r["updated_at"] for r in rows if r.get("updated_at") is not None]
+        updated = [u for r in rows if (u := r.get("updated_at")) is not None]
         return Provenance(
             source=self.source,
             system=self.mapping.system,

@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy import func, select, type_coerce
+from sqlalchemy import bindparam, func, select, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
 
@@ -112,9 +112,11 @@ class SetLookup:
         self.entity, self.field, self.where, self.window = entity, field, tuple(where), window
         self.fields, self.order_by, self.descending, self.limit = fields, order_by, descending, limit
 
-    def statement(self, p: EntityPart, names: list[str], raws: Sequence[Any]) -> Any:
+    def statement(self, p: EntityPart, names: list[str]) -> Any:
+        """The part's statement, its keys the expanding parameter ``keys``."""
         key = type_coerce(p.col(self.field), NullType()).label("_key_")
-        stmt = self.entity.select(names, p).add_columns(key).where(p.col(self.field).in_(list(raws)))
+        keys: Any = bindparam("keys", expanding=True)
+        stmt = self.entity.select(names, p).add_columns(key).where(p.col(self.field).in_(keys))
         for k, v in self.where:
             stmt = stmt.where(p.eq(k, v))
         if self.window:
@@ -131,25 +133,63 @@ class SetLookup:
         cols = [ranked.c[n] for n in names]
         return select(*cols, ranked.c["_key_"]).where(ranked.c["_rank_"] <= self.limit)
 
+    def _statement(self, i: int, p: EntityPart, names: list[str]) -> Any:
+        """The statement of part ``i``, built once per shape for the entity (see ``Entity.statements``)."""
+        shape = ("set", i, self.field, self.where, self.window, tuple(names), self.order_by, self.descending,
+                 self.limit)
+        stmt = self.entity.statements.get(shape)
+        if stmt is None:
+            stmt = self.entity.statements[shape] = self.statement(p, names)
+        return stmt
+
     def __call__(self, conn: Connection, values: Sequence[Any]) -> dict[Any, Fetched]:
-        out: dict[Any, Fetched] = {v: Fetched() for v in values}
+        out: dict[Any, Fetched] = {}
         tamper = ROW_TAMPER.get()
         token = SKIP_TALLY.set(None)  # counted against each customer by the lookup that takes the rows
         try:
-            for p in self.entity.parts:
+            for i, p in enumerate(self.entity.parts):
                 names = list(self.fields or p.names)  # optional fields left out come back as null keys
+                conv = p.converter(names)
                 by_raw: dict[str, list[Any]] = {}  # raw keys compared as text, as the driver returns them
                 raws: list[Any] = []
                 for v, raw in p.fields[self.field].in_source(values):
                     if str(raw) not in by_raw:
                         raws.append(raw)
                     by_raw.setdefault(str(raw), []).append(v)
-                for i in range(0, len(raws), IN_CHUNK):
-                    stmt = self.statement(p, names, raws[i:i + IN_CHUNK])
-                    for raw in conn.execute(stmt, execution_options={"yield_per": STREAM_ROWS}):
-                        row = raw[:-1]
-                        for v in by_raw.get(str(raw[-1]), ()):
-                            out[v].add(p, names, tamper(p.table, names, row) if tamper else row)
+                if not raws:
+                    continue
+                stmt = self._statement(i, p, names)
+                for j in range(0, len(raws), IN_CHUNK):
+                    result = conn.execute(stmt, {"keys": raws[j:j + IN_CHUNK]},
+                                          execution_options={"yield_per": STREAM_ROWS})
+                    for rows in result.partitions():  # streamed, a driver fetch at a time
+                        for raw in rows:
+                            row = raw[:-1]
+                            for v in by_raw.get(str(raw[-1]), ()):
+                                fetched = out.get(v)
+                                if fetched is None:
+                                    fetched = out[v] = Fetched()
+                                fetched.add_converted(conv, tamper(p.table, names, row) if tamper else row)
         finally:
             SKIP_TALLY.reset(token)
-        return out
+        # a key without rows: one shared empty result (lookups copy what they take, never change it)
+        none = Fetched()
+        return {v: out.get(v, none) for v in values}
+
+
+class SetAggregate:
+    """The set-based statement behind a declared aggregate in a bulk read (``Entity.aggregate``):
+    one ``GROUP BY`` statement per chunk of keys, so the rows are summed, counted or compared
+    by the database and never shipped to Python; a single customer's read runs the same
+    statement with one key. Placeholder-aware like :class:`SetLookup` (no round of its own)."""
+
+    def __init__(self, entity: Entity, name: str):
+        self.entity, self.name = entity, name
+
+    @staticmethod
+    def empty() -> None:
+        """A placeholder while a bulk read notes what its methods need (never in a slice)."""
+        return None
+
+    def __call__(self, conn: Connection, values: Sequence[Any]) -> dict[Any, Any]:
+        return self.entity.aggregate(conn, self.name, values)

@@ -25,6 +25,7 @@ from tools.slices import (
     PaymentMethod,
 )
 from tools.sources.base import CustomerRef, ReadClock, SourceReader, first
+from tools.sources.batch import SetAggregate
 
 
 class BillingReader(SourceReader):
@@ -86,8 +87,8 @@ class BillingReader(SourceReader):
                              window=("created", since, None), order_by="created")
         charges = self.mapping.entity("charge")
         if REVENUE_AGGREGATE in charges.aggregates:  # the warehouse sums it (a mapping's own definition)
-            revenue = self.batched(conn, ("aggregate", REVENUE_AGGREGATE), [billing_id], lambda c, keys: (
-                charges.aggregate(c, REVENUE_AGGREGATE, keys)))[billing_id] or 0.0
+            revenue = self.batched(conn, ("aggregate", "charge", REVENUE_AGGREGATE), [billing_id],
+                                   SetAggregate(charges, REVENUE_AGGREGATE))[billing_id] or 0.0
             first_paid = None
         else:
             succeeded = self.lookup(conn, "charge", "customer_id", [billing_id], where=[("status", CHARGE_PAID)],

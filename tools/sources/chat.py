@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import String, func, literal, select, type_coerce, union_all
+from sqlalchemy import String, bindparam, func, select, type_coerce, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.types import NullType
 
-from tools.mapping.engine import ROW_TAMPER, SKIP_TALLY, Entity, Fetched, count_skipped, order_rows
+from tools.mapping.engine import (
+    ROW_TAMPER,
+    SKIP_TALLY,
+    Entity,
+    EntityPart,
+    Fetched,
+    count_skipped,
+    order_rows,
+    prepared,
+)
 from tools.slices import ChatMention, ChatMentions
 from tools.sources.base import CustomerRef, ReadClock, SourceReader
-from tools.sources.batch import STREAM_ROWS, in_batch
+from tools.sources.batch import in_batch
 
 MAX_MENTIONS = 20
 #: Names matched per statement (SQLite allows 500 terms in a compound SELECT).
@@ -75,22 +85,33 @@ class MentionLookup:
         return out
 
     def _match(self, conn: Connection, names: Sequence[str], out: dict[str, Fetched], tamper: Any) -> None:
-        # the names as a derived table (UNION ALL of one-row selects: every dialect reads it)
-        wanted = union_all(*(select(literal(n, String).label("name"),
-                                    literal(f"%{_like_escape(n)}%", String).label("pattern"))
-                             for n in names)).subquery("wanted")
-        for p in self.entity.parts:
+        # padded to a power of two (or the most per statement) with NULL names, which match nothing: a
+        # statement is built and compiled once per size and window, run with the names as parameters
+        size = min(NAMES_PER_STATEMENT, 1 << max(0, len(names) - 1).bit_length())
+        padded = [*names, *[None] * (size - len(names))]
+        params = {f"n{j}": n for j, n in enumerate(padded)}
+        params.update({f"p{j}": None if n is None else f"%{_like_escape(n)}%" for j, n in enumerate(padded)})
+        for i, p in enumerate(self.entity.parts):
             fields = list(p.fields)
-            ts = p.col("ts")
-            rank = func.row_number().over(partition_by=wanted.c.name, order_by=ts.desc().nulls_last())
-            match = func.lower(p.col("text")).like(wanted.c.pattern, escape="\\")
-            stmt = (select(*(type_coerce(p.col(f), NullType()).label(f) for f in fields),
-                           wanted.c.name.label("_name_"), rank.label("_rank_"))
-                    .select_from(p.from_clause.join(wanted, match))
-                    .where(*p.filters(), *p.within("ts", self.since, self.until)))
-            ranked = stmt.subquery("ranked")
-            query = select(*(ranked.c[f] for f in fields), ranked.c["_name_"]).where(
-                ranked.c["_rank_"] <= MAX_MENTIONS)
-            for raw in conn.execute(query, execution_options={"yield_per": STREAM_ROWS}):
+            sql, bind = prepared(conn, ("mentions", id(self.entity), i, size, self.since, self.until),
+                                 partial(self._statement, p, fields, size))
+            conv = p.converter(fields)
+            for raw in conn.exec_driver_sql(sql, bind(params)):
                 row = raw[:-1]
-                out[raw[-1]].add(p, fields, tamper(p.table, fields, row) if tamper else row)
+                out[raw[-1]].add_converted(conv, tamper(p.table, fields, row) if tamper else row)
+
+    def _statement(self, p: EntityPart, fields: list[str], n: int) -> Any:
+        """The part's statement for ``n`` names, bound as n0.. (the name) and p0.. (its pattern)."""
+        # the names as a derived table (UNION ALL of one-row selects: every dialect reads it)
+        wanted = union_all(*(select(bindparam(f"n{j}", type_=String).label("name"),
+                                    bindparam(f"p{j}", type_=String).label("pattern"))
+                             for j in range(n))).subquery("wanted")
+        ts = p.col("ts")
+        rank = func.row_number().over(partition_by=wanted.c.name, order_by=ts.desc().nulls_last())
+        match = func.lower(p.col("text")).like(wanted.c.pattern, escape="\\")
+        stmt = (select(*(type_coerce(p.col(f), NullType()).label(f) for f in fields),
+                       wanted.c.name.label("_name_"), rank.label("_rank_"))
+                .select_from(p.from_clause.join(wanted, match))
+                .where(*p.filters(), *p.within("ts", self.since, self.until)))
+        ranked = stmt.subquery("ranked")
+        return select(*(ranked.c[f] for f in fields), ranked.c["_name_"]).where(ranked.c["_rank_"] <= MAX_MENTIONS)
