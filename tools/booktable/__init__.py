@@ -3,8 +3,9 @@
 ``tools.traits`` derives tier, health, risk indicators and the churn score from slices;
 a view across the whole book ("which enterprise accounts are at risk or renew this
 month?") cannot recompute them per customer per question. So every refresh (the worker,
-``custctx refresh``, events, webhooks) ends with :func:`materialise`: the refreshed
-customers' traits are computed from the snapshots long-term memory now holds — every slice
+``custctx refresh``, events, webhooks) materialises its customers' traits, chunk by chunk
+(``materialise_refreshed``: from the slices the chunk just wrote, what it did not write read
+from memory — so from the snapshots long-term memory now holds) — every slice
 ``derive_traits`` needs (account, billing, usage, support, and the relationship signals'
 contacts, email, meetings and calls), so health and the churn score are the ones a
 customer's context shows — and upserted into two indexed tables of the state database —

@@ -218,10 +218,22 @@ def materialise(settings: Settings, memory: ContextMemory, customer_ids: Iterabl
     return written
 
 
+def materialise_refreshed(settings: Settings, memory: ContextMemory, held: dict[str, dict[str, Slice]],
+                          missing: dict[str, list[str]]) -> int:
+    """A refresh chunk's book rows (``tools.refresh.runner``), in ``memory``'s tenant: each customer's
+    from the slices the chunk just wrote (``held``: customer id → slices), and what it did not write
+    (``missing``: customer id → slice names — a read that failed, whose last snapshot memory keeps,
+    or a slice the refresh did not read) from memory. Returns the rows written."""
+    for cid, names in missing.items():
+        held.setdefault(cid, {}).update({n: c.slice for n, c in memory.get_many(cid, names).items()})
+    return materialise_slices(settings, memory.tenant, held)
+
+
 def after_refresh(settings: Settings, memory: ContextMemory, customer_ids: Iterable[str],
                   caller_tenant: str | None = None) -> int:
-    """The hook every refresh ends with (``tools.refresh.jobs``): the refreshed customers' book rows,
-    in the tenant the refresh wrote to (the caller's, when a principal asked)."""
+    """These customers' book rows made again from memory, in the tenant a refresh wrote to (the
+    caller's, when a principal asked). A refresh itself makes them chunk by chunk, from the slices
+    each chunk wrote (:func:`materialise_refreshed`, called by ``tools.refresh.runner``)."""
     if caller_tenant is not None and caller_tenant != memory.tenant:
         memory = memory.for_tenant(caller_tenant)
     return materialise(settings, memory, customer_ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from langgraph.store.base import BaseStore, Op, PutOp, Result
 
@@ -15,6 +16,7 @@ from tools.access.gate import Access
 from tools.guard import CallOutcome, SourceGuard
 from tools.mapping.conversions import MappingError
 from tools.memory import ContextMemory
+from tools.memory_batch import SnapshotSink, write_snapshots
 from tools.settings import Settings
 from tools.slices import SLICE_MODELS, Slice, SourceGap
 from tools.sources.base import CustomerRef, ReadClock, SliceNotFound
@@ -22,21 +24,29 @@ from tools.sources.batch import RowBatch
 from tools.sources.registry import reader
 
 
-class _WriteBuffer(BaseStore):
-    """A store view that holds puts until :meth:`flush` (one batch, one transaction) and
-    passes reads through, so ``ContextMemory.put`` keeps its one value format."""
+class _WriteBuffer(BaseStore, SnapshotSink):
+    """A store view that holds a chunk's snapshots until :meth:`flush` writes them in one batch,
+    one transaction (``tools.memory_batch``: straight into the SQLite / PostgreSQL store's table),
+    keeping the slices they were made from for the chunk's book rows; reads pass through.
+    ``ContextMemory.put`` keeps its one value format: it hands the value here (:meth:`hold`)."""
 
     def __init__(self, inner: BaseStore):
         self.inner = inner
-        self._ops: list[PutOp] = []
+        #: (namespace, key) → (the value, or None: remove; the slice it was made from, if known)
+        self._held: dict[tuple[tuple[str, ...], str], tuple[dict[str, Any] | None, Slice | None]] = {}
         self._lock = threading.Lock()
+
+    def hold(self, namespace: tuple[str, ...], key: str, value: dict[str, Any], s: Slice) -> None:
+        with self._lock:
+            self._held[namespace, key] = (value, s)
 
     def batch(self, ops: Iterable[Op]) -> list[Result]:
         ops = list(ops)
         puts = [o for o in ops if isinstance(o, PutOp)]
-        if ops and len(puts) == len(ops):
+        if ops and len(puts) == len(ops):  # a put that did not come through ContextMemory.put
             with self._lock:
-                self._ops.extend(puts)
+                for o in puts:
+                    self._held[o.namespace, o.key] = (None if o.value is None else dict(o.value), None)
             return [None] * len(ops)
         return self.inner.batch(ops)
 
@@ -45,13 +55,16 @@ class _WriteBuffer(BaseStore):
 
     def forget(self, namespace: tuple[str, ...], key: str) -> None:
         with self._lock:
-            self._ops.append(PutOp(namespace, key, None))
+            self._held[namespace, key] = (None, None)
 
-    def flush(self) -> None:
+    def flush(self) -> dict[tuple[tuple[str, ...], str], Slice]:
+        """Write what the chunk holds (the last write of each snapshot wins); returns the slices
+        written, by (namespace, key) — all the chunk keeps of them (memory stays flat)."""
         with self._lock:
-            ops, self._ops = self._ops, []
-        if ops:
-            self.inner.batch(ops)
+            held, self._held = self._held, {}
+        write_snapshots(self.inner, [(ns, key, v) for (ns, key), (v, _) in held.items() if v is not None],
+                        [(ns, key) for (ns, key), (v, _) in held.items() if v is None])
+        return {k: s for k, (v, s) in held.items() if v is not None and s is not None}
 
 
 #: Budget of one source's bulk read of a chunk (it answers for CHUNK customers at once).
@@ -113,9 +126,9 @@ class _Bulk:
             return None
         ms = outcome.latency_ms / max(1, n)
         out: dict[tuple[str, str], tuple[Slice | SourceGap, CallOutcome] | None] = {}
+        self.memory.put_many((cid, r) for (cid, _), r in results.items() if isinstance(r, Slice))
         for (cid, name), result in results.items():
             if isinstance(result, Slice):
-                self.memory.put(cid, result)
                 out[cid, name] = (self.access.admit(cid, result, ms), CallOutcome(source, name, "ok", ms, 1))
             elif isinstance(result, SliceNotFound):
                 gap = SourceGap(slice=name, source=source, kind="not_found", message=str(result))

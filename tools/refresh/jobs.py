@@ -15,6 +15,9 @@
 * :func:`refresh_customer` / :func:`refresh_event`: one customer's slices (those an
   event invalidates, :data:`EVENTS`) read live and written at once.
 
+Every refresh keeps the book table (``tools.booktable``) in step: each chunk, once written,
+materialises its customers' book rows from the slices it just wrote (``tools.refresh.runner``).
+
 A refresh never overwrites a good snapshot with a failure: a read that fails leaves
 the last snapshot in memory (reported in ``failed``); a read that finds no record
 (``not_found``) removes the snapshot, so memory matches the source.
@@ -28,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from tools.access.principal import Principal
-from tools.booktable import after_refresh  # the book table: traits of the refreshed customers
 from tools.context.assembly import expand_slices
 from tools.context.scope import default_guard
 from tools.guard import SourceGuard, summarize
@@ -147,8 +149,6 @@ def refresh_full(settings: Settings, memory: ContextMemory, *, concurrency: int 
                workers=_workers(settings, memory, guard, workers, total), caller=caller)
     report.changed_by_source = {s: report.customers for s in sources}
     _commit(settings, marks, tally, report)
-    after_refresh(settings, memory, _book(settings) if whole_book else report.refreshed,
-                  caller.tenant if caller else None)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -216,7 +216,6 @@ def refresh_incremental(settings: Settings, memory: ContextMemory, *, concurrenc
     report.refreshed = list(dict.fromkeys(report.refreshed))
     report.customers = len(report.refreshed)
     _commit(settings, new_marks, tally, report)
-    after_refresh(settings, memory, report.refreshed, caller.tenant if caller else None)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -243,7 +242,6 @@ def refresh_customer(settings: Settings, memory: ContextMemory, customer_id: str
                stage=mode, total=1, slice_parallel=True, caller=caller)
     report.changed_by_source = {s: 1 for s in dict.fromkeys(SLICE_MODELS[n].source for n in names)}
     report.watermarks = watermarks(settings)
-    after_refresh(settings, memory, report.refreshed, caller.tenant if caller else None)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

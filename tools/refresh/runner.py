@@ -20,12 +20,14 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 
 from tools.access.gate import Access
 from tools.access.principal import Principal
+from tools.booktable.table import BOOK_SLICES, book_engine, materialise_refreshed
 from tools.context.read import read_slices
 from tools.context.scope import ReadScope, default_guard
 from tools.guard import SourceGuard
@@ -36,7 +38,7 @@ from tools.memory import ContextMemory, open_store
 from tools.refresh.bulk import BULK_TIMEOUT_S, _Bulk, _WriteBuffer
 from tools.refresh.report import MAX_FAILED_LISTED, RefreshReport, SliceWrite, _Tally
 from tools.settings import SOURCE_NAMES, Settings
-from tools.slices import Slice, SourceGap
+from tools.slices import SLICE_MODELS, Slice, SourceGap
 from tools.sources.base import CustomerRef, ReadClock, utcnow
 from tools.sources.registry import config_fingerprint, engine_for, resolve_as_of
 
@@ -67,6 +69,22 @@ def _refs(settings: Settings, ids: Sequence[str]) -> dict[str, CustomerRef]:
     return out
 
 
+class _Stamp:
+    """The wall clock read once per chunk (:meth:`tick`): every slice of the chunk is stamped with
+    that reading (provenance ``fetched_at``, memory's ``stored_at``) instead of two readings per
+    slice. A read outside a refresh reads its clock each time."""
+
+    def __init__(self, clock: Callable[[], datetime]):
+        self.clock = clock
+        self.at = clock()
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def tick(self) -> None:
+        self.at = self.clock()
+
+
 def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
     buf: list[Any] = []
     for item in items:
@@ -85,11 +103,14 @@ class _Chunks:
                  slice_parallel: bool = False, caller: Principal | None = None):
         self.settings, self.memory, self.slice_parallel = settings, memory, slice_parallel
         self.guard = guard or default_guard(settings)
-        self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=memory.clock)
+        self.stamp = _Stamp(memory.clock)
+        self.clock = ReadClock(as_of=resolve_as_of(settings), settings=settings, now=self.stamp)
         self.access = refresh_access(settings, memory.tenant, caller)
         self.buffer = _WriteBuffer(memory.store)
-        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, memory.clock, key=memory.key,
+        self.buffered = ContextMemory(self.buffer, memory.tenant, memory.ttls, self.stamp, key=memory.key,
                                       config=memory.config)
+        #: the book rows' slices of the connected sources (a book row is made of these)
+        self.book_slices = [n for n in BOOK_SLICES if SLICE_MODELS[n].source in set(_connected(settings))]
         self.bulk = None if slice_parallel else _Bulk(settings, self.clock, self.guard, self.buffered, self.buffer,
                                                       self.access)
         # Refresh reads live, through the buffered memory (its writes land in one transaction per chunk).
@@ -114,6 +135,8 @@ class _Chunks:
         return results
 
     def run(self, chunk: Sequence[tuple[str, Sequence[str]]], tally: _Tally) -> None:
+        """Read a chunk, write its slices to memory in one batch, then its customers' book rows."""
+        self.stamp.tick()
         refs = _refs(self.settings, [cid for cid, _ in chunk])
         jobs: list[tuple[CustomerRef, Sequence[str]]] = []
         for cid, names in chunk:
@@ -122,6 +145,7 @@ class _Chunks:
                 tally.unknown(cid)
                 continue
             jobs.append((ref, [n for n in names if self.access.allows(n)]))  # a caller's role: its slices
+        statuses: dict[str, dict[str, str | None]] = {}  # customer id → slice → how its read ended
         with self.access.batch():  # the chunk's audit records in one transaction
             got, again = self.bulk.read(jobs) if self.bulk else ({}, jobs)
             futures = {ref.customer_id: self.pool.submit(self.one, ref, names) for ref, names in again if names}
@@ -130,7 +154,31 @@ class _Chunks:
                 extra = futures[ref.customer_id].result() if ref.customer_id in futures else []
                 by_name = {**mine, **{n: (g, o) for n, g, o in extra}}
                 tally.add(ref.customer_id, [(n, *by_name[n]) for n in names])
-        self.buffer.flush()
+                statuses[ref.customer_id] = {n: o.status if o is not None else None
+                                             for n, (_, o) in by_name.items()}
+        self.book(statuses, self.buffer.flush())
+
+    def book(self, statuses: dict[str, dict[str, str | None]], written: dict[tuple[tuple[str, ...], str], Slice],
+             ) -> None:
+        """The chunk's book rows (``tools.booktable``), in the tenant the refresh is for: made from
+        the slices the chunk just wrote; what it did not write — a read that failed (memory keeps
+        the last snapshot), a slice this refresh does not read — is read from memory. A slice of a
+        source that is not connected is never part of a row (no context read serves one)."""
+        tenant = self.access.tenant
+        memory = self.memory if self.memory.tenant == tenant else self.memory.for_tenant(tenant)
+        held: dict[str, dict[str, Slice]] = {}
+        missing: dict[str, list[str]] = {}
+        for cid, status in statuses.items():
+            ns, have, need = memory.namespace(cid), {}, []
+            for n in self.book_slices:
+                if status.get(n) == "ok" and (s := written.get((ns, n))) is not None:
+                    have[n] = s
+                elif status.get(n) != "not_found":  # not_found: the snapshot was removed
+                    need.append(n)
+            held[cid] = have
+            if need:
+                missing[cid] = need
+        materialise_refreshed(self.settings, memory, held, missing)
 
 
 def run_chunks(settings: Settings, memory: ContextMemory, work: Iterable[tuple[str, Sequence[str]]],
@@ -210,6 +258,7 @@ def _run_in_processes(settings: Settings, memory: ContextMemory, work: Iterable[
     """Chunks to ``workers`` processes, at most two each in flight (bounded memory), merged in order."""
     if memory.clock is not utcnow:
         raise ValueError("a refresh with worker processes needs memory on the real clock")
+    book_engine(settings)  # the book tables made here, once, not raced for by the workers' first chunks
     ctx = multiprocessing.get_context("spawn")  # no inherited connections or locks
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker,
                              initargs=(settings, memory.tenant, dict(memory.ttls), memory.key, concurrency,
