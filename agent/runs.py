@@ -25,6 +25,7 @@ from tools.access.principal import Principal, default_principal
 from tools.context.assembly import CustomerContext, assemble_context, expand_slices
 from tools.context.read import resolve, visible
 from tools.context.scope import ReadScope, default_guard
+from tools.context.shared import will_read
 from tools.identity import AmbiguousCustomer, BadReference, CustomerNotFound, IdentityIndex
 from tools.memory import ContextMemory, open_store
 from tools.settings import Settings
@@ -267,12 +268,15 @@ class Runner:
         resolve as it may see customers, then read the slices through long-term memory, the
         guard and its access policy. Raises the identity errors (a hidden customer is not found)."""
         scope = scope or self.request(principal, fresh=fresh)
+        names = expand_slices(slices)
+        if not fresh:
+            will_read(scope, names)  # the row check reads their snapshots with its own: one query
         # One audit transaction for the whole read: the row check made while resolving and the
         # slices' records are appended together when the batch ends — before the context is
         # returned, and in its ``finally`` also when resolving or reading fails.
         with scope.access.batch() if scope.access is not None else nullcontext():
             customer, matched_by = resolve(scope, ref)
-            return assemble_context(scope, customer, expand_slices(slices), matched_by=matched_by)
+            return assemble_context(scope, customer, names, matched_by=matched_by)
 
     @property
     def index(self) -> IdentityIndex:

@@ -38,8 +38,8 @@ def counted(monkeypatch):
     # a request resolves through the per-process cache (a hit computes nothing; it still counts)
     wrap(CachedIndex, "resolve", lambda *a, **k: counts.update(["resolve"]))
     wrap(Access, "__init__", lambda *a, **k: counts.update(["gate"]))
-    # every memory read is a get_many (get is get_many of one slice)
-    wrap(ContextMemory, "get_many", lambda customer_id, names: memory_reads.update(list(names)))
+    # every memory read is one ``rows`` query (get_many and get read through it)
+    wrap(ContextMemory, "rows", lambda customer_id, names: memory_reads.update(list(names)))
     return counts, memory_reads
 
 

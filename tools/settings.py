@@ -200,19 +200,33 @@ class Settings(BaseSettings):
         return sources
 
     def source(self, name: str) -> SourceConfig:
-        """The configuration of source ``name``, with defaults filled in."""
-        cfg = self.sources.get(name) or SourceConfig()
-        mapping = cfg.mapping or DEFAULT_MAPPINGS[name]
+        """The configuration of source ``name``, with defaults filled in (made once per configuration
+        and kept: a request asks several times; never change what it returns). Whether a SQLite
+        source's file exists is checked on every call."""
+        cfg = self.sources.get(name)
+        key = (name, cfg and (cfg.url, cfg.mapping, cfg.enabled, cfg.timeout_s), self.embedded_on, self.warehouse_url,
+               self.home, self.guard.timeout_s)
+        made = _SOURCES_MADE.get(key)
+        if made is None:
+            if len(_SOURCES_MADE) >= 4096:
+                _SOURCES_MADE.clear()
+            made = _SOURCES_MADE[key] = self._source(name, cfg or SourceConfig())
+        out, file = made
+        if file is not None and not os.path.exists(file):
+            # Connecting would create an empty file and answer "no customer" for every lookup.
+            return out.model_copy(update={"url": None, "problem": (
+                f"CUSTCTX_SOURCES__{name.upper()}__URL names the SQLite file {file}, which does not exist (a source "
+                "is read, never created): check the path")})
+        return out
+
+    def _source(self, name: str, cfg: SourceConfig) -> tuple[SourceConfig, str | None]:
+        """A source's configuration, and the SQLite file its own URL names (None: none to check)."""
         url = cfg.url
         if url is None and self.embedded_on and name not in OPTIONAL_SOURCES:
             url = self.embedded_warehouse_url
-        problem = None
-        if cfg.url is not None and cfg.enabled and (path := _missing_sqlite_file(cfg.url)) is not None:
-            # Connecting would create an empty file and answer "no customer" for every lookup.
-            url, problem = None, (f"CUSTCTX_SOURCES__{name.upper()}__URL names the SQLite file {path}, which does "
-                                  "not exist (a source is read, never created): check the path")
-        return SourceConfig(url=url if cfg.enabled else None, mapping=mapping, enabled=cfg.enabled,
-                            timeout_s=cfg.timeout_s or self.guard.timeout_s, problem=problem)
+        file = _sqlite_path(cfg.url) if cfg.url is not None and cfg.enabled else None
+        return SourceConfig(url=url if cfg.enabled else None, mapping=cfg.mapping or DEFAULT_MAPPINGS[name],
+                            enabled=cfg.enabled, timeout_s=cfg.timeout_s or self.guard.timeout_s), file
 
     @property
     def embedded_on(self) -> bool:
@@ -231,6 +245,10 @@ class Settings(BaseSettings):
         return self.state_url or f"sqlite:///{self.home / 'state.sqlite'}"
 
 
+#: Settings.source's configurations, by everything that makes one (so settings objects of one
+#: configuration share them, and a changed setting makes another).
+_SOURCES_MADE: dict[tuple[Any, ...], tuple[SourceConfig, str | None]] = {}
+
 _SQLITE_FILE = re.compile(r"^sqlite(\+\w+)?:///(?P<path>[^?]+)(?P<query>\?.*)?$")
 
 
@@ -242,12 +260,6 @@ def _sqlite_path(url: str) -> str | None:
     if m is None or m.group("query") or m.group("path") in (":memory:", "") or m.group("path").startswith("file:"):
         return None
     return m.group("path")
-
-
-def _missing_sqlite_file(url: str) -> str | None:
-    """The path of a SQLite source URL's file when that file does not exist, else None."""
-    path = _sqlite_path(url)
-    return path if path is not None and not os.path.exists(path) else None
 
 
 def _named(unknown: list[str], known: Mapping[str, Any] | tuple[str, ...]) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -66,6 +66,7 @@ from tools.access.audit_chain import (
     metadata,
     record_hash,
 )
+from tools.access.audit_sqlite import SqliteAppender, sqlite_file
 from tools.access.group_commit import GroupCommit
 from tools.settings import Settings
 from tools.sources.base import utcnow
@@ -126,6 +127,8 @@ class AuditLog:
         self.table_missing = False
         self._groups: dict[str, GroupCommit[dict[str, Any]]] = {}  # per tenant: concurrent appends, one commit
         self._groups_lock = threading.Lock()
+        path = sqlite_file(engine)
+        self._driver = SqliteAppender(path) if path is not None else None  # appends at the driver
         self._setup()
 
     def _setup(self) -> None:
@@ -212,21 +215,23 @@ class AuditLog:
         for row in rows:
             by_tenant.setdefault(row["tenant"], []).append(row)
         anchored = self.anchor.heads() if self.anchor else {}
-        heads: dict[str, ChainHead] = {}
-        with self._serialised(sorted(by_tenant)) as conn:
-            for tenant, mine in by_tenant.items():
-                head = self._head(conn, tenant)
-                if restart:  # continue after whichever is further on: the log or its anchor
-                    head = max((h for h in (head, anchored.get(tenant)) if h), key=lambda h: h.seq, default=None)
-                else:
-                    self._check_anchor(conn, tenant, head, anchored.get(tenant))
-                seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
-                for row in mine:
-                    seq += 1
-                    row.update(seq=seq, prev_hash=prev)
-                    row["hash"] = prev = record_hash(row)
-                heads[tenant] = ChainHead(seq, prev, mine[-1]["at"])
-            conn.execute(_INSERT, rows)
+
+        def link(tenant: str, mine: list[dict[str, Any]], head: ChainHead | None,
+                 hash_at: Callable[[int], str | None]) -> ChainHead:
+            if restart:  # continue after whichever is further on: the log or its anchor
+                head = max((h for h in (head, anchored.get(tenant)) if h), key=lambda h: h.seq, default=None)
+            else:
+                self._check_anchor(tenant, head, anchored.get(tenant), hash_at)
+            return _link(mine, head)
+
+        if self._driver is not None and not restart:  # a SQLite file: at the driver (audit_sqlite)
+            heads = self._driver.append(by_tenant, link)
+        else:
+            heads = {}
+            with self._serialised(sorted(by_tenant)) as conn:
+                for tenant, mine in by_tenant.items():
+                    heads[tenant] = link(tenant, mine, self._head(conn, tenant), partial(_hash_at, conn, tenant))
+                conn.execute(_INSERT, rows)
         if self.anchor is not None:  # after the commit: an anchor may lag the log, never lead it
             self.anchor.advance(heads)
         self._checked.update(heads)
@@ -254,14 +259,15 @@ class AuditLog:
         row = conn.execute(_HEAD, {"tenant": tenant}).first()
         return ChainHead(row.seq, row.hash, row.at) if row else None
 
-    def _check_anchor(self, conn: Connection, tenant: str, head: ChainHead | None, anchored: ChainHead | None) -> None:
+    def _check_anchor(self, tenant: str, head: ChainHead | None, anchored: ChainHead | None,
+                      hash_at: Callable[[int], str | None]) -> None:
         """Refuse to append to a chain that lost or rewrote what the anchor holds (the head is
-        compared every batch; a log ahead of its anchor, once per process, at the anchored seq)."""
+        compared every batch; a log ahead of its anchor, once per process, at the anchored seq:
+        ``hash_at(seq)`` reads that record's hash in the append's transaction)."""
         if anchored is None:
             return
         if head is not None and head.seq > anchored.seq and tenant not in self._checked:
-            c = audit_log_table.c
-            got = conn.execute(select(c.hash).where(c.tenant == tenant, c.seq == anchored.seq)).scalar()
+            got = hash_at(anchored.seq)
             head = ChainHead(anchored.seq, got) if got else None
         if head is None or head.seq < anchored.seq or (head.seq == anchored.seq and head.hash != anchored.hash):
             held = "no records" if head is None else f"head seq {head.seq} (hash {head.hash[:12]}…)"
@@ -314,6 +320,22 @@ class AuditLog:
         return reports
 
 
+def _link(rows: list[dict[str, Any]], head: ChainHead | None) -> ChainHead:
+    """Number and hash ``rows`` after ``head`` (in place); the new head."""
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    for row in rows:
+        seq += 1
+        row.update(seq=seq, prev_hash=prev)
+        row["hash"] = prev = record_hash(row)
+    return ChainHead(seq, prev, rows[-1]["at"])
+
+
+def _hash_at(conn: Connection, tenant: str, seq: int) -> str | None:
+    c = audit_log_table.c
+    got = conn.execute(select(c.hash).where(c.tenant == tenant, c.seq == seq)).scalar()
+    return str(got) if got else None
+
+
 _logs: dict[tuple[str, Path | None], AuditLog] = {}
 _lock = threading.Lock()
 
@@ -333,9 +355,17 @@ def audit_url(settings: Settings) -> str:
     return settings.audit_url or settings.state_db_url
 
 
+_configured: dict[tuple[str | None, str | None, Path], AuditLog] = {}
+
+
 def audit_log_for(settings: Settings) -> AuditLog:
-    """The configured audit log, anchored in the data home: what every interface appends to."""
-    return audit_log(audit_url(settings), Path(settings.home))
+    """The configured audit log, anchored in the data home: what every interface appends to
+    (looked up once per configuration: every request asks)."""
+    key = (settings.audit_url, settings.state_url, settings.home)
+    log = _configured.get(key)
+    if log is None:
+        log = _configured[key] = audit_log(audit_url(settings), Path(settings.home))
+    return log
 
 
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)

@@ -141,40 +141,59 @@ class AuditAnchor:
 
     def heads(self) -> dict[str, ChainHead]:
         """The anchored head of every tenant of this log ({} without a file). Parsed again only
-        when the file changed (inode, size, modification time)."""
+        when the file changed (inode, size, modification time): one ``stat`` otherwise — an
+        append asks before every batch."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return {}
+        if (seen := self._seen) is not None and seen[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+            return dict(seen[1])
         try:
             with open(self.path, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                state = (st.st_ino, st.st_size, st.st_mtime_ns)
-                if (seen := self._seen) is not None and seen[0] == state:
-                    return dict(seen[1])
                 fcntl.flock(fh, fcntl.LOCK_SH)
+                st = os.fstat(fh.fileno())
                 doc = self._parse(fh.read())
         except FileNotFoundError:
             return {}
+        heads = self._remember((st.st_ino, st.st_size, st.st_mtime_ns), doc)
+        return dict(heads)
+
+    def _remember(self, state: tuple[int, int, int], doc: dict[str, Any]) -> dict[str, ChainHead]:
         heads = {t: ChainHead(h["seq"], h["hash"], datetime.fromisoformat(h["at"]) if h.get("at") else None)
                  for t, h in doc.get("logs", {}).get(self.log_id, {}).items()}
         self._seen = (state, heads)
-        return dict(heads)
+        return heads
 
     def advance(self, heads: Mapping[str, ChainHead]) -> None:
-        """Record new heads (a head never moves back: concurrent writers finish in any order)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "r+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            raw = fh.read()
+        """Record new heads (a head never moves back: concurrent writers finish in any order).
+        The file is read under its lock every time (another process may have moved another
+        tenant's or log's head), and what was written is remembered, so the next
+        :meth:`heads` finds the file unchanged and parses nothing."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # no data home yet
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            raw = os.pread(fd, size, 0) if size else b""
             doc = self._parse(raw)
             mine = doc.setdefault("logs", {}).setdefault(self.log_id, {})
             new = {t: {"seq": h.seq, "hash": h.hash, "at": h.at.isoformat() if h.at else None}
                    for t, h in heads.items() if h.seq > mine.get(t, {}).get("seq", 0)}
             if new:
                 mine.update(new)
-                data = orjson.dumps({**doc, "version": 1}, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
+                doc["version"] = 1
+                data = orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
                 # Rewritten in place, padded rather than truncated: ext4 flushes a file truncated and
                 # rewritten (or renamed over another) on close, which cost milliseconds per append.
-                fh.seek(0)
-                fh.write(data.ljust(len(raw)))
-                fh.flush()
+                os.pwrite(fd, data.ljust(len(raw)), 0)
+            st = os.fstat(fd)
+            self._remember((st.st_ino, st.st_size, st.st_mtime_ns), doc)
+        finally:
+            os.close(fd)  # releases the lock
 
     def _parse(self, raw: bytes) -> dict[str, Any]:
         try:

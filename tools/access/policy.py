@@ -87,9 +87,13 @@ class RolePolicy:
     rows: RowFilter | None  # None: every customer
     audit_log: bool = False
     refresh: bool = False  # may trigger a refresh of long-term memory
+    _allowed: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)  # judged once per slice
 
     def allows(self, slice_name: str) -> bool:
-        return _matches(slice_name, self.allow) and not _matches(slice_name, self.deny)
+        got = self._allowed.get(slice_name)
+        if got is None:
+            got = self._allowed[slice_name] = _matches(slice_name, self.allow) and not _matches(slice_name, self.deny)
+        return got
 
     def readable(self) -> list[str]:
         return [n for n in SLICE_MODELS if self.allows(n)]
@@ -285,32 +289,36 @@ def mask_slice(s: Slice, paths: tuple[str, ...], role: str) -> Slice:
     and are not listed: there is nothing to hide."""
     if not paths:
         return s
-    data = s.model_dump()
     masked: list[str] = []
+    out = s
     for path in paths:
-        _mask(data, path.split("."), "", masked)
+        out = _mask(out, path.split("."), "", masked)
     if not masked:
         return s
-    data["provenance"].update(masked_fields=masked, masked_for=role)
-    return type(s).model_validate(data)
+    return out.model_copy(update={"provenance": out.provenance.model_copy(
+        update={"masked_fields": masked, "masked_for": role})})
 
 
-def _mask(node: Any, parts: list[str], prefix: str, masked: list[str]) -> None:
+def _mask(node: Any, parts: list[str], prefix: str, masked: list[str]) -> Any:
+    """``node`` (a model) with the values at ``parts`` withheld: copied along the path, never
+    changed in place (a policy's paths are optional fields of models, checked when it loads, so
+    None is valid there and nothing needs validating again)."""
     key, rest = parts[0], parts[1:]
-    if not isinstance(node, dict) or key not in node:
-        return
+    if not isinstance(node, BaseModel) or key not in type(node).model_fields:
+        return node
     here = f"{prefix}.{key}" if prefix else key
+    child = getattr(node, key)
     if not rest:
-        if node[key] is not None:
-            node[key] = None
-            masked.append(here)
-        return
-    child = node[key]
+        if child is None:
+            return node
+        masked.append(here)
+        return node.model_copy(update={key: None})
     if isinstance(child, list):
-        for i, item in enumerate(child):
-            _mask(item, rest, f"{here}[{i}]", masked)
+        items = [_mask(item, rest, f"{here}[{i}]", masked) for i, item in enumerate(child)]
+        new: Any = items if any(a is not b for a, b in zip(items, child, strict=True)) else child
     else:
-        _mask(child, rest, here, masked)
+        new = _mask(child, rest, here, masked)
+    return node if new is child else node.model_copy(update={key: new})
 
 
 def _walk(data: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, str]:

@@ -8,6 +8,7 @@ every slice is either present with its provenance or a named gap.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -71,6 +72,12 @@ def expand_slices(requested: Iterable[str] | None) -> list[str]:
     """Slice names from names or source names (``billing`` → its slices), in priority order."""
     if not requested:
         return list(SLICE_NAMES)
+    return list(_expanded(tuple(requested)))
+
+
+@functools.lru_cache(maxsize=512)
+def _expanded(requested: tuple[str, ...]) -> tuple[str, ...]:
+    """``expand_slices`` of one request's names (the same few lists come again and again)."""
     wanted: set[str] = set()
     for item in requested:
         for part in item.split(","):
@@ -82,7 +89,7 @@ def expand_slices(requested: Iterable[str] | None) -> list[str]:
             if not matches:
                 raise UnknownSlice(f"unknown slice or source {name!r}; known slices: {', '.join(SLICE_NAMES)}")
             wanted.update(matches)
-    return [n for n in SLICE_NAMES if n in wanted]
+    return tuple(n for n in SLICE_NAMES if n in wanted)
 
 
 SourceState = Literal["connected", "cached", "stale", "not_connected", "degraded", "failed"]

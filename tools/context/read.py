@@ -21,13 +21,22 @@ from tools.access.gate import Access
 from tools.access.policy import hide_shared_records
 from tools.context.resolution import CachedIndex
 from tools.context.scope import ReadScope, _guards_lock
+from tools.context.shared import (
+    forget,
+    hand_on,
+    one_connection,
+    row_check_read,
+    scope_reader,
+    snapshots,
+    source_config,
+)
 from tools.guard import CallOutcome, summarize
 from tools.identity import AmbiguousCustomer, CustomerNotFound, normalize_name
 from tools.mapping.conversions import MappingError
 from tools.memory import CachedSlice, ContextMemory
 from tools.slices import SLICE_MODELS, GapKind, Slice, SourceGap
 from tools.sources.base import CustomerRef, SliceNotFound, SourceReader
-from tools.sources.registry import REMEDIES, reader
+from tools.sources.registry import REMEDIES
 
 GAP_FOR_OUTCOME: dict[str, GapKind] = {"unavailable": "unavailable", "timeout": "timeout", "circuit_open": "unavailable"}
 
@@ -123,12 +132,16 @@ def visible(scope: ReadScope, customer: CustomerRef) -> bool:
         return known
     started = time.perf_counter()
     try:
-        rdr = reader(scope.settings, "crm")
+        rdr = scope_reader(scope, "crm")
     except (MappingError, ArgumentError, ValueError) as exc:
         account: Slice | SourceGap = SourceGap(slice="crm.account", source="crm", kind="unavailable",
                                                message=summarize(exc))
     else:
-        account, _ = _read(scope, rdr, "crm.account", customer, prefer_memory=True)
+        held = row_check_read(scope, customer.customer_id) if scope.memory is not None and rdr is not None else None
+        account, _ = _read(scope, rdr, "crm.account", customer, prefer_memory=True,
+                           prefetched=held.parsed if held else None)
+        if held and (cached := held.parsed.get("crm.account")) is not None and account is cached.slice:
+            hand_on(scope, customer.customer_id, held)  # the request's read of the slices takes it
     return access.judge(customer.customer_id, account, (time.perf_counter() - started) * 1000)
 
 
@@ -142,7 +155,8 @@ _NO_CUSTOMER = "c_unmatched"
 def row_check_unmatched(scope: ReadScope) -> None:
     """The row check of a reference that matches no customer, for a principal with a row filter:
     the same work a hidden customer's row check does — the CRM reader, one memory read of a
-    ``crm.account``, one audited ``row check`` record (customer ``-``) — so that a hidden customer
+    ``crm.account`` (with the slices the request reads next: ``shared.will_read``), one audited
+    ``row check`` record (customer ``-``) — so that a hidden customer
     and one that does not exist take the same time (measured by the ``access`` eval suite). Without
     it a missing reference skipped the memory read and the audit append and answered about twice as
     fast (HTTP medians 7.7 vs 14.6 ms).
@@ -152,11 +166,11 @@ def row_check_unmatched(scope: ReadScope) -> None:
         return
     started = time.perf_counter()
     try:
-        rdr = reader(scope.settings, "crm")
+        rdr = scope_reader(scope, "crm")
     except (MappingError, ArgumentError, ValueError):
         rdr = None
     if scope.memory is not None and rdr is not None:
-        scope.memory.get(_NO_CUSTOMER, "crm.account")
+        row_check_read(scope, _NO_CUSTOMER)
     access.record(UNMATCHED, "crm.account", "denied", "not_found", (time.perf_counter() - started) * 1000,
                   "row check: no customer matches the reference")
 
@@ -188,14 +202,14 @@ def _read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
     broken: dict[str, str] = {}
     for source in dict.fromkeys(SLICE_MODELS[n].source for n in names):
         try:
-            readers[source] = reader(scope.settings, source)
+            readers[source] = scope_reader(scope, source)
         except (MappingError, ArgumentError, ValueError) as exc:
             readers[source], broken[source] = None, f"{source} source could not be opened: {summarize(exc)}"
 
-    # A warm read: every snapshot memory holds for these slices in one query.
-    mem = scope.memory
-    prefetched = mem.get_many(customer.customer_id, [n for n in names if scope.allows(n)]) \
-        if mem is not None and scope.prefer_memory and len(names) > 1 else None
+    # A warm read: every snapshot memory holds for these slices in one query (the row check's
+    # crm.account, read a moment ago in this request, is not read again).
+    prefetched = snapshots(scope, customer, [n for n in names if scope.allows(n)]) \
+        if scope.memory is not None and scope.prefer_memory else None
 
     def one(name: str) -> Read:
         source = SLICE_MODELS[name].source
@@ -205,7 +219,8 @@ def _read_slices(scope: ReadScope, customer: CustomerRef, names: list[str]
 
     live = [n for n in names if not (prefetched and n in prefetched and prefetched[n].fresh) and scope.allows(n)]
     if len(live) <= 1 or _local_sources(scope, live):  # no thread pool: see _local_sources
-        return readers, [one(n) for n in names]
+        with one_connection(readers, live):
+            return readers, [one(n) for n in names]
     pool = _read_pool()
     width = max(1, scope.settings.guard.max_concurrency)  # at most this many of the call's reads at once
     results: list[Read] = []
@@ -219,10 +234,10 @@ def _local_sources(scope: ReadScope, names: list[str]) -> bool:
     """Whether every source of these live reads is a local SQLite file (or not connected): one
     customer's point lookups there take a fraction of a millisecond each, less than handing them
     to the pool's threads costs (a third of a cold view's time went to the pool), so they run
-    inline, one after the other, each on the engine's pooled connection. Remote warehouses keep
+    inline, one after the other, over one connection per warehouse (``shared.one_connection``). Remote warehouses keep
     the pool: their reads wait on the network in parallel."""
     for source in {SLICE_MODELS[n].source for n in names}:
-        url = scope.settings.source(source).url
+        url = source_config(scope, source).url
         if url is not None and not url.startswith("sqlite"):
             return False
     return True
@@ -270,9 +285,10 @@ def _read(scope: ReadScope, rdr: SourceReader | None, name: str, customer: Custo
                          message=f"No {source} source is connected.", remedy=REMEDIES[source]), None
     clock = scope.clock
     result, outcome, _exc = scope.guard.call(source, name, lambda: rdr.read(name, customer, clock),
-                                             scope.settings.source(source).timeout_s, not_found=(SliceNotFound,))
+                                             source_config(scope, source).timeout_s, not_found=(SliceNotFound,))
     if outcome.status == "ok":
         if memory is not None:
+            forget(scope, customer.customer_id)  # the row check's snapshots are older than this
             memory.put(customer.customer_id, result)
         return result, outcome
     if outcome.status == "not_found":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -59,13 +60,19 @@ _POSTGRES_TRIGGER = ("CREATE TRIGGER {table}_generation AFTER INSERT OR UPDATE O
 _POSTGRES_LOCK = "SELECT pg_advisory_xact_lock(1667462260, 1734700654)"  # "cctx", "geng": set-up, one at a time
 _READ = "SELECT n FROM identity_generation WHERE id = 1"
 
-_ready: set[str] = set()
+_ready: set[tuple[str, tuple[str, int, int] | None]] = set()
 _ready_lock = threading.Lock()
 _local = threading.local()
 
 
+_keys: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
 def _key(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=False)
+    key = _keys.get(engine)
+    if key is None:  # an engine's URL never changes: rendered once
+        key = _keys[engine] = engine.url.render_as_string(hide_password=False)
+    return key
 
 
 def install_generation(engine: Engine) -> None:
@@ -102,13 +109,14 @@ def generation(engine: Engine) -> int:
     """The index's current generation (set up on first use in this process, and again for a
     SQLite file created anew)."""
     path = engine.url.database if engine.dialect.name == "sqlite" else None
-    key = f"{_key(engine)}|{_stat(path) if path else ''}"
+    st = _stat(path) if path else None
+    key = (_key(engine), st)
     if key not in _ready:
         with _ready_lock:
             if key not in _ready:
                 install_generation(engine)
                 _ready.add(key)
-    if path and path != ":memory:" and (st := _stat(path)) is not None:
+    if path and path != ":memory:" and st is not None:
         # a per-thread connection (no pool checkout, no transaction), per file: a database
         # deleted and created again at the same path is another file
         conns: dict[tuple[str, int, int], sqlite3.Connection] = _local.__dict__.setdefault("conns", {})

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from tools.access.policy import hide_masks, masked_marker, show_masks
-from tools.context.assembly import CustomerContext
+from tools.context.assembly import CustomerContext, SourceStatus
 from tools.slices import (
     SLICE_MODELS,
     BillingStatus,
@@ -63,6 +63,9 @@ class ToldContext(CustomerContext):
         default_factory=list, description="Facts users told us: text, by, role, at, provenance user; oldest first.")
 
 
+ToldContext.model_rebuild(_types_namespace={"SourceStatus": SourceStatus})  # serialised whole by reference_view
+
+
 def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str, Any]:
     """The reference ``get_customer_context`` JSON shape, plus ids, health, gaps, conflicts, provenance
     (and ``user_facts``, with provenance user, for a context read with them: :class:`ToldContext`)."""
@@ -70,6 +73,11 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
     usage, support = c.get("product.usage"), c.get("support.summary")
     acc = account if isinstance(account, CrmAccount) else None
     bil = billing if isinstance(billing, BillingStatus) else None
+    # one serialisation of the context (each section's model_dump of its own cost twice as much);
+    # the slices' provenance comes out of their JSON, and without the slices only it is serialised
+    data = c.model_dump(mode="json", include={"gaps": True, "conflicts": True, "sources": True, "traits": True,
+                                              "slices": True if include_slices else {"__all__": {"provenance"}}})
+    slices: dict[str, dict[str, Any]] = data["slices"]
     out: dict[str, Any] = {
         "customer_id": c.customer_id,
         "customer": {
@@ -113,16 +121,16 @@ def reference_view(c: CustomerContext, include_slices: bool = True) -> dict[str,
         "context_updated": _iso(c.context_updated),
         "as_of": _iso(c.as_of),
         "matched_by": c.matched_by,
-        "gaps": [g.model_dump() for g in c.gaps],
-        "conflicts": [x.model_dump(mode="json") for x in c.conflicts],
-        "provenance": {n: s.provenance.model_dump(mode="json") for n, s in c.slices.items()},
-        "sources": [x.model_dump(mode="json") for x in c.sources],
-        "traits": c.traits.model_dump(mode="json"),
+        "gaps": data["gaps"],  # (plain strings: the same in JSON and Python mode)
+        "conflicts": data["conflicts"],
+        "provenance": {n: v["provenance"] for n, v in slices.items()},
+        "sources": data["sources"],
+        "traits": data["traits"],
     }
     if isinstance(c, ToldContext):
         out["user_facts"] = c.user_facts
-    if include_slices:
-        out["slices"] = {n: slice_view(s, provenance=False) for n, s in c.slices.items()}
+    if include_slices:  # masked values shown as the mask marker (the provenance says which)
+        out["slices"] = {n: {k: x for k, x in show_masks(v).items() if k != "provenance"} for n, v in slices.items()}
     return out
 
 
