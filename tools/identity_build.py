@@ -1,15 +1,15 @@
 """The identity index's tables and how the index is built: every connected customer source's
 identity keys collected, grouped into customers by :mod:`tools.identity_graph`'s rule, and
-written in one transaction; rebuilt when a source's configuration or row counts change.
-Everything here is importable from ``tools.identity`` too (which resolves references).
+written in one transaction — with what the index keeps to be maintained from the changed rows
+afterwards (each record's identity values, who holds each value, the tables' watermarks:
+``tools.refresh.index``). Everything here is importable from ``tools.identity`` too (which
+resolves references).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from collections import Counter
+import os
 from collections.abc import Callable
 
 from sqlalchemy import (
@@ -19,7 +19,6 @@ from sqlalchemy import (
     Table,
     Text,
     delete,
-    func,
     insert,
     inspect,
     select,
@@ -28,21 +27,32 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tools.guard import misconfiguration
-from tools.identity_graph import (
-    PERSON,
-    Group,
-    Node,
-    NodeId,
-    group_records,
-    normalize_name,
+from tools.identity_graph import PERSON, Node, NodeId, group_records
+from tools.identity_marks import (
+    ANCHORED_SOURCES,
+    IdentityTable,
+    marks_state,
+    measured_tables,
+    save_marks,
+    usable_keys,
+)
+from tools.identity_rows import (
+    Values,
+    customer_id_for,  # noqa: F401 - importable from here (tools.identity)
+    customer_rows,
+    identity_member,
+    identity_record,
+    identity_value,
+    node_state,
+    record_row,
+    riders_alone,
+    value_rows,
 )
 from tools.mapping.engine import Mapping
 from tools.mapping.loader import load_mapping
 from tools.settings import Settings
 from tools.sources.registry import engine_for
 
-#: Sources whose records are customers; their priority decides the canonical record.
-ANCHORED_SOURCES: tuple[str, ...] = ("crm", "billing", "support", "product", "commerce")
 log = logging.getLogger("tools.identity")  # the index's warnings keep the name they always had
 _BATCH = 20_000
 
@@ -69,17 +79,25 @@ identity_meta = Table(
     Column("key", String(50), primary_key=True),
     Column("value", Text),
 )
+#: The sources' fingerprint the index is current with. Not an index table: recording that an
+#: update changed nothing (an MRR) does not move the resolution cache's generation.
+identity_sync = Table(
+    "identity_sync", node_state,
+    Column("key", String(50), primary_key=True),
+    Column("value", Text),
+)
 
 
 # ---------------------------------------------------------------- building
-def _collect(settings: Settings) -> dict[NodeId, Node]:
+def _collect(settings: Settings) -> tuple[dict[NodeId, Node], dict[NodeId, Values]]:
     nodes: dict[NodeId, Node] = {}
+    values: dict[NodeId, Values] = {}
     for source in ANCHORED_SOURCES:
         cfg = settings.source(source)
         if not cfg.url:
             continue
         try:
-            _collect_source(source, cfg.url, load_mapping(cfg.mapping or source), nodes)
+            _collect_source(source, cfg.url, load_mapping(cfg.mapping or source), nodes, values)
         except SQLAlchemyError as exc:
             # an unreachable source adds no keys; its customers resolve through the others. A
             # mapping the database refuses (a wrong column) is said once, not passed over in silence.
@@ -87,33 +105,13 @@ def _collect(settings: Settings) -> dict[NodeId, Node]:
                 log.warning("identity index: the %s source's identity keys were left out: %s "
                             "(run `custctx mappings check`)", source, problem)
             continue
-    return nodes
+    return nodes, values
 
 
-def _absent_person_entities(conn: Connection, mapping: Mapping) -> set[str]:
-    """Entities of person keys whose tables the source does not have (a Segment warehouse without
-    ``aliases``): those keys are skipped. One catalogue query, and none without person keys."""
-    entities = {k.entity for k in mapping.identity if k.person}
-    seen = (conn.engine.url.render_as_string(), mapping.name)
-    if not entities or seen in _PERSON_TABLES_PRESENT:
-        return set()
-    have = set(inspect(conn).get_table_names())
-    absent = {e for e in entities
-              if any(t not in have for p in mapping.entity(e).parts for t in (p.table, *(j["table"] for j in p.joins)))}
-    if not absent:  # once there, asked no more (a table dropped later fails its query: the source is down)
-        _PERSON_TABLES_PRESENT.add(seen)
-    return absent
-
-
-_PERSON_TABLES_PRESENT: set[tuple[str, str]] = set()
-
-
-def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[NodeId, Node]) -> None:
+def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[NodeId, Node],
+                    values: dict[NodeId, Values]) -> None:
     with engine_for(url).connect() as conn:
-        absent = _absent_person_entities(conn, mapping)
-        for key in mapping.identity:
-            if key.person and key.entity in absent:
-                continue
+        for i, key in usable_keys(conn, mapping):
             fetched = mapping.entity(key.entity).rows(conn, fields=list(dict.fromkeys([key.anchor, key.field])))
             for r in fetched.rows:
                 anchor, value = r.get(key.anchor), r.get(key.field)
@@ -123,123 +121,123 @@ def _collect_source(source: str, url: str, mapping: Mapping, nodes: dict[NodeId,
                 node = nodes.get(nid)
                 if node is None:
                     node = nodes[nid] = Node(person=key.person)
+                    values[nid] = []
                 node.add(key, str(value))
-
-
-def customer_id_for(source: str, record_id: str) -> str:
-    return "c_" + hashlib.sha1(f"{source}:{record_id}".encode()).hexdigest()[:12]
-
-
-def _person_ids(group: Group, sole: set[NodeId]) -> dict[str, list[str]]:
-    """Source → the person records a customer's person-level reads go by: a person-customer's own,
-    and those of the persons riding with this customer only (one riding with several is nobody's)."""
-    out: dict[str, set[str]] = {}
-    for source, rid in (*group.members, *(r for r in group.riders if r in sole)):
-        if rid.startswith(PERSON):
-            out.setdefault(source, set()).add(rid.removeprefix(PERSON))
-    return {source: sorted(ids) for source, ids in sorted(out.items())}
-
-
-def _customer_row(group: Group, nodes: dict[NodeId, Node], sole: set[NodeId] | None = None) -> dict:
-    order = {s: i for i, s in enumerate(ANCHORED_SOURCES)}
-    members = sorted(group.members, key=lambda n: (order.get(n[0], len(order)), n[1]))
-    anchors: dict[str, str] = {}
-    for source, rid in members:
-        if not rid.startswith(PERSON):  # a person-customer has no customer record in any source
-            anchors.setdefault(source, rid)
-    name = next((nodes[m].names[0] for m in members if nodes[m].names), members[0][1].removeprefix(PERSON))
-    domains = list(dict.fromkeys(d for m in members for d in nodes[m].domains if ("domain", d) not in group.refused))
-    emails = sorted({v for m in members for k, v in nodes[m].keys if k == "email"})
-    return {
-        "customer_id": customer_id_for(*members[0]),
-        "name": name,
-        "name_norm": normalize_name(name),
-        "primary_domain": domains[0] if domains else None,
-        "anchors": json.dumps(anchors),
-        "domains": json.dumps(domains),
-        "emails": json.dumps(emails[:100]),
-        "persons": json.dumps(_person_ids(group, sole or set())),
-    }
+                values[nid].append((i, str(value)))
 
 
 def build_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None,
                 fingerprint: str | None = None) -> int:
-    """(Re)build the identity index from every connected source. Returns the customer count."""
-    nodes = _collect(settings)
-    customers: list[dict] = []
-    keys: set[tuple[str, str, str]] = set()
+    """(Re)build the identity index from every connected source. Returns the customer count.
+
+    Also records what keeps it current from the changed rows afterwards: the identity tables'
+    watermarks (measured before reading), each record's values and who holds each value."""
+    measured = measured_tables(settings)  # before reading: what changes meanwhile is seen next time
+    nodes, values = _collect(settings)
     groups = group_records(nodes)
-    rides = Counter(r for g in groups for r in g.riders)
-    sole = {r for r, n in rides.items() if n == 1}
-    for group in groups:
-        row = _customer_row(group, nodes, sole)
-        customers.append(row)
-        keys.update((k, v, row["customer_id"]) for k, v in _group_keys(group, nodes))
+    customers, keys, members = customer_rows(groups, nodes, riders_alone(groups))
     eng = engine_for(settings.state_db_url)
     create_state(eng)
     with eng.begin() as conn:
-        for t in (identity_key, identity_customer, identity_meta):
+        for t in (identity_key, identity_customer, identity_meta, identity_member, identity_value, identity_record):
             conn.execute(delete(t))
         for i in range(0, len(customers), _BATCH):
-            conn.execute(insert(identity_customer), customers[i:i + _BATCH])
+            _insert(conn, identity_customer, customers[i:i + _BATCH])
             if progress:
                 progress("identity", min(i + _BATCH, len(customers)), len(customers))
-        key_rows = [{"kind": k, "value": v[:255], "customer_id": c} for k, v, c in keys]
-        for i in range(0, len(key_rows), _BATCH):
-            conn.execute(insert(identity_key), key_rows[i:i + _BATCH])
-        conn.execute(insert(identity_meta), [{"key": "fingerprint",
-                                              "value": fingerprint or source_fingerprint(settings)}])
+        # each table's rows in its key's order: appended to the b-tree, not scattered over it
+        _insert(conn, identity_key, [{"kind": k, "value": v, "customer_id": c} for k, v, c in sorted(keys)])
+        _insert(conn, identity_member, sorted(members, key=lambda r: (r["source"], r["record"], r["customer_id"])))
+        _insert(conn, identity_record, [record_row(n, values[n]) for n in sorted(values)])
+        _insert(conn, identity_value, sorted((r for n, node in nodes.items() for r in value_rows(n, node)),
+                                             key=lambda r: (r["kind"], r["value"], r["source"], r["record"])))
+        fingerprint = fingerprint or fingerprint_of(*measured)
+        conn.execute(insert(identity_meta), [{"key": "fingerprint", "value": fingerprint}])
+        record_sync(conn, fingerprint)
+        save_marks(conn, [] if measured[2] else measured[1])  # a source down: none, the next update builds
     return len(customers)
 
 
+def _insert(conn: Connection, table: Table, rows: list[dict]) -> None:
+    """Insert plain rows through the driver's executemany (no per-row parameter processing:
+    the index's columns are text and integers)."""
+    if not rows:
+        return
+    cols = list(rows[0])
+    named = conn.dialect.paramstyle in ("qmark", "named")  # sqlite3 takes :name with dicts either way
+    if not named and conn.dialect.paramstyle != "pyformat":
+        conn.execute(insert(table), rows)
+        return
+    marks = ", ".join(f":{c}" if named else f"%({c})s" for c in cols)
+    prep = conn.dialect.identifier_preparer
+    sql = f"INSERT INTO {prep.format_table(table)} ({', '.join(prep.quote(c) for c in cols)}) VALUES ({marks})"
+    for i in range(0, len(rows), _BATCH):
+        conn.exec_driver_sql(sql, rows[i:i + _BATCH])
+
+
+def record_sync(conn: Connection, fingerprint: str) -> None:
+    """Record the sources' fingerprint the index is now current with (no index table written)."""
+    conn.execute(delete(identity_sync))
+    conn.execute(insert(identity_sync), [{"key": "fingerprint", "value": fingerprint}])
+
+
+def stored_fingerprint(conn: Connection) -> str | None:
+    """The sources' fingerprint the index was last brought up to date with (None: no index)."""
+    synced = conn.execute(select(identity_sync.c.value).where(identity_sync.c.key == "fingerprint")).scalar()
+    built = conn.execute(select(identity_meta.c.value).where(identity_meta.c.key == "fingerprint")).scalar()
+    return synced if synced is not None and built is not None else built
+
+
+_CREATED: set[tuple[str, tuple[int, int] | None]] = set()
+
+
+def _identity_of(eng: Engine) -> tuple[str, tuple[int, int] | None]:
+    """The database behind ``eng``: its URL, and for a SQLite file the file itself (one deleted
+    and created again at the same path is another database)."""
+    path = eng.url.database if eng.dialect.name == "sqlite" else None
+    try:
+        st = os.stat(path) if path and path != ":memory:" else None
+    except OSError:
+        st = None
+    return eng.url.render_as_string(hide_password=False), (st.st_dev, st.st_ino) if st else None
+
+
 def create_state(eng: Engine) -> None:
-    """Create the index tables; an index of an older layout (no ``persons`` column) is dropped
-    first — it is derived data, rebuilt by the next :func:`ensure_index`."""
+    """Create the index tables (once per SQLite file and process); an index of an older layout
+    (no ``persons`` column) is dropped first — it is derived data, rebuilt by the next
+    :func:`ensure_index`."""
+    seen = _identity_of(eng)
+    if seen in _CREATED:
+        return
+    _create_state(eng)
+    if (now := _identity_of(eng))[1] is not None:  # a SQLite file (a server's database may be dropped and made again)
+        _CREATED.add(now)
+
+
+def _create_state(eng: Engine) -> None:
     have = inspect(eng)
     if have.has_table(identity_customer.name) and \
             "persons" not in {c["name"] for c in have.get_columns(identity_customer.name)}:
         state.drop_all(eng)
+        node_state.drop_all(eng)
     state.create_all(eng)
-
-
-def _group_keys(group: Group, nodes: dict[NodeId, Node]) -> set[tuple[str, str]]:
-    """What a customer answers to: its records' values (but shared derived domains), the values
-    of the persons riding with it, name + postcode pairs, and a person-customer's names."""
-    out: set[tuple[str, str]] = set()
-    for m in (*group.members, *group.riders):
-        out |= nodes[m].keys | nodes[m].lookup_values()
-    if all(nodes[m].person for m in group.members):
-        out |= {("name", n) for m in group.members for x in nodes[m].names if (n := normalize_name(x))}
-    return out - group.refused
+    node_state.create_all(eng)
+    marks_state.create_all(eng)
 
 
 UNAVAILABLE = "unavailable:"
 
 
 def source_fingerprint(settings: Settings) -> str:
-    """Changes whenever a connected customer source's configuration or row counts change.
+    """Changes whenever a connected customer source's configuration, row counts or newest
+    update change (:func:`tools.identity_marks.measured_tables`).
 
     Starts with ``unavailable:`` when a source could not be reached.
     """
-    parts, down = [], []
-    for source in ANCHORED_SOURCES:
-        cfg = settings.source(source)
-        if not cfg.url:
-            continue
-        mapping = load_mapping(cfg.mapping or source)
-        parts.append(f"{source}|{cfg.url}|{mapping.name}")
-        try:
-            with engine_for(cfg.url).connect() as conn:
-                absent = _absent_person_entities(conn, mapping)
-                absent -= {k.entity for k in mapping.identity if not k.person}  # an account key's table must be there
-                for ent_name in dict.fromkeys(k.entity for k in mapping.identity if k.entity not in absent):
-                    for p in mapping.entity(ent_name).parts:
-                        upd = func.max(p.col("updated_at")) if "updated_at" in p.fields else func.count()
-                        stmt = select(func.count(), upd).select_from(p.from_clause)
-                        parts.append(f"{ent_name}:{tuple(conn.execute(stmt).one())}")
-        except SQLAlchemyError:
-            down.append(source)
-    digest = hashlib.sha1("\n".join(parts).encode()).hexdigest()
+    return fingerprint_of(*measured_tables(settings))
+
+
+def fingerprint_of(digest: str, tables: list[IdentityTable], down: list[str]) -> str:
     return f"{UNAVAILABLE}{','.join(down)}:{digest}" if down else digest
 
 
@@ -248,7 +246,7 @@ def ensure_index(settings: Settings, progress: Callable[[str, int, int], None] |
     eng = engine_for(settings.state_db_url)
     create_state(eng)
     with eng.connect() as conn:
-        stored = conn.execute(select(identity_meta.c.value).where(identity_meta.c.key == "fingerprint")).scalar()
+        stored = stored_fingerprint(conn)
     current = source_fingerprint(settings)
     if stored == current:
         return False

@@ -30,8 +30,10 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     select,
     type_coerce,
+    union_all,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import ColumnElement
@@ -262,6 +264,26 @@ def _newest(conn: Connection, m: _Mark, after: Any) -> Any:
     return _py(p.fields[ts], conn.execute(stmt).scalar())
 
 
+def _moved(conn: Connection, after_of: dict[_Mark, Any]) -> set[_Mark]:
+    """The tables with a row updated after their watermark: one statement for all of a source's
+    tables (``max(update timestamp)`` above each watermark, an index seek where the stamp is
+    indexed), so an unchanged table costs no range scan of its own."""
+    marks = list(after_of)
+    if not marks:
+        return set()
+    parts = []
+    for i, m in enumerate(marks):
+        p, ts = m.part, m.watch.ts
+        parts.append(select(literal(i).label("i"), _raw(func.max(p.col(ts))).label("top"))
+                     .select_from(p.from_clause).where(*p.within(ts, after=after_of[m])))
+    out: set[_Mark] = set()
+    for j in range(0, len(parts), 50):  # SQLite takes at most 500 terms in one compound SELECT
+        chunk = parts[j:j + 50]
+        stmt = union_all(*chunk) if len(chunk) > 1 else chunk[0]
+        out.update(marks[int(i)] for i, top in conn.execute(stmt) if top is not None)
+    return out
+
+
 def _later(a: Any, b: Any) -> Any:
     return b if a is None or (b is not None and b > a) else a
 
@@ -374,8 +396,11 @@ def _detect(settings: Settings, source: str, old: dict[_Mark, str | None], guard
         keys: dict[tuple[str, ...], set[tuple[str, str]]] = defaultdict(set)
         newest: dict[_Mark, Any] = {}
         with engine_for(url).connect() as conn:
-            for m, value in old.items():
-                after = _from_text(value) if value is not None else None
+            after_of = {m: _from_text(value) if value is not None else None for m, value in old.items()}
+            moved = _moved(conn, after_of)
+            for m, after in after_of.items():
+                if m not in moved:
+                    continue  # nothing newer than its watermark: no range scan
                 found, top = _changed_keys(conn, mapping, m, after)
                 keys[m.watch.slices].update(found)
                 if top is not None:

@@ -1,194 +1,102 @@
 """Keeping the identity index current from the rows that changed, not by rebuilding it.
 
 ``tools.identity.ensure_index`` rebuilds the whole index whenever a customer source's
-fingerprint moves — any update of an identity table, such as a new MRR on a CRM
-account, costs a scan of every source. :func:`maintain_index` does the same job in
-proportion to the change:
+fingerprint moves. :func:`maintain_index` does the same job in proportion to the change:
 
-1. Per table of every identity entity it keeps a watermark (newest update timestamp
-   seen, row count) in ``identity_watermark``, and per source record (*node*) a digest
-   of the identity values its rows give (``identity_node``: every identity key's values,
-   in row order — names, domains, emails, ids, person keys alike).
+1. A build records, beside the index, the identity tables' watermarks (newest update
+   timestamp, row count: ``tools.identity_marks``), every source record's (*node's*)
+   identity values in row order (``identity_record``), who holds each linking value
+   (``identity_value``) and which records every customer is made of or carries
+   (``identity_member``: ``tools.identity_rows``).
 2. The changed rows are found with one range query per table and key anchor
    (``updated_at > watermark``; no entity filter, so a row soft-deleted since is seen
-   too); they name their nodes, whose identity values are read again (point lookups by
-   the anchor field) and digested.
-3. A node whose digest is unchanged changes nothing: an MRR change, a new sync stamp, a
-   renewal date — no index row is written and nothing else is read. Only the watermarks
-   and the fingerprint move.
+   too); a table without an update timestamp whose row count moved, or one that lost rows
+   (a hard delete), is read again whole and compared with what was stored — that table,
+   not every source. The changed records' identity values are read again by point lookups.
+3. A record whose values are unchanged changes nothing: an MRR change, a new sync stamp, a
+   renewal date — no index row is written and nothing else is read; only the watermarks
+   and the recorded fingerprint move (neither is an index table: the resolution cache's
+   generation stays).
+4. Changed values — a new domain, a contact moved to another company, a new, merged, split
+   or deleted record — recompute only the customers they touch (``tools.refresh.regroup``),
+   with the build's own rule and the same result as a fresh build; only rows that differ are
+   written (which moves the generation).
 
-Which records form one customer is :mod:`tools.identity`'s rule (shared values refused,
-persons riding with accounts: not local to the changed records), so a change of identity
-values themselves — a new domain, a contact moved to another company, a new or deleted
-record — is answered with a full build (``build_index``), as it is when there is no
-index or watermark yet, a source's URL or mapping changed, an identity table has no update
-timestamp, or a table lost rows (a hard delete, which timestamps cannot show). A table
-without an update timestamp (Zendesk's organization domains) shows a change by its row
-count only, as the fingerprint sees it.
+A full build is left for: no index or watermarks yet, a source's URL or mapping changed, or
+the set of identity tables changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    func,
-    insert,
-    inspect,
-    select,
-    type_coerce,
-)
+from sqlalchemy import select, type_coerce
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.types import NullType
 
 from tools.identity import (
-    ANCHORED_SOURCES,
-    UNAVAILABLE,
     build_index,
     create_state,
     identity_customer,
     identity_key,
-    identity_meta,
-    source_fingerprint,
 )
+from tools.identity_build import fingerprint_of, record_sync, stored_fingerprint
+from tools.identity_graph import PERSON, Value
+from tools.identity_marks import (
+    IdentityTable,
+    Mark,
+    from_text,
+    load_marks,
+    measured_tables,
+    save_marks,
+    usable_keys,
+)
+from tools.identity_rows import Values, identity_record, node_of
 from tools.mapping.conversions import RowError
-from tools.mapping.engine import IN_CHUNK, EntityPart, IdentityKey, Mapping
+from tools.mapping.engine import IN_CHUNK, IdentityKey
 from tools.mapping.loader import load_mapping
+from tools.refresh.regroup import holders_of, linking, regroup, stored_values
 from tools.settings import Settings
-from tools.sources.base import utcnow
 from tools.sources.registry import engine_for
 
-index_state = MetaData()
-identity_watermark = Table(
-    "identity_watermark", index_state,
-    Column("source", String(20), primary_key=True),
-    Column("part", String(200), primary_key=True),  # "<entity>/<table>"
-    Column("config", String(40), nullable=False),  # digest of URL and mapping
-    Column("value", Text),  # newest update timestamp seen (ISO); NULL: the table was empty
-    Column("row_count", Integer, nullable=False),
-    Column("recorded_at", DateTime, nullable=False),
-)
-identity_node = Table(
-    "identity_node", index_state,
-    Column("source", String(20), primary_key=True),
-    Column("record", String(300), primary_key=True),  # record id; a person's: "person:<id>"
-    Column("digest", String(40), nullable=False),  # of the identity values its rows give
-)
-#: Record ids of person nodes start with this (as ``tools.identity`` names them).
-PERSON = "person:"
 NodeId = tuple[str, str]  # (source, record id)
-Mark = tuple[str, str | None, int]  # config digest, newest update timestamp (ISO), row count
-_BATCH = 5_000
 
 
 @dataclass
 class IndexUpdate:
     """What :func:`maintain_index` did."""
 
-    mode: str  # unchanged | incremental (only watermarks moved) | rebuilt | kept (a source is down)
+    mode: str  # unchanged | incremental (watermarks moved, maybe some customers) | rebuilt | kept (a source is down)
     changed_nodes: int = 0  # source records with a changed identity row (their values read again)
     reason: str = ""  # why a full build was done, or the index kept
-
-
-@dataclass
-class _Table:
-    source: str
-    url: str
-    mapping: Mapping
-    entity: str
-    part: EntityPart
-    keys: list[IdentityKey]  # the identity keys read from this entity
-    name: str = ""  # "<entity>/<table>"
-    config: str = ""
-    current: tuple[Any, int] = (None, 0)  # (newest update timestamp, rows), measured
-
-
-def _usable_keys(conn: Connection, mapping: Mapping) -> list[tuple[int, IdentityKey]]:
-    """The mapping's identity keys whose tables exist (a person key's tables may be absent)."""
-    have = inspect(conn)
-    out = []
-    for i, key in enumerate(mapping.identity):
-        parts = mapping.entity(key.entity).parts
-        tables = {p.table for p in parts} | {j["table"] for p in parts for j in p.joins}
-        if all(have.has_table(t) for t in tables):
-            out.append((i, key))
-    return out
-
-
-def _tables(settings: Settings) -> list[_Table]:
-    out = []
-    for source in ANCHORED_SOURCES:
-        cfg = settings.source(source)
-        if not cfg.url:
-            continue
-        mapping = load_mapping(cfg.mapping or source)
-        digest = hashlib.sha1(f"{cfg.url}|{mapping.name}".encode()).hexdigest()[:16]
-        by_entity: dict[str, list[IdentityKey]] = defaultdict(list)
-        with engine_for(cfg.url).connect() as conn:
-            for _, key in _usable_keys(conn, mapping):
-                by_entity[key.entity].append(key)
-        for ent_name, keys in by_entity.items():
-            for p in mapping.entity(ent_name).parts:
-                out.append(_Table(source, cfg.url, mapping, ent_name, p, keys, f"{ent_name}/{p.table}", digest))
-    return out
+    moved_nodes: int = 0  # records whose identity values changed
+    customers: int = 0  # customers written (recomputed and found different)
 
 
 def _node(source: str, key: IdentityKey, anchor: Any) -> NodeId:
-    return (source, f"{PERSON}{anchor}" if getattr(key, "person", False) else str(anchor))
+    return (source, f"{PERSON}{anchor}" if key.person else str(anchor))
 
 
-def _digest(values: list[tuple[int, str]]) -> str:
-    return hashlib.sha1(json.dumps(values, separators=(",", ":")).encode()).hexdigest()
-
-
-def _all_digests(settings: Settings) -> dict[NodeId, str]:
-    """Every node's digest: each identity key's values, in row order (one scan per key, as a build)."""
-    values: dict[NodeId, list[tuple[int, str]]] = defaultdict(list)
-    for source in ANCHORED_SOURCES:
-        cfg = settings.source(source)
-        if not cfg.url:
-            continue
-        mapping = load_mapping(cfg.mapping or source)
-        with engine_for(cfg.url).connect() as conn:
-            for i, key in _usable_keys(conn, mapping):
-                fields = list(dict.fromkeys([key.anchor, key.field]))
-                for r in mapping.entity(key.entity).rows(conn, fields=fields).rows:
-                    anchor, value = r.get(key.anchor), r.get(key.field)
-                    if anchor is not None and value is not None and value != "":
-                        values[_node(source, key, anchor)].append((i, str(value)))
-    return {n: _digest(v) for n, v in values.items()}
-
-
-def _digests_of(settings: Settings, nodes: Iterable[NodeId]) -> dict[NodeId, str]:
-    """The digests of these nodes, read by their anchors (point lookups, IN_CHUNK at a time)."""
+def _values_of(settings: Settings, nodes: Iterable[NodeId]) -> dict[NodeId, Values]:
+    """The identity values of these nodes now, read by their anchors (point lookups, IN_CHUNK
+    at a time); a node without rows is absent."""
     wanted: dict[str, set[str]] = defaultdict(set)
     for source, rid in nodes:
         wanted[source].add(rid)
-    values: dict[NodeId, list[tuple[int, str]]] = defaultdict(list)
+    values: dict[NodeId, Values] = defaultdict(list)
     for source, rids in wanted.items():
         cfg = settings.source(source)
         if not cfg.url:
             continue
         mapping = load_mapping(cfg.mapping or source)
         with engine_for(cfg.url).connect() as conn:
-            for i, key in _usable_keys(conn, mapping):
-                person = getattr(key, "person", False)
-                ids = sorted(r.removeprefix(PERSON) for r in rids if r.startswith(PERSON) == person)
+            for i, key in usable_keys(conn, mapping):
+                ids = sorted(r.removeprefix(PERSON) for r in rids if r.startswith(PERSON) == key.person)
                 ent = mapping.entity(key.entity)
                 fields = list(dict.fromkeys([key.anchor, key.field]))
                 for j in range(0, len(ids), IN_CHUNK):
@@ -198,63 +106,18 @@ def _digests_of(settings: Settings, nodes: Iterable[NodeId]) -> dict[NodeId, str
                             value = r.get(key.field)
                             if r.get(key.anchor) is not None and value is not None and value != "":
                                 values[_node(source, key, rid)].append((i, str(value)))
-    return {n: _digest(v) for n, v in values.items()}
-
-
-def _from_text(v: str) -> Any:
-    try:
-        return datetime.fromisoformat(v)
-    except ValueError:
-        return v
-
-
-def _text(v: Any) -> str | None:
-    return None if v is None else (v.isoformat() if isinstance(v, date | datetime) else str(v))
+    return dict(values)
 
 
 def _state(settings: Settings) -> Engine:
     eng = engine_for(settings.state_db_url)
     create_state(eng)  # an index of an older layout is dropped and rebuilt
-    index_state.create_all(eng)
     return eng
 
 
-def _measure(tables: list[_Table]) -> None:
-    """Each table's newest update timestamp and row count, now (taken before reading changes)."""
-    for t in tables:
-        p, stamped = t.part, "updated_at" in t.part.fields
-        newest_col = func.max(p.col("updated_at")) if stamped else func.count()
-        with engine_for(t.url).connect() as conn:
-            newest, rows = conn.execute(select(type_coerce(newest_col, NullType()), func.count())
-                                        .select_from(p.from_clause)).one()
-        t.current = (p.fields["updated_at"].to_python(newest) if stamped and newest is not None else None, int(rows))
-
-
-def _save(conn: Connection, tables: list[_Table], fingerprint: str, digests: dict[NodeId, str] | None) -> None:
-    now = utcnow()
-    conn.execute(delete(identity_watermark))
-    if tables:
-        conn.execute(insert(identity_watermark), [
-            {"source": t.source, "part": t.name, "config": t.config, "value": _text(t.current[0]),
-             "row_count": t.current[1], "recorded_at": now} for t in tables])
-    conn.execute(delete(identity_meta).where(identity_meta.c.key == "fingerprint"))
-    conn.execute(insert(identity_meta), [{"key": "fingerprint", "value": fingerprint}])
-    if digests is not None:
-        conn.execute(delete(identity_node))
-        rows = [{"source": s, "record": r, "digest": d} for (s, r), d in digests.items()]
-        for i in range(0, len(rows), _BATCH):
-            conn.execute(insert(identity_node), rows[i:i + _BATCH])
-
-
-def _rebuild(settings: Settings, tables: list[_Table], fingerprint: str, reason: str,
-             build: bool = True) -> IndexUpdate:
-    _measure(tables)  # before reading: what changes meanwhile is seen next time
-    if build:
-        build_index(settings, fingerprint=fingerprint)
-    digests = _all_digests(settings)
-    with _state(settings).begin() as conn:
-        _save(conn, tables, fingerprint, digests)
-    return IndexUpdate("rebuilt" if build else "unchanged", reason=reason)
+def _rebuild(settings: Settings, reason: str) -> IndexUpdate:
+    build_index(settings)  # it records the watermarks and the records' values too
+    return IndexUpdate("rebuilt", reason=reason)
 
 
 def maintain_index(settings: Settings) -> IndexUpdate:
@@ -262,62 +125,79 @@ def maintain_index(settings: Settings) -> IndexUpdate:
     (see the module docstring); the index is built when there is none."""
     eng = _state(settings)
     with eng.connect() as conn:
-        stored = conn.execute(select(identity_meta.c.value).where(identity_meta.c.key == "fingerprint")).scalar()
-        marks: dict[tuple[str, str], Mark] = {
-            (r.source, r.part): (r.config, r.value, r.row_count) for r in conn.execute(select(identity_watermark))}
-        nodes_known = conn.execute(select(identity_node.c.source).limit(1)).first() is not None
-    fingerprint = source_fingerprint(settings)
+        stored = stored_fingerprint(conn)
+        marks = load_marks(conn)
+        records_known = conn.execute(select(identity_record.c.source).limit(1)).first() is not None
+    digest, tables, down = measured_tables(settings)
+    fingerprint = fingerprint_of(digest, tables, down)
     if stored == fingerprint and marks:
         return IndexUpdate("unchanged")
-    if stored and fingerprint.startswith(UNAVAILABLE):
+    if stored and down:
         return IndexUpdate("kept", reason="a source is down: the last good index is kept")
-    tables = _tables(settings)
     if stored is None:
-        return _rebuild(settings, tables, fingerprint, "no index yet")
-    if not marks or not nodes_known:
-        if stored == fingerprint:  # the index matches the sources: only its watermarks are new
-            return _rebuild(settings, tables, fingerprint, "first identity watermarks", build=False)
-        return _rebuild(settings, tables, fingerprint, "no identity watermarks yet")
+        return _rebuild(settings, "no index yet")
+    if not marks or not records_known:
+        return _rebuild(settings, "no identity watermarks yet")
     for t in tables:
         mark = marks.get((t.source, t.name))
         if mark is None or mark[0] != t.config:
-            return _rebuild(settings, tables, fingerprint, f"{t.source}: a new source, URL or mapping")
+            return _rebuild(settings, f"{t.source}: a new source, URL or mapping")
     if len(marks) != len(tables):
-        return _rebuild(settings, tables, fingerprint, "the identity tables changed")
+        return _rebuild(settings, "the identity tables changed")
     try:
-        _measure(tables)
-        for t in tables:
-            if t.current[1] < marks[t.source, t.name][2]:
-                return _rebuild(settings, tables, fingerprint, f"{t.source}.{t.name}: rows were deleted")
-            if "updated_at" not in t.part.fields and t.current[1] != marks[t.source, t.name][2]:
-                # no update timestamp: only its row count shows a change (as the fingerprint sees it)
-                return _rebuild(settings, tables, fingerprint, f"{t.source}.{t.name} changed (no update timestamp)")
-        changed = _changed_nodes(tables, marks)
-        fresh = _digests_of(settings, changed)
+        rescan = [t for t in tables if t.current[1] < marks[t.source, t.name][2]
+                  or (not t.stamped and t.current[1] != marks[t.source, t.name][2])]
+        changed = _changed_nodes([t for t in tables if t.stamped], marks) | _rescanned(eng, rescan)
+        fresh = _values_of(settings, changed)
+        # a row that moved to another record (a contact to another company) left its old record:
+        # the other holders, in the same source, of the values a changed record gained are read too
+        with eng.connect() as conn:
+            left = _left_behind(conn, _keys(tables), changed, fresh)
+        fresh.update(_values_of(settings, left))
+        changed |= left
     except SQLAlchemyError as exc:
         return IndexUpdate("kept", reason=f"a source could not be read ({type(exc).__name__}): the index is kept")
-    old = _stored_digests(eng, changed)
-    moved = [n for n in changed if fresh.get(n) != old.get(n)]
-    if moved:
-        return _rebuild(settings, tables, fingerprint, f"identity values of {len(moved)} record(s) changed")
     with eng.begin() as conn:
-        _save(conn, tables, fingerprint, None)
-    return IndexUpdate("incremental", changed_nodes=len(changed))
+        old = stored_values(conn, changed)
+        moved = {n: fresh.get(n) for n in changed if fresh.get(n) != old.get(n)}
+        written = regroup(conn, _keys(tables), moved) if moved else 0
+        record_sync(conn, fingerprint)
+        save_marks(conn, tables)
+    return IndexUpdate("incremental", changed_nodes=len(changed), moved_nodes=len(moved), customers=written)
 
 
-def _changed_nodes(tables: list[_Table], marks: dict[tuple[str, str], Mark]) -> set[NodeId]:
+def _left_behind(conn: Connection, keys: dict[str, tuple[IdentityKey, ...]], changed: set[NodeId],
+                 fresh: dict[NodeId, Values]) -> set[NodeId]:
+    """Records of the same source that held a value a changed record gained (it may have moved)."""
+    old = stored_values(conn, changed)
+    gained: dict[str, set[Value]] = defaultdict(set)
+    for n in changed:
+        if n[0] in keys and fresh.get(n):
+            before = linking(node_of(keys[n[0]], old.get(n, [])))
+            gained[n[0]] |= linking(node_of(keys[n[0]], fresh[n])) - before
+    out: set[NodeId] = set()
+    for source, values in gained.items():
+        out.update(h for hs in holders_of(conn, values).values() for h, _ in hs if h[0] == source)
+    return out - changed
+
+
+def _keys(tables: list[IdentityTable]) -> dict[str, tuple[IdentityKey, ...]]:
+    return {t.source: t.mapping.identity for t in tables}
+
+
+def _changed_nodes(tables: list[IdentityTable], marks: dict[tuple[str, str], Mark]) -> set[NodeId]:
     """Nodes with an identity row updated after the watermark (any row: filters left out, so a
     soft-deleted row is seen), found by one range query per table and key anchor."""
     nodes: set[NodeId] = set()
     for t in tables:
         p, after = t.part, marks[t.source, t.name][1]
-        if "updated_at" not in p.fields:
-            continue  # its changes are seen by its row count (maintain_index)
+        if after is not None and t.current[0] is not None and from_text(after) == t.current[0]:
+            continue  # nothing newer than the watermark (the newest stamp was just measured)
         with engine_for(t.url).connect() as conn:
-            for key in {k.anchor: k for k in t.keys}.values():
+            for key in {k.anchor: k for _, k in t.keys}.values():
                 stmt = select(type_coerce(p.col(key.anchor), NullType())).distinct().select_from(p.from_clause)
                 if after is not None:
-                    stmt = stmt.where(*p.within("updated_at", after=_from_text(after)))
+                    stmt = stmt.where(*p.within("updated_at", after=from_text(after)))
                 for (raw,) in conn.execute(stmt):
                     try:
                         value = None if raw is None else p.fields[key.anchor].to_python(raw)
@@ -328,18 +208,31 @@ def _changed_nodes(tables: list[_Table], marks: dict[tuple[str, str], Mark]) -> 
     return nodes
 
 
-def _stored_digests(eng: Engine, nodes: Iterable[NodeId]) -> dict[NodeId, str]:
-    by_source: dict[str, list[str]] = defaultdict(list)
-    for source, rid in nodes:
-        by_source[source].append(rid)
-    c = identity_node.c
-    out: dict[NodeId, str] = {}
-    with eng.connect() as conn:
-        for source, rids in by_source.items():
-            for i in range(0, len(rids), IN_CHUNK):
-                for row in conn.execute(select(c.source, c.record, c.digest)
-                                        .where(c.source == source, c.record.in_(rids[i:i + IN_CHUNK]))):
-                    out[row.source, row.record] = row.digest
+def _rescanned(eng: Engine, tables: list[IdentityTable]) -> set[NodeId]:
+    """Nodes whose values from these tables' entities differ from the stored ones: the tables
+    without an update timestamp whose row count moved, and those that lost rows, read whole."""
+    out: set[NodeId] = set()
+    done: set[tuple[str, str]] = set()
+    for t in tables:
+        if (t.source, t.entity) in done:
+            continue
+        done.add((t.source, t.entity))
+        mine = {i for i, _ in t.keys}
+        now: dict[NodeId, Values] = defaultdict(list)
+        with engine_for(t.url).connect() as conn:
+            for i, key in t.keys:
+                fields = list(dict.fromkeys([key.anchor, key.field]))
+                for r in t.mapping.entity(t.entity).rows(conn, fields=fields).rows:
+                    anchor, value = r.get(key.anchor), r.get(key.field)
+                    if anchor is not None and value is not None and value != "":
+                        now[_node(t.source, key, anchor)].append((i, str(value)))
+        c = identity_record.c
+        with eng.connect() as conn:
+            stored = {(t.source, r.record): [(int(i), str(v)) for i, v in json.loads(r.vals) if int(i) in mine]
+                      for r in conn.execute(select(c.record, c.vals).where(c.source == t.source))}
+        for nid in set(now) | {n for n, v in stored.items() if v}:
+            if now.get(nid, []) != stored.get(nid, []):
+                out.add(nid)
     return out
 
 
