@@ -56,6 +56,10 @@ def serve_mcp(
 def serve_api(
     host: HostOpt = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Server processes sharing the port (one per core "
+                                         "for throughput; docs/SERVING.md).")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log a line per request (the audit log records every data "
+                                             "read either way).")] = True,
 ) -> None:
     """HTTP API: /v1/customers/{ref}/context, /v1/triage, /v1/reviews, /v1/events, /v1/sources, /healthz."""
     from agent.interfaces.http import serve
@@ -63,7 +67,7 @@ def serve_api(
 
     _warn_if_exposed(host, "the API")
     try:
-        serve(host=host, port=port)
+        serve(host=host, port=port, workers=workers, access_log=access_log)
     except ConfigError as exc:
         raise fail(str(exc), 2) from None
 
