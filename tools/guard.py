@@ -4,9 +4,10 @@
   enforced inside the database — SQLite's progress handler, PostgreSQL's
   ``statement_timeout`` — and by injected slowness, so a slow query is interrupted
   rather than waited out. Past the deadline the call becomes a ``timeout`` gap.
-* **Retries** with exponential backoff and jitter (tenacity), on transient errors
-  only: connection failures, operational errors, injected outages. Not-found,
-  malformed mappings and bad input are never retried.
+* **Retries** with exponential backoff and jitter (tenacity, entered only after a first
+  attempt failed: the happy path pays for one call, not a retry machine), on
+  transient errors only: connection failures, operational errors, injected outages.
+  Not-found, malformed mappings and bad input are never retried.
 * **Misconfiguration** — SQL the database refuses because the mapping or the URL is
   wrong (no such column or table, a syntax error, no such database, bad credentials):
   one attempt, never retried, not held against the breaker (the database answered),
@@ -26,8 +27,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -231,13 +231,34 @@ class SourceGuard:
                 self._breakers[source] = CircuitBreaker(self.settings.breaker_failures, self.settings.breaker_reset_s)
             return self._breakers[source]
 
-    @contextmanager
-    def _slot(self, source: str) -> Iterator[None]:
-        with self._lock:
-            sem = self._semaphores.setdefault(
-                source, threading.BoundedSemaphore(self.settings.per_source_concurrency))
-        with sem:
-            yield
+    def _retry(self, fn: Callable[[], Any], first: Exception, deadline: Deadline, tries: list[int]) -> Any:
+        """After a first attempt failed with ``first``: tenacity's retries (exponential backoff with
+        jitter, transient errors only, within the deadline), ``first`` counted as attempt one and
+        every attempt counted in ``tries[0]``. Returns the result; raises the last error."""
+        pending: list[Exception] = [first]
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.attempts),
+            wait=wait_exponential_jitter(multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s,
+                                         jitter=self.settings.backoff_initial_s),
+            retry=retry_if_exception(lambda e: is_transient(e) and not deadline.passed()),
+            sleep=lambda s: guarded_sleep(s),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                if pending:  # attempt one already happened: its error decides whether to retry
+                    raise pending.pop()
+                tries[0] += 1
+                result = fn()
+        return result
+
+    def _slot(self, source: str) -> threading.BoundedSemaphore:
+        sem = self._semaphores.get(source)
+        if sem is None:
+            with self._lock:
+                sem = self._semaphores.setdefault(
+                    source, threading.BoundedSemaphore(self.settings.per_source_concurrency))
+        return sem
 
     def call(self, source: str, slice_name: str, fn: Callable[[], Any], timeout_s: float | None = None,
                 not_found: tuple[type[BaseException], ...] = ()) -> tuple[Any, CallOutcome, BaseException | None]:
@@ -257,19 +278,16 @@ class SourceGuard:
         token = DEADLINE.set(deadline)
         attempts = 0
         try:
-            retrying = Retrying(
-                stop=stop_after_attempt(self.settings.attempts),
-                wait=wait_exponential_jitter(multiplier=self.settings.backoff_initial_s, max=self.settings.backoff_max_s,
-                                             jitter=self.settings.backoff_initial_s),
-                retry=retry_if_exception(lambda e: is_transient(e) and not deadline.passed()),
-                sleep=lambda s: guarded_sleep(s),
-                reraise=True,
-            )
             with self._slot(source):
-                for attempt in retrying:
-                    with attempt:
-                        attempts += 1
-                        result = fn()
+                tries = [1]
+                try:  # the happy path: one call, no retry machinery
+                    result = fn()
+                except Exception as first:  # noqa: BLE001 - judged by the retry rule below
+                    try:
+                        result = self._retry(fn, first, deadline, tries)
+                    finally:
+                        attempts = tries[0]
+                attempts = tries[0]
             breaker.record(True, self.clock.monotonic())
             return result, outcome("ok", attempts), None
         except not_found as exc:

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import bindparam, select, type_coerce
@@ -31,11 +30,13 @@ from sqlalchemy.types import NullType
 
 from tools.mapping.aggregates import Aggregate
 from tools.mapping.conversions import MappingError, RowError
+from tools.mapping.driver import Bind, compiled_for, fetch_all, prepared
 from tools.mapping.fields import ROW_TAMPER, SKIP_TALLY, FieldSpec, count_skipped
 from tools.mapping.part import EntityPart, RowConverter
 
-__all__ = ["IN_CHUNK", "ROW_TAMPER", "SKIP_TALLY", "Aggregate", "Entity", "EntityPart", "Fetched", "FieldSpec",
-           "CUSTOM", "IdentityKey", "Mapping", "count_skipped", "order_rows", "prepared"]
+__all__ = ["IN_CHUNK", "Bind", "ROW_TAMPER", "SKIP_TALLY", "Aggregate", "Entity", "EntityPart", "Fetched", "FieldSpec",
+           "CUSTOM", "IdentityKey", "Mapping", "compiled_for", "count_skipped", "fetch_all", "order_rows",
+           "prepared"]
 
 
 #: Prefix of a custom field's name in a row (``custom: {tier: ...}`` is read as ``custom.tier``).
@@ -50,9 +51,10 @@ class Entity:
     parts: tuple[EntityPart, ...]
     key: str = "id"
     aggregates: dict[str, Aggregate] = field(default_factory=dict)
-    #: Set-based statements built from this entity, by their shape (``tools.sources.batch``): built
-    #: once per kind of lookup and part, their keys an expanding parameter, so SQLAlchemy compiles
-    #: each once (its compiled cache) and no ``select()`` is rebuilt per chunk.
+    #: Statements built from this entity, by their shape: set-based ones (``tools.sources.batch``),
+    #: built once per kind of lookup and part, their keys an expanding parameter, so SQLAlchemy
+    #: compiles each once (its compiled cache) and no ``select()`` is rebuilt per chunk; and
+    #: :meth:`lookup_rows`' compiled point lookups (shapes starting ``"point lookup"``).
     statements: dict[Hashable, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
@@ -207,20 +209,23 @@ class Entity:
             wname, after, until = window if window and p.maps(window[0]) else ("", None, None)
             part_window = (wname, after, until) if wname else None
             part_order = order_by if order_by and p.maps(order_by) else None
-            shape = ("lookup", id(self), i, field, len(keys), tuple(k for k, _ in where), wname,
+            shape = ("point lookup", conn.dialect.name, i, field, len(keys), tuple(k for k, _ in where), wname,
                      after is not None, until is not None, tuple(fields or ()), part_order, descending, limit)
-            names = list(fields or p.names)
-            sql, bind = prepared(conn, shape, partial(self._statement, p, names, field, len(keys), where,
-                                                      part_window, part_order, descending, limit))
+            hit = self.statements.get(shape)  # the common case: no statement built, nothing looked up
+            if hit is None:
+                names = list(fields or p.names)
+                stmt = self._statement(p, names, field, len(keys), where, part_window, part_order, descending, limit)
+                hit = self.statements[shape] = (*compiled_for(conn, stmt), p.converter(names), names)
+            sql, bind, conv, names = hit
             params = {f"k{j}": v for j, v in enumerate(keys)}
             params.update({f"w{j}": p.fields[k].to_source(v) for j, (k, v) in enumerate(where)})
             if after is not None:
                 params["after"] = p.fields[wname].to_source(after)
             if until is not None:
                 params["until"] = p.fields[wname].to_source(until)
-            result = conn.exec_driver_sql(sql, bind(params))
-            for raw in result:
-                fetched.add(p, names, tamper(p.table, names, raw) if tamper else raw)
+            add = fetched.add_converted
+            for raw in fetch_all(conn, sql, bind(params)):
+                add(conv, tamper(p.table, names, raw) if tamper else raw)
         if len(self.parts) > 1:
             if order_by:
                 order_rows(fetched.rows, order_by, descending)
@@ -245,34 +250,6 @@ class Entity:
             stmt = stmt.limit(limit)
         return stmt
 
-
-Bind = Callable[[dict[str, Any]], Any]
-#: Compiled statements, by shape (which includes the dialect): a few dozen in all.
-_PREPARED: dict[tuple, tuple[str, Bind]] = {}
-
-
-def prepared(conn: Connection, shape: tuple, build: Callable[[], Any]) -> tuple[str, Bind]:
-    """The SQL text of ``build()`` compiled once per ``shape`` and the connection's dialect,
-    and a function turning ``{bind name: value}`` into the driver's parameters (the bound
-    types' own conversions applied, the statement's own parameters such as LIMIT kept).
-
-    Run with ``conn.exec_driver_sql(sql, bind(values))``: building and compiling a statement
-    costs far more than running a point lookup, so hot reads do it once."""
-    key = (conn.dialect.name, *shape)
-    hit = _PREPARED.get(key)
-    if hit is not None:
-        return hit
-    compiled = build().compile(dialect=conn.dialect)
-    processors = dict(compiled._bind_processors)  # noqa: SLF001 - the types' own parameter conversions
-    positions = compiled.positiontup
-
-    def bind(values: dict[str, Any]) -> Any:
-        params = compiled.construct_params(values)
-        params = {k: (processors[k](v) if k in processors and v is not None else v) for k, v in params.items()}
-        return tuple(params[k] for k in positions) if positions is not None else params
-
-    _PREPARED[key] = (compiled.string, bind)
-    return _PREPARED[key]
 
 #: Values per ``IN (...)`` list of a bulk read.
 IN_CHUNK = 500

@@ -17,7 +17,7 @@ from sqlalchemy.sql import Select
 
 from tools.guard import MalformedSource
 from tools.mapping.conversions import RowError, days_between
-from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, prepared
+from tools.mapping.engine import IN_CHUNK, ROW_TAMPER, fetch_all, prepared
 from tools.mapping.schema import LOGIN_EVENT, USAGE_DAYS, USAGE_RECENT_DAYS
 from tools.slices import ProductUsage, UsageTrend
 from tools.sources.base import CustomerRef, ReadClock, SliceNotFound, SourceReader
@@ -98,7 +98,7 @@ class ProductReader(SourceReader):
             for what in ("stats", "names"):
                 sql, bind = prepared(conn, (f"usage by {by}", id(self.mapping), what, len(chunk)),
                                      partial(self._usage_statement, by, what, len(chunk)))
-                for raw, *figures in conn.exec_driver_sql(sql, bind(values)):
+                for raw, *figures in fetch_all(conn, sql, bind(values)):
                     if (k := mine.get(str(raw))) is None:
                         continue
                     if what == "stats":
