@@ -75,8 +75,11 @@ class MentionLookup:
         tamper = ROW_TAMPER.get()
         token = SKIP_TALLY.set(None)
         try:
-            for i in range(0, len(names), NAMES_PER_STATEMENT):
-                self._match(conn, names[i:i + NAMES_PER_STATEMENT], out, tamper)
+            # the names split evenly over the statements (a chunk of 500: two of 250, padded to 256),
+            # so every chunk of a refresh runs the same statement size: one compile, not one per remainder
+            per = -(-len(names) // -(-len(names) // NAMES_PER_STATEMENT)) if names else 0
+            for i in range(0, len(names), max(1, per)):
+                self._match(conn, names[i:i + per], out, tamper)
         finally:
             SKIP_TALLY.reset(token)
         if len(self.entity.parts) > 1:
