@@ -13,7 +13,8 @@ neither overwrites the other. Keys sort by when the fact was told (then by a nan
 a random suffix), so listing the namespace and sorting its keys gives the facts oldest first.
 Facts an older version kept as one list under the customer's ``user_facts`` key are moved to
 items of their own on the first read or write (deterministic keys: two processes moving them at
-once write the same items; the list is deleted after).
+once write the same items; the list is deleted after). A read asks the store once: the old list's
+key and the first page of items in one store batch.
 
 Both ways go through the access gate: the customer must have been resolved in the same scope
 (so the row filter judged it: a hidden customer is not found), and every write and read appends
@@ -29,9 +30,9 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from langgraph.store.base import BaseStore, PutOp
+from langgraph.store.base import BaseStore, GetOp, Item, PutOp, SearchOp
 from pydantic import BaseModel, Field
 
 from tools.context.assembly import CustomerContext
@@ -114,18 +115,33 @@ def _migrate(store: BaseStore, memory: ContextMemory, customer_id: str) -> None:
     store.batch([*ops, PutOp(ns, USER_FACTS_KEY, None)])  # the items first, then the list goes
 
 
-def _items(store: BaseStore, memory: ContextMemory, customer_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """(key, value) of every fact item of the customer, oldest first."""
+def _items(store: BaseStore, memory: ContextMemory, customer_id: str,
+           first: list[Item] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(key, value) of every fact item of the customer, oldest first (``first``: the first page,
+    already searched)."""
     ns = facts_namespace(memory, customer_id)
     found: dict[str, dict[str, Any]] = {}
     offset = 0
     while True:
-        page = store.search(ns, limit=_PAGE, offset=offset, refresh_ttl=False)
+        page = first if first is not None and not offset else store.search(ns, limit=_PAGE, offset=offset,
+                                                                           refresh_ttl=False)
         found.update((it.key, it.value) for it in page if tuple(it.namespace) == ns)
         if len(page) < _PAGE:
             break
         offset += _PAGE
     return sorted(found.items())
+
+
+def _read_items(memory: ContextMemory, customer_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`_items` for a read: the old list's key and the first page of items asked in one store
+    batch (one transaction); only when an old list is there is it moved and the items listed again."""
+    store = memory.store
+    legacy, page = store.batch([GetOp(memory.namespace(customer_id), USER_FACTS_KEY, refresh_ttl=False),
+                                SearchOp(facts_namespace(memory, customer_id), limit=_PAGE, refresh_ttl=False)])
+    if legacy is not None:
+        _migrate(store, memory, customer_id)
+        return _items(store, memory, customer_id)
+    return _items(store, memory, customer_id, first=cast(list[Item], page))
 
 
 def record_fact(scope: ReadScope, customer_id: str, text: str) -> UserFact:
@@ -169,10 +185,8 @@ def user_facts(scope: ReadScope, customer_id: str) -> list[UserFact]:
     """
     if scope.memory is None or (scope.access is not None and scope.access.verdict(customer_id) is not True):
         return []
-    store = scope.memory.store
-    _migrate(store, scope.memory, customer_id)
     facts = []
-    for _, raw in _items(store, scope.memory, customer_id)[-MAX_FACTS:]:
+    for _, raw in _read_items(scope.memory, customer_id)[-MAX_FACTS:]:
         try:
             facts.append(UserFact.model_validate(raw))
         except ValueError:  # a damaged entry is left out, never shown half-read

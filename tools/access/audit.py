@@ -61,7 +61,9 @@ from tools.access.audit_chain import (
     _compare_anchor,
     _row,
     _walk,
+    at_hash_form,
     audit_log_table,
+    audit_row,
     log_identity,
     metadata,
     record_hash,
@@ -75,7 +77,7 @@ from tools.sources.registry import engine_for
 __all__ = [
     "ADVISORY_NAMESPACE", "ANCHOR_FILE", "BROKEN_TEMPLATE", "GENESIS", "AuditAnchor", "AuditChainBroken", "AuditLog",
     "AuditRecord", "ChainHead", "ChainProblem", "ChainReport", "Decision", "ProblemKind", "audit_log", "audit_log_for",
-    "audit_log_table", "audit_url", "log_identity", "metadata", "parse_since", "record_hash",
+    "audit_log_table", "audit_row", "audit_url", "log_identity", "metadata", "parse_since", "record_hash",
 ]
 
 ADVISORY_NAMESPACE = 0x63636175  # "ccau": first key of the audit's advisory locks (threads use "cctx")
@@ -178,14 +180,17 @@ class AuditLog:
         Raises:
             AuditChainBroken: the log lost records its anchor holds.
         """
-        if not records:
+        self.append_rows([_row(r) for r in records])
+
+    def append_rows(self, rows: list[dict[str, Any]]) -> None:
+        """:meth:`append` of records built as rows (:func:`audit_row`: the access gate's, without an
+        :class:`AuditRecord` per read). The rows are this call's: linking sets their seq and hashes."""
+        if not rows:
             return
+        tenant = rows[0]["tenant"]
         if self.table_missing:
             assert self.anchor is not None
-            tenant = records[0].tenant
             raise AuditChainBroken(self._broken(tenant, "no audit_log table", self.anchor.heads().get(tenant)))
-        rows = [_row(r) for r in records]
-        tenant = rows[0]["tenant"]
         if any(row["tenant"] != tenant for row in rows):  # a rare mixed call: its own transaction
             self._write(rows, restart=False)
             return
@@ -323,10 +328,14 @@ class AuditLog:
 def _link(rows: list[dict[str, Any]], head: ChainHead | None) -> ChainHead:
     """Number and hash ``rows`` after ``head`` (in place); the new head."""
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    at, at_iso = None, ""
     for row in rows:
         seq += 1
         row.update(seq=seq, prev_hash=prev)
-        row["hash"] = prev = record_hash(row)
+        if row["at"] is not at:  # a batch's records share one time: its ISO form made once
+            at = row["at"]
+            at_iso = at_hash_form(at)
+        row["hash"] = prev = record_hash(row, at_iso)
     return ChainHead(seq, prev, rows[-1]["at"])
 
 

@@ -99,14 +99,29 @@ _FIELDS = ("at", "tenant", "user_name", "role", "scope", "interface", "customer_
            "outcome", "latency_ms", "detail")
 
 
-def record_hash(row: Mapping[str, Any]) -> str:
+def record_hash(row: Mapping[str, Any], at_iso: str | None = None) -> str:
     """SHA-256 (hex) of a record's canonical form: compact UTF-8 JSON (orjson) of an array of the
     version tag, the tenant, seq, every field in a fixed order (time as naive-UTC ISO with
-    microseconds, latency as a float) and the previous record's hash."""
-    body = [_HASH_VERSION, row["tenant"], int(row["seq"]), _naive_utc(row["at"]).isoformat(timespec="microseconds"),
+    microseconds, latency as a float) and the previous record's hash. ``at_iso``: that ISO form of
+    ``row["at"]`` when the caller has it already (a batch's records share one time)."""
+    body = [_HASH_VERSION, row["tenant"], int(row["seq"]), at_iso or at_hash_form(row["at"]),
             row["user_name"], row["role"], row["scope"], row["interface"], row["customer_id"], row["slice"],
             row["decision"], row["outcome"], float(row["latency_ms"]), row["detail"], row["prev_hash"]]
     return hashlib.sha256(orjson.dumps(body)).hexdigest()
+
+
+def at_hash_form(at: datetime) -> str:
+    """A record time as :func:`record_hash` hashes it: naive-UTC ISO with microseconds."""
+    return _naive_utc(at).isoformat(timespec="microseconds")
+
+
+def audit_row(at: datetime, tenant: str, user_name: str, role: str, scope: str, interface: str, customer_id: str,
+              slice_name: str, decision: Decision, outcome: str, latency_ms: float, detail: str | None) -> dict[str, Any]:
+    """One record to append, as :meth:`AuditLog.append_rows` takes it (the fields of
+    :class:`AuditRecord`, the time naive UTC) — what the access gate builds for every read."""
+    return {"at": _naive_utc(at), "tenant": tenant, "user_name": user_name, "role": role, "scope": scope,
+            "interface": interface, "customer_id": customer_id, "slice": slice_name, "decision": decision,
+            "outcome": outcome, "latency_ms": latency_ms, "detail": detail}
 
 
 def _row(r: AuditRecord) -> dict[str, Any]:

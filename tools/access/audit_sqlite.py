@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -32,6 +33,7 @@ from tools.access.audit_chain import ChainHead
 #: The columns an append writes, in the insert's order.
 COLUMNS = ("at", "tenant", "user_name", "role", "scope", "interface", "customer_id", "slice", "decision", "outcome",
            "latency_ms", "detail", "seq", "prev_hash", "hash")
+_AFTER_AT = itemgetter(*COLUMNS[1:])  # a row's values after its time, in the insert's order
 _INSERT = f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 # the unique (tenant, seq) index answers both: no scan, whatever the log's size
 _HEAD = "SELECT seq, hash, at FROM audit_log WHERE tenant = ? AND seq IS NOT NULL ORDER BY seq DESC LIMIT 1"
@@ -107,7 +109,12 @@ class SqliteAppender:
                     return row[0] if row else None
 
                 heads[tenant] = link(tenant, rows, head, hash_at)
-                out.extend(tuple(_stored(r[c]) if c == "at" else r[c] for c in COLUMNS) for r in rows)
+                at, stored = None, ""
+                for r in rows:
+                    if r["at"] is not at:  # a batch's records share one time: stored once
+                        at = r["at"]
+                        stored = _stored(at)
+                    out.append((stored, *_AFTER_AT(r)))
             con.executemany(_INSERT, out)
         return heads
 

@@ -15,8 +15,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from typing import Any
 
-from tools.access.audit import AuditLog, AuditRecord, Decision, audit_log_for
+from tools.access.audit import AuditLog, Decision, audit_log_for, audit_row
 from tools.access.policy import RolePolicy, load_policy, mask_slice
 from tools.access.principal import Principal
 from tools.settings import Settings
@@ -37,7 +38,8 @@ class Access:
         self.principal, self.role, self.audit, self.clock = principal, role, audit, clock
         self._verdicts: dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._pending: list[AuditRecord] = []
+        self._pending: list[dict[str, Any]] = []  # the batch's records (``audit_row``s)
+        self._batch_at: datetime | None = None  # the batch's one clock reading
         self._batches = 0
 
     @classmethod
@@ -121,18 +123,21 @@ class Access:
     # ---------------------------------------------------------------- audit
     def record(self, customer_id: str, slice_name: str, decision: Decision, outcome: str, latency_ms: float,
                detail: str | None = None) -> None:
-        """Append one audit record (inside :meth:`batch`: when the outermost batch ends)."""
+        """Append one audit record (inside :meth:`batch`: when the outermost batch ends; the records
+        of a batch — one request — carry one time, the clock read at its first record)."""
         if self.audit is None:
             return
         p = self.principal
-        rec = AuditRecord(at=self.clock(), tenant=p.tenant, user_name=p.user, role=p.role, scope=p.scope,
-                          interface=p.interface, customer_id=customer_id, slice=slice_name, decision=decision,
-                          outcome=outcome, latency_ms=round(latency_ms, 2), detail=detail)
         with self._lock:
             if self._batches:
-                self._pending.append(rec)
+                if self._batch_at is None:
+                    self._batch_at = self.clock()
+                self._pending.append(audit_row(self._batch_at, p.tenant, p.user, p.role, p.scope, p.interface,
+                                               customer_id, slice_name, decision, outcome, round(latency_ms, 2),
+                                               detail))
                 return
-        self.audit.append([rec])
+        self.audit.append_rows([audit_row(self.clock(), p.tenant, p.user, p.role, p.scope, p.interface, customer_id,
+                                          slice_name, decision, outcome, round(latency_ms, 2), detail)])
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -146,5 +151,7 @@ class Access:
             with self._lock:
                 self._batches -= 1
                 done, self._pending = (self._pending, []) if not self._batches else ([], self._pending)
+                if not self._batches:
+                    self._batch_at = None
             if done and self.audit is not None:
-                self.audit.append(done)
+                self.audit.append_rows(done)
