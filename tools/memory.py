@@ -55,7 +55,9 @@ REJECTED_TEMPLATE = ("long-term memory: snapshot {key} of {namespace} {why}: tre
                      "(read from the source instead)")
 
 #: Stored text of the snapshots a memory keeps verified and parsed (past it, it starts again empty).
-PARSED_BYTES = 16_000_000
+#: Parsed slices take several times their text in Python objects: 4 MB of text (a few thousand
+#: snapshots, the hot customers of a served read) holds a process's growth to some 20 MB.
+PARSED_BYTES = 4_000_000
 
 log = logging.getLogger(__name__)
 _keys: dict[tuple[str | None, ...], bytes] = {}
