@@ -1,5 +1,5 @@
 """Getting a process ready: the embedded warehouse seeded on first use, the identity
-index current, the clock chosen."""
+index current (kept from the changed rows: ``tools.refresh.index``), the clock chosen."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tools.identity import IdentityIndex, ensure_index
+from tools.identity import IdentityIndex
+from tools.refresh.index import maintain_index
 from tools.settings import Settings
 from tools.sources.base import ReadClock
 from tools.sources.faults import parse_faults
@@ -68,7 +69,9 @@ def ready(settings: Settings | None = None, progress: Progress | None = None, me
     parse_faults(settings.faults)  # a bad fault spec is a one-line error before any work
     settings.home.mkdir(parents=True, exist_ok=True)
     ensure_warehouse(settings, progress)
-    ensure_index(settings, progress)
+    # in proportion to what changed since the last update (a build only when there is no index,
+    # or a source's URL or mapping changed); the last good index is kept while a source is down
+    maintain_index(settings, progress)
     return Ready(settings=settings, index=IdentityIndex.for_settings(settings),
                  clock=ReadClock(as_of=resolve_as_of(settings), settings=settings),
                  memory=open_memory(settings) if memory else None)

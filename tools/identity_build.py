@@ -242,7 +242,10 @@ def fingerprint_of(digest: str, tables: list[IdentityTable], down: list[str]) ->
 
 
 def ensure_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> bool:
-    """Build the index when it is missing or its sources changed. True if it was rebuilt."""
+    """Build the index when it is missing or its sources changed. True if it was rebuilt.
+
+    A whole build whenever the fingerprint moved; start-up and refresh keep the index in
+    proportion to the change instead (``tools.refresh.index.maintain_index``)."""
     eng = engine_for(settings.state_db_url)
     create_state(eng)
     with eng.connect() as conn:

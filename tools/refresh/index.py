@@ -1,7 +1,8 @@
 """Keeping the identity index current from the rows that changed, not by rebuilding it.
 
 ``tools.identity.ensure_index`` rebuilds the whole index whenever a customer source's
-fingerprint moves. :func:`maintain_index` does the same job in proportion to the change:
+fingerprint moves. :func:`maintain_index` does the same job in proportion to the change (it
+is what start-up, ``agent.bootstrap.ready``, and every refresh run):
 
 1. A build records, beside the index, the identity tables' watermarks (newest update
    timestamp, row count: ``tools.identity_marks``), every source record's (*node's*)
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,14 +116,15 @@ def _state(settings: Settings) -> Engine:
     return eng
 
 
-def _rebuild(settings: Settings, reason: str) -> IndexUpdate:
-    build_index(settings)  # it records the watermarks and the records' values too
+def _rebuild(settings: Settings, reason: str, progress: Callable[[str, int, int], None] | None) -> IndexUpdate:
+    build_index(settings, progress)  # it records the watermarks and the records' values too
     return IndexUpdate("rebuilt", reason=reason)
 
 
-def maintain_index(settings: Settings) -> IndexUpdate:
+def maintain_index(settings: Settings, progress: Callable[[str, int, int], None] | None = None) -> IndexUpdate:
     """Bring the identity index up to date with the sources, in proportion to what changed
-    (see the module docstring); the index is built when there is none."""
+    (see the module docstring); the index is built when there is none (``progress`` hears
+    a build's rows, as the CLI shows them)."""
     eng = _state(settings)
     with eng.connect() as conn:
         stored = stored_fingerprint(conn)
@@ -135,15 +137,15 @@ def maintain_index(settings: Settings) -> IndexUpdate:
     if stored and down:
         return IndexUpdate("kept", reason="a source is down: the last good index is kept")
     if stored is None:
-        return _rebuild(settings, "no index yet")
+        return _rebuild(settings, "no index yet", progress)
     if not marks or not records_known:
-        return _rebuild(settings, "no identity watermarks yet")
+        return _rebuild(settings, "no identity watermarks yet", progress)
     for t in tables:
         mark = marks.get((t.source, t.name))
         if mark is None or mark[0] != t.config:
-            return _rebuild(settings, f"{t.source}: a new source, URL or mapping")
+            return _rebuild(settings, f"{t.source}: a new source, URL or mapping", progress)
     if len(marks) != len(tables):
-        return _rebuild(settings, "the identity tables changed")
+        return _rebuild(settings, "the identity tables changed", progress)
     try:
         rescan = [t for t in tables if t.current[1] < marks[t.source, t.name][2]
                   or (not t.stamped and t.current[1] != marks[t.source, t.name][2])]
@@ -158,12 +160,25 @@ def maintain_index(settings: Settings) -> IndexUpdate:
     except SQLAlchemyError as exc:
         return IndexUpdate("kept", reason=f"a source could not be read ({type(exc).__name__}): the index is kept")
     with eng.begin() as conn:
+        _serialise(conn)
+        if stored_fingerprint(conn) == fingerprint:  # another process (several start at once) did it meanwhile
+            return IndexUpdate("unchanged")
         old = stored_values(conn, changed)
         moved = {n: fresh.get(n) for n in changed if fresh.get(n) != old.get(n)}
         written = regroup(conn, _keys(tables), moved) if moved else 0
         record_sync(conn, fingerprint)
         save_marks(conn, tables)
     return IndexUpdate("incremental", changed_nodes=len(changed), moved_nodes=len(moved), customers=written)
+
+
+def _serialise(conn: Connection) -> None:
+    """Take the index's write lock first thing in the transaction, so two processes updating at
+    once (API workers and the worker start together) run one after the other and the second
+    sees what the first wrote; on other databases the unique keys still refuse a double write."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # the driver begins only before a write: a write lock now
+    elif conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(1732017)")  # released at commit or rollback
 
 
 def _left_behind(conn: Connection, keys: dict[str, tuple[IdentityKey, ...]], changed: set[NodeId],
