@@ -309,7 +309,8 @@ class ContextMemory:
         if not names:
             return []
         rows: list[tuple[str, Any]] | None = self._handle.direct_rows(".".join(ns), names)
-        if rows is None and (rows := _sqlite_rows(self.store, ns, names)) is None:  # through the store's API
+        if rows is None and (rows := _sqlite_rows(self.store, ns, names)) is None and (
+                rows := _postgres_rows(self.store, ns, names)) is None:  # through the store's API
             from langgraph.store.base import GetOp, Item
 
             items = self.store.batch([GetOp(ns, n, refresh_ttl=False) for n in names])
@@ -385,6 +386,27 @@ def _sqlite_rows(store: BaseStore, namespace: tuple[str, ...], names: list[str])
         return None
     with store.lock:
         return store.conn.execute(_rows_sql(len(names)), (".".join(namespace), *names)).fetchall()
+
+
+_PG_ROWS_SQL = "SELECT key, value::text FROM store WHERE prefix = %s AND key = ANY(%s)"
+
+
+def _postgres_rows(store: BaseStore, namespace: tuple[str, ...], names: list[str]) -> list[tuple[str, str]] | None:
+    """(key, JSON text) of the items ``names`` in ``namespace`` of a LangGraph ``PostgresStore`` on
+    one connection (its ``store`` table; one prepared statement, one round trip: its own batch
+    also builds and runs a TTL-refreshing update), or None for any other store, a pool, a
+    pipeline, TTLs or a custom value loader (those reads go through the store's API)."""
+    if type(store).__name__ != "PostgresStore":  # (psycopg and its store are the ``postgres`` extra's)
+        return None
+    from langgraph.store.postgres import PostgresStore
+    from psycopg import Connection
+    from psycopg.rows import tuple_row
+
+    if (type(store) is not PostgresStore or store.ttl_config or store.pipe is not None
+            or store._deserializer is not None or not isinstance(store.conn, Connection)):
+        return None
+    with store.lock, store.conn.cursor(row_factory=tuple_row) as cur:
+        return cur.execute(_PG_ROWS_SQL, (".".join(namespace), names)).fetchall()
 
 
 def state_backend(url: str, what: str) -> tuple[str, str]:

@@ -68,6 +68,7 @@ from tools.access.audit_chain import (
     metadata,
     record_hash,
 )
+from tools.access.audit_postgres import PostgresAppender, postgres_conninfo
 from tools.access.audit_sqlite import SqliteAppender, sqlite_file
 from tools.access.group_commit import GroupCommit
 from tools.settings import Settings
@@ -130,7 +131,11 @@ class AuditLog:
         self._groups: dict[str, GroupCommit[dict[str, Any]]] = {}  # per tenant: concurrent appends, one commit
         self._groups_lock = threading.Lock()
         path = sqlite_file(engine)
-        self._driver = SqliteAppender(path) if path is not None else None  # appends at the driver
+        conninfo = postgres_conninfo(engine)
+        # appends at the driver: a SQLite file (audit_sqlite), PostgreSQL with psycopg (audit_postgres)
+        self._driver: SqliteAppender | PostgresAppender | None = (
+            SqliteAppender(path) if path is not None
+            else PostgresAppender(conninfo, ADVISORY_NAMESPACE) if conninfo is not None else None)
         self._setup()
 
     def _setup(self) -> None:
@@ -229,7 +234,7 @@ class AuditLog:
                 self._check_anchor(tenant, head, anchored.get(tenant), hash_at)
             return _link(mine, head)
 
-        if self._driver is not None and not restart:  # a SQLite file: at the driver (audit_sqlite)
+        if self._driver is not None and not restart:  # at the driver (audit_sqlite, audit_postgres)
             heads = self._driver.append(by_tenant, link)
         else:
             heads = {}
