@@ -69,12 +69,6 @@ class PostgresAppender:
             self._pid = os.getpid()
         return self._con
 
-    def close(self) -> None:
-        with self._lock:
-            if self._con is not None and self._pid == os.getpid():
-                self._con.close()
-            self._con = None
-
     def append(self, by_tenant: dict[str, list[dict[str, Any]]],
                link: Callable[[str, list[dict[str, Any]], ChainHead | None, Callable[[int], str | None]], ChainHead]
                ) -> dict[str, ChainHead]:

@@ -40,7 +40,6 @@ from tools.booktable.table import (
     TOUCH_SLICES,
     TRAIT_SLICES,
     BookQueryError,
-    after_refresh,
     book_engine,
     book_risk,
     book_rows,
@@ -51,6 +50,6 @@ from tools.booktable.table import (
 )
 
 __all__ = ["BOOK_SLICES", "HEALTH_INPUTS", "MAX_LIMIT", "RELATIONSHIP_INPUTS", "SORTS", "TOUCH_SLICES", "TRAIT_SLICES", "BookEntry", "BookListing",
-           "BookQuery", "BookQueryError", "after_refresh", "book_engine", "book_json", "book_risk", "book_size",
+           "BookQuery", "BookQueryError", "book_engine", "book_json", "book_risk", "book_size",
            "book_rows", "book_traits", "check_query", "find_customers", "materialise", "materialise_slices",
            "parse_within"]

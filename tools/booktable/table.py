@@ -229,16 +229,6 @@ def materialise_refreshed(settings: Settings, memory: ContextMemory, held: dict[
     return materialise_slices(settings, memory.tenant, held)
 
 
-def after_refresh(settings: Settings, memory: ContextMemory, customer_ids: Iterable[str],
-                  caller_tenant: str | None = None) -> int:
-    """These customers' book rows made again from memory, in the tenant a refresh wrote to (the
-    caller's, when a principal asked). A refresh itself makes them chunk by chunk, from the slices
-    each chunk wrote (:func:`materialise_refreshed`, called by ``tools.refresh.runner``)."""
-    if caller_tenant is not None and caller_tenant != memory.tenant:
-        memory = memory.for_tenant(caller_tenant)
-    return materialise(settings, memory, customer_ids)
-
-
 def book_size(settings: Settings, tenant: str) -> int:
     """Rows the book table holds for a tenant (0: never materialised)."""
     from sqlalchemy import func
